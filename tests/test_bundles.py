@@ -1,0 +1,92 @@
+"""MONAI model-zoo checks for every bundle under bundles/, offline, on tiny overrides (seconds per bundle)."""
+
+import json
+import re
+
+import pytest
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, onnx_export, run, verify_metadata, verify_net_in_out
+
+import visionfm_core
+from bundle_harness import BUNDLES, SCHEMA, TINY, config, make_data, metadata
+
+pytestmark = pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
+REQUIRED = ["LICENSE", "configs/metadata.json", "configs/inference.json", "configs/train.json",
+            "configs/multi_gpu_train.json", "configs/logging.conf", "docs/README.md"]
+
+
+def tiny_network(bundle, **overrides):
+    parser = ConfigParser()
+    parser.read_config(config(bundle, "inference"))
+    parser.update({**TINY, **overrides})
+    return parser.get_parsed_content("network_def")
+
+
+def test_layout_and_metadata(bundle):
+    missing = [f for f in REQUIRED if not (bundle / f).is_file()]
+    assert not missing, f"{bundle.name} lacks {missing}"
+    assert re.fullmatch(r"[a-z]+_[a-z0-9]+_[a-z]+", bundle.name), "folder must be <modality>_<target>_<task>"
+    meta = metadata(bundle)
+    assert meta["version"] in meta["changelog"]
+    assert meta["required_packages_version"]["visionfm-core"] == visionfm_core.__version__
+    verify_metadata(meta_file=str(bundle / "configs" / "metadata.json"), filepath=str(SCHEMA))
+    for cfg in bundle.glob("configs/*.json"):
+        json.loads(cfg.read_text())  # every config is valid JSON
+    assert "[handler_" in (bundle / "configs" / "logging.conf").read_text()
+
+
+def test_network_input_output(bundle):
+    verify_net_in_out(net_id="network_def", meta_file=str(bundle / "configs" / "metadata.json"),
+                      config_file=config(bundle, "inference"), device="cpu", n=2, p=1, any=32, **TINY)
+
+
+def test_torchscript_and_onnx_export(bundle, tmp_path):
+    torch.manual_seed(0)
+    net = tiny_network(bundle).eval()
+    ckpt = tmp_path / "model.pt"
+    torch.save(net.state_dict(), ckpt)
+    x = torch.rand(1, 3, 32, 32)
+    common = dict(net_id="network_def", ckpt_file=str(ckpt), meta_file=str(bundle / "configs" / "metadata.json"),
+                  config_file=config(bundle, "inference"), input_shape=[1, 3, 32, 32], use_trace=True, **TINY)
+    ckpt_export(filepath=str(tmp_path / "model.ts"), **common)
+    scripted = torch.jit.load(str(tmp_path / "model.ts"))
+    with torch.no_grad():
+        expected = net(x)
+        assert torch.allclose(scripted(x), expected, atol=1e-4)
+    onnx_export(filepath=str(tmp_path / "model.onnx"), **common)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert abs(out - expected.numpy()).max() < 1e-3
+
+
+def test_properties_train_evaluate_and_infer(bundle, tmp_path):
+    data = make_data(bundle, tmp_path)
+    infer_dir = data.pop("infer_dir")
+    paths = dict(ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "runs"))
+    meta, log = str(bundle / "configs" / "metadata.json"), str(bundle / "configs" / "logging.conf")
+
+    train = ConfigWorkflow(config_file=config(bundle, "train"), meta_file=meta, logging_file=log,
+                           workflow_type="train", **TINY, **data, **paths)
+    train.initialize()
+    assert not train.check_properties(), "train.json lacks MONAI's required train properties"
+
+    run(config_file=config(bundle, "train"), logging_file=log, **TINY, **data, **paths,
+        **{"train::trainer::max_epochs": 1})
+    model = tmp_path / "models" / "model.pt"
+    assert model.is_file(), "training did not save models/model.pt on validation"
+
+    if (bundle / "configs" / "evaluate.json").is_file():
+        run(config_file=[config(bundle, "train"), config(bundle, "evaluate")], logging_file=log, **TINY, **data,
+            ckpt_dir=str(tmp_path / "models"), eval_dir=str(tmp_path / "eval"))
+        assert (tmp_path / "eval" / "metrics.json").is_file()
+
+    infer_overrides = dict(dataset_dir=infer_dir, ckpt_path=str(model), output_dir=str(tmp_path / "infer"), **TINY)
+    infer = ConfigWorkflow(config_file=config(bundle, "inference"), meta_file=meta, logging_file=log,
+                           workflow_type="infer", **infer_overrides)
+    infer.initialize()
+    assert not infer.check_properties(), "inference.json lacks MONAI's required inference properties"
+    infer.run()
+    infer.finalize()
+    assert any((tmp_path / "infer").iterdir()), "inference wrote no output"

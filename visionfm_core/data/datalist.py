@@ -1,0 +1,174 @@
+"""MONAI datalists (``{"training": [...], "validation": [...], "test": [...]}``) for VisionFM classification.
+
+Problems in a datalist (a missing file, a label out of range) are reported up front, naming the datalist file and
+the entry index, rather than as a crash in a DataLoader worker hours into training.
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+import os
+from pathlib import Path
+
+from visionfm_core.data.readers import _find_images, list_images
+from visionfm_core.io import atomic_write_text
+
+__all__ = ["load_datalist", "retfound_to_datalist", "folder_to_datalist"]
+
+# RETFound/VisionFM folder names -> MONAI datalist keys.
+_RETFOUND_SPLITS = {"train": "training", "val": "validation", "test": "test"}
+
+
+def load_datalist(
+    datalist: str | os.PathLike | dict,
+    split: str,
+    base_dir: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+    required: bool = True,
+) -> list[dict]:
+    """Load one split of a MONAI datalist, with image paths made absolute and checked.
+
+    Args:
+        datalist: path to a datalist JSON file, or the already-loaded dict.
+        split: key to read, e.g. ``"training"``, ``"validation"`` or ``"test"``.
+        base_dir: folder that relative image paths are resolved against; default: the datalist file's folder
+            (the current directory for a dict).
+        num_classes: if given, every ``"label"`` present must be an integer in ``0 .. num_classes - 1``.
+            Entries without a label (e.g. an unlabelled test split) are allowed.
+        required: if False, a missing or empty split returns ``[]`` instead of raising.
+
+    Returns:
+        Copies of the entries, with ``"image"`` an absolute path to an existing file.
+
+    Raises:
+        ValueError: naming the datalist (and entry index): unreadable JSON, missing or empty split (when required),
+            an entry without ``"image"``, an image file that does not exist, or a bad label.
+    """
+    if isinstance(datalist, dict):
+        name, data = "<datalist dict>", datalist
+        default_base = os.getcwd()
+    else:
+        name = os.fspath(datalist)
+        default_base = os.path.dirname(os.path.abspath(name))
+        try:
+            with open(name, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"Datalist {name} could not be read as JSON: {e}") from e
+        if not isinstance(data, dict):
+            raise ValueError(f"Datalist {name} must be a JSON object with split keys, got {type(data).__name__}.")
+    base = os.path.abspath(os.fspath(base_dir)) if base_dir is not None else default_base
+
+    entries = data.get(split)
+    if not entries:
+        if not required:
+            return []
+        if split not in data:
+            splits = [k for k, v in data.items() if isinstance(v, list)]
+            raise ValueError(f"Datalist {name} has no {split!r} split (splits found: {splits}).")
+        raise ValueError(f"Datalist {name} has an empty {split!r} split.")
+    if not isinstance(entries, list):
+        raise ValueError(f"Datalist {name}: split {split!r} must be a list of entries, got {type(entries).__name__}.")
+
+    out = []
+    for i, entry in enumerate(entries):
+        where = f"Datalist {name}, {split!r} entry {i}"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where} must be an object like {{\"image\": ..., \"label\": ...}}, got {entry!r}.")
+        image = entry.get("image")
+        if not isinstance(image, str) or not image:
+            raise ValueError(f"{where} has no \"image\" path: {entry!r}.")
+        path = os.path.normpath(os.path.join(base, os.path.expanduser(image)))  # join keeps absolute paths as is
+        if not os.path.isfile(path):
+            raise ValueError(f"{where}: image file {path} does not exist.")
+        if "label" in entry:
+            _check_label(entry["label"], num_classes, where, path)
+        out.append({**entry, "image": path})
+    return out
+
+
+def _check_label(label: object, num_classes: int | None, where: str, path: str) -> None:
+    # bool is an int subclass, but true/false in a datalist is almost surely a mistake.
+    if isinstance(label, bool) or not isinstance(label, numbers.Integral):
+        raise ValueError(f"{where} ({path}): label {label!r} is not an integer class index.")
+    if num_classes is not None and not 0 <= int(label) < num_classes:
+        raise ValueError(f"{where} ({path}): label {label} is outside 0..{num_classes - 1}.")
+
+
+def retfound_to_datalist(
+    root: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    class_names: list[str] | None = None,
+) -> dict:
+    """Convert the RETFound/VisionFM layout ``root/{train,val,test}/<class>/<images>`` to a MONAI datalist.
+
+    Classes are the folder names, sorted, unless ``class_names`` gives the order; a label is the class index.
+    ``train`` is required; ``val`` and ``test`` are optional (an absent split gives an empty list). Hidden folders
+    (``.ipynb_checkpoints``) are ignored.
+
+    Args:
+        root: dataset folder.
+        out: if given, the datalist JSON is written there atomically and image paths are relative to its folder
+            (so the dataset and datalist can be moved together); otherwise image paths are absolute.
+        class_names: class order; must name exactly the class folders.
+
+    Returns:
+        ``{"training": [...], "validation": [...], "test": [...], "class_names": [...]}``.
+
+    Raises:
+        ValueError: missing root or train folder, class folders that differ between splits (or from
+            ``class_names``), or a class folder without images.
+    """
+    root_path = Path(root)
+    if not root_path.is_dir():
+        raise ValueError(f"Dataset folder {root} does not exist.")
+    if not (root_path / "train").is_dir():
+        raise ValueError(f"Dataset folder {root} has no 'train' folder (expected {root}/{{train,val,test}}/<class>/).")
+
+    split_classes = {}
+    for folder in _RETFOUND_SPLITS:
+        if (root_path / folder).is_dir():
+            split_classes[folder] = sorted(
+                p.name for p in (root_path / folder).iterdir() if p.is_dir() and not p.name.startswith(".")
+            )
+    train_classes = split_classes["train"]
+    if not train_classes:
+        raise ValueError(f"Dataset folder {root}/train has no class folders.")
+    for folder, classes in split_classes.items():
+        if classes != train_classes:
+            raise ValueError(
+                f"Dataset folder {root}: class folders in '{folder}' {classes} differ from those in 'train' "
+                f"{train_classes}."
+            )
+    if class_names is None:
+        class_names = train_classes
+    else:
+        class_names = [str(c) for c in class_names]
+        if sorted(class_names) != train_classes:
+            raise ValueError(
+                f"Dataset folder {root}: class_names {class_names} do not match class folders {train_classes}."
+            )
+
+    rel_to = os.path.dirname(os.path.abspath(os.fspath(out))) if out is not None else None
+    result: dict = {key: [] for key in _RETFOUND_SPLITS.values()}
+    for folder in split_classes:
+        for label, cls in enumerate(class_names):
+            images = _find_images(str(root_path / folder / cls))
+            if not images:
+                raise ValueError(f"Class folder {root_path / folder / cls} has no images.")
+            for img in images:
+                img = os.path.abspath(img)
+                if rel_to is not None:
+                    img = Path(os.path.relpath(img, rel_to)).as_posix()
+                result[_RETFOUND_SPLITS[folder]].append({"image": img, "label": label})
+    result["class_names"] = list(class_names)
+
+    if out is not None:
+        atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def folder_to_datalist(folder: str | os.PathLike) -> list[dict]:
+    """``[{"image": path}, ...]`` for every image under ``folder`` (sorted, recursive), for inference."""
+    return [{"image": p} for p in list_images(folder)]

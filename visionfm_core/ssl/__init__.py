@@ -1,0 +1,48 @@
+"""iBOT self-supervised pretraining for VisionFM encoders (masked image modelling + self-distillation).
+
+Pieces, each small and tested on its own:
+- `masking`: BEiT-style block masks for the global crops.
+- `augment`: batched multi-crop augmentation (CPU or GPU) with the modality normalisation.
+- `head`: the shared projection head (original `head.*` key names) and the backbone+head model.
+- `loss`: `DINOClsLoss` and `IBOTPatchLoss` (masked tokens only), centres in buffers.
+- `schedules`: per-iteration lr / weight decay / momentum arrays, parameter groups, clipping.
+- `trainer`: `IBOTTrainer`, a MONAI engine running one iBOT iteration per batch.
+"""
+
+from visionfm_core.ssl.augment import MultiCropAugmentation
+from visionfm_core.ssl.head import IBOTHead, IBOTModel, WeightNormLinear, build_ibot_models, masked_patch_index
+from visionfm_core.ssl.loss import DINOClsLoss, IBOTPatchLoss, entropy, patch_weights
+from visionfm_core.ssl.masking import BlockMaskGenerator, random_mask
+from visionfm_core.ssl.schedules import (
+    IBOTSchedules,
+    cancel_last_layer_gradients,
+    clip_gradients,
+    cosine_schedule,
+    param_groups,
+    scaled_lr,
+    teacher_temp_schedule,
+)
+from visionfm_core.ssl.trainer import IBOTTrainer
+
+__all__ = [
+    "BlockMaskGenerator",
+    "random_mask",
+    "MultiCropAugmentation",
+    "IBOTHead",
+    "IBOTModel",
+    "WeightNormLinear",
+    "build_ibot_models",
+    "masked_patch_index",
+    "DINOClsLoss",
+    "IBOTPatchLoss",
+    "entropy",
+    "patch_weights",
+    "IBOTSchedules",
+    "cosine_schedule",
+    "teacher_temp_schedule",
+    "scaled_lr",
+    "param_groups",
+    "clip_gradients",
+    "cancel_last_layer_gradients",
+    "IBOTTrainer",
+]

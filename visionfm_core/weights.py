@@ -1,0 +1,177 @@
+"""Safe loading of VisionFM, iBOT/DINO and this project's encoder weights.
+
+Accepted sources (a path or an already-loaded dict):
+- a full pretraining checkpoint: {student, teacher, optimizer, epoch, args (argparse.Namespace), ...};
+  `checkpoint_key` picks teacher (default) or student, whose keys carry `module.` / `backbone.` prefixes;
+- a fine-tuned classification checkpoint: {visionfm_state_dict, classifier_state_dict, ...};
+- a bare backbone state dict (ImageNet DINO ViT weights have the same names);
+- this project's own files written by `save_encoder_weights` / `visionfm import-weights`.
+
+Files are read with `torch.load(weights_only=True)`; the only class allowed beyond tensors and
+containers is `argparse.Namespace`, which the original training checkpoints pickle under `args`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from .io import atomic_torch_save
+from .models.vit import resample_pos_embed
+
+__all__ = ["WeightsError", "LoadReport", "read_checkpoint", "extract_backbone", "load_encoder_weights",
+           "save_encoder_weights", "sha256sum", "require_checkpoint"]
+
+ORIGINAL_LICENCE = "CC BY-NC 4.0, from the original release"
+_PREFIXES = ("module.", "backbone.", "encoder.")
+_NESTED_KEYS = ("visionfm_state_dict", "state_dict", "model", "encoder")
+
+
+class WeightsError(ValueError):
+    """A checkpoint that cannot be read or does not fit the encoder."""
+
+
+@dataclass
+class LoadReport:
+    source: str
+    entry: str  # which part of the file was used, e.g. "teacher"
+    loaded: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # keys in the file that are not part of the encoder
+    kept_initial: list[str] = field(default_factory=list)  # encoder keys absent from the file by design
+    resized: dict[str, tuple] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        lines = [f"loaded {len(self.loaded)} tensors from {self.source} [{self.entry}]"]
+        if self.resized:
+            lines += [f"  resized {k}: {old} -> {new}" for k, (old, new) in self.resized.items()]
+        if self.ignored:
+            heads = sorted({k.split(".")[0] for k in self.ignored})
+            lines.append(f"  ignored {len(self.ignored)} keys not in the encoder (groups: {', '.join(heads)})")
+        if self.kept_initial:
+            lines.append(f"  kept initial values for {', '.join(self.kept_initial)}")
+        return "\n".join(lines)
+
+
+def sha256sum(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """`torch.load` with weights_only=True, allowing only `argparse.Namespace` beyond tensors and containers."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise WeightsError(f"checkpoint {path} does not exist")
+    if os.path.getsize(path) == 0:
+        raise WeightsError(f"checkpoint {path} is empty (0 bytes)")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for disallowed globals, RuntimeError for corrupt archives
+        raise WeightsError(
+            f"could not safely read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}. "
+            "Only tensors, plain containers and argparse.Namespace are accepted; a file that needs other "
+            "classes to unpickle is refused rather than executed."
+        ) from None
+
+
+def _strip(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix):], True
+    return key
+
+
+def extract_backbone(obj: Any, checkpoint_key: str = "teacher") -> tuple[dict[str, torch.Tensor], str]:
+    """Find the backbone state dict inside any accepted checkpoint layout; return it and where it was found."""
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"expected a dict of tensors, found {type(obj).__name__}")
+    entry = "state dict"
+    if checkpoint_key in obj and isinstance(obj[checkpoint_key], Mapping):
+        obj, entry = obj[checkpoint_key], checkpoint_key
+    elif any(isinstance(v, torch.Tensor) for v in obj.values()):
+        pass  # already a bare state dict
+    else:
+        for key in _NESTED_KEYS + ("teacher", "student"):
+            if isinstance(obj.get(key), Mapping):
+                obj, entry = obj[key], key
+                break
+        else:
+            raise WeightsError(
+                f"no encoder weights found: expected '{checkpoint_key}', one of {', '.join(_NESTED_KEYS)} "
+                f"or a bare state dict; the file has keys {sorted(obj)[:12]}"
+            )
+    state = {_strip(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    return state, entry
+
+
+def load_encoder_weights(
+    encoder: nn.Module, source: str | os.PathLike | Mapping, checkpoint_key: str = "teacher"
+) -> LoadReport:
+    """Load encoder weights from a path or dict, resizing `pos_embed`; raise `WeightsError` on any mismatch.
+
+    Keys outside the encoder (`head.*`, optimiser state, ...) are ignored and reported. The only encoder key
+    allowed to be absent is `masked_embed` (the teacher and ImageNet DINO weights have none).
+    """
+    name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<state dict>"
+    raw = read_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
+    state, entry = extract_backbone(raw, checkpoint_key)
+    target = encoder.state_dict()
+    report = LoadReport(source=name, entry=entry)
+
+    if "pos_embed" in state and "pos_embed" in target and state["pos_embed"].shape != target["pos_embed"].shape:
+        old = state["pos_embed"]
+        prefix = getattr(encoder, "num_prefix_tokens", 1)
+        n_target = target["pos_embed"].shape[1] - prefix
+        side = int(round(n_target**0.5))
+        if old.shape[-1] == target["pos_embed"].shape[-1] and side * side == n_target:
+            state["pos_embed"] = resample_pos_embed(old, (side, side), prefix)
+            report.resized["pos_embed"] = (tuple(old.shape), tuple(state["pos_embed"].shape))
+
+    missing = [k for k in target if k not in state and k != "masked_embed"]
+    mismatched = [
+        f"{k}: file {tuple(state[k].shape)} vs encoder {tuple(target[k].shape)}"
+        for k in target
+        if k in state and state[k].shape != target[k].shape
+    ]
+    if missing or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} encoder keys missing (e.g. {', '.join(missing[:5])})")
+        if mismatched:
+            parts.append(f"{len(mismatched)} shape mismatches (e.g. {'; '.join(mismatched[:3])})")
+        raise WeightsError(
+            f"{name} [{entry}] does not fit this encoder: {' and '.join(parts)}. "
+            "Is it a checkpoint of another architecture, patch size or model family?"
+        )
+    report.loaded = [k for k in target if k in state]
+    report.ignored = sorted(k for k in state if k not in target)
+    report.kept_initial = [k for k in target if k not in state]
+    encoder.load_state_dict({k: state[k] for k in report.loaded}, strict=False)
+    return report
+
+
+def save_encoder_weights(encoder_or_state: nn.Module | Mapping, path: str | os.PathLike, **header: Any) -> None:
+    """Write a bare backbone with a small header (modality, source, sha256, licence), atomically."""
+    state = encoder_or_state.state_dict() if isinstance(encoder_or_state, nn.Module) else dict(encoder_or_state)
+    payload = {"visionfm_encoder": {str(k): v for k, v in header.items() if v is not None}, "state_dict": state}
+    atomic_torch_save(payload, path)
+
+
+def require_checkpoint(path: str | os.PathLike, hint: str = "train the bundle first (configs/train.json)") -> str:
+    """Return `path` if it exists; otherwise fail with a sentence that says how to get it."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model weights {path} not found: {hint}")
+    return os.fspath(path)

@@ -20,14 +20,13 @@ def _is_original_release(raw, source: str) -> bool:
 class PrepareData:
     """Turn a dataset layout into a MONAI datalist JSON."""
 
-    def retfound(self, root: str, out: str = "datalist.json") -> str:
+    def retfound(self, root: str, out: str = "datalist.json") -> None:
         """RETFound/VisionFM folders ROOT/{train,val,test}/<class>/ -> datalist with class indices."""
         from .data import retfound_to_datalist
 
         datalist = retfound_to_datalist(root, out=out)
         counts = {k: len(v) for k, v in datalist.items() if isinstance(v, list) and k != "class_names"}
         print(f"wrote {out}: {counts}, classes {datalist['class_names']}")
-        return out
 
 
 class Commands:
@@ -44,7 +43,7 @@ class Commands:
             print(f"{m.name:<11} {m.description:<40} mean={m.mean} std={m.std}")
 
     def import_weights(self, src: str, modality: str, out: str, checkpoint_key: str = "teacher",
-                       arch: str = "vit_base", patch_size: int = 16) -> str:
+                       arch: str = "vit_base", patch_size: int = 16) -> None:
         """Check SRC (an original VisionFM, iBOT/DINO or fine-tuned checkpoint) against the encoder and write
         the bare backbone with a header (modality, source, sha256, licence) to OUT for the bundles to use."""
         from .modalities import get_modality
@@ -61,15 +60,14 @@ class Commands:
                              licence=licence)
         print(report)
         print(f"wrote {out} ({modality}, {arch}/{patch_size}{', licence: ' + licence if licence else ''})")
-        return out
 
     def demo(self, out: str = "demo_output", epochs: int = 3, arch: str = "vit_base", per_class: int = 8,
-             bundle: str = str(BUNDLES_DIR / "fundus_dr_classification")) -> dict:
+             bundle: str = str(BUNDLES_DIR / "fundus_dr_classification")) -> None:
         """Train the fundus DR bundle briefly on built-in graded phantoms, evaluate it on their test split and
         grade the real fundus photo that ships with scikit-image. Everything is written under OUT."""
         from .demo import run_demo
 
-        return run_demo(out=out, epochs=epochs, arch=arch, per_class=per_class, bundle=bundle)
+        run_demo(out=out, epochs=epochs, arch=arch, per_class=per_class, bundle=bundle)
 
 
 def main(argv: list[str] | None = None) -> None:

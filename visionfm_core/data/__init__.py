@@ -4,6 +4,8 @@ from visionfm_core.data.datalist import folder_to_datalist, load_datalist, retfo
 from visionfm_core.data.readers import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image
 from visionfm_core.data.samples import make_fundus_phantom, real_fundus_photo, write_demo_dataset
 from visionfm_core.data.transforms import LoadEyeImaged, ModalityNormalized, ValidateLabeld
+from visionfm_core.data.phantoms import make_phantom, write_phantom_folder
+from visionfm_core.data.unlabelled import SkippedImagesReport, UnlabelledImageDataset, check_modality_of_images
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -19,4 +21,9 @@ __all__ = [
     "real_fundus_photo",
     "make_fundus_phantom",
     "write_demo_dataset",
+    "make_phantom",
+    "write_phantom_folder",
+    "UnlabelledImageDataset",
+    "SkippedImagesReport",
+    "check_modality_of_images",
 ]

@@ -28,18 +28,31 @@ def metadata(bundle: Path) -> dict:
     return json.loads((bundle / "configs" / "metadata.json").read_text())
 
 
-def make_classification_data(root: Path, num_classes: int) -> dict:
-    """Graded phantoms in the RETFound layout + datalist; returns the overrides that point the bundle at them."""
-    from visionfm_core.data import write_demo_dataset
-
-    datalist = write_demo_dataset(root / "data", per_class=2, size=48, num_classes=num_classes)
-    infer_dir = root / "data" / "test"
-    return {"dataset_dir": str(root / "data"), "datalist": datalist, "infer_dir": str(infer_dir)}
-
-
 def make_data(bundle: Path, root: Path) -> dict:
+    """Small data for one bundle: {"train": overrides for train.json, "infer_dir": images for inference.json,
+    "trained": the file training leaves in ckpt_dir for inference}."""
+    from visionfm_core.data import write_demo_dataset, write_phantom_folder
+
     task = task_of(bundle)
-    if task == "classification":
-        meta = metadata(bundle)
-        return make_classification_data(root, meta["network_data_format"]["outputs"]["pred"]["num_channels"])
+    if task == "classification":  # graded phantoms in the RETFound layout + datalist
+        num_classes = metadata(bundle)["network_data_format"]["outputs"]["pred"]["num_channels"]
+        datalist = write_demo_dataset(root / "data", per_class=2, size=48, num_classes=num_classes)
+        return {"train": {"dataset_dir": str(root / "data"), "datalist": datalist},
+                "infer_dir": str(root / "data" / "test"), "trained": "model.pt"}
+    if task == "pretraining":  # a folder of unlabelled phantoms of the bundle's modality; a small head
+        modality = json.loads((bundle / "configs" / "train.json").read_text())["modality"]
+        folder = write_phantom_folder(root / "unlabelled", modality, count=8, size=48)
+        return {"train": {"dataset_dir": folder, "out_dim": 64, "warmup_epochs": 0}, "infer_dir": folder,
+                "trained": "encoder.pt"}
     raise NotImplementedError(f"no test data builder for {task} bundles ({bundle.name}): add one in {__file__}")
+
+
+def tiny_meta_file(bundle: Path, tmp: Path) -> str:
+    """metadata.json as the TINY network sees it: an embedding's width is the architecture's (192 for ViT-Ti)."""
+    meta = metadata(bundle)
+    pred = meta["network_data_format"]["outputs"]["pred"]
+    if pred.get("type") == "embedding":
+        pred["num_channels"] = 192
+    path = tmp / f"{bundle.name}_metadata.json"
+    path.write_text(json.dumps(meta))
+    return str(path)

@@ -8,7 +8,7 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, onnx_export, run, verify_metadata, verify_net_in_out
 
 import visionfm_core
-from bundle_harness import BUNDLES, SCHEMA, TINY, config, make_data, metadata
+from bundle_harness import BUNDLES, SCHEMA, TINY, config, make_data, metadata, tiny_meta_file
 
 pytestmark = pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
 REQUIRED = ["LICENSE", "configs/metadata.json", "configs/inference.json", "configs/train.json",
@@ -35,8 +35,8 @@ def test_layout_and_metadata(bundle):
     assert "[handler_" in (bundle / "configs" / "logging.conf").read_text()
 
 
-def test_network_input_output(bundle):
-    verify_net_in_out(net_id="network_def", meta_file=str(bundle / "configs" / "metadata.json"),
+def test_network_input_output(bundle, tmp_path):
+    verify_net_in_out(net_id="network_def", meta_file=tiny_meta_file(bundle, tmp_path),
                       config_file=config(bundle, "inference"), device="cpu", n=2, p=1, any=32, **TINY)
 
 
@@ -62,8 +62,8 @@ def test_torchscript_and_onnx_export(bundle, tmp_path):
 
 
 def test_properties_train_evaluate_and_infer(bundle, tmp_path):
-    data = make_data(bundle, tmp_path)
-    infer_dir = data.pop("infer_dir")
+    spec = make_data(bundle, tmp_path)
+    data, infer_dir = spec["train"], spec["infer_dir"]
     paths = dict(ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "runs"))
     meta, log = str(bundle / "configs" / "metadata.json"), str(bundle / "configs" / "logging.conf")
 
@@ -74,8 +74,8 @@ def test_properties_train_evaluate_and_infer(bundle, tmp_path):
 
     run(config_file=config(bundle, "train"), logging_file=log, **TINY, **data, **paths,
         **{"train::trainer::max_epochs": 1})
-    model = tmp_path / "models" / "model.pt"
-    assert model.is_file(), "training did not save models/model.pt on validation"
+    model = tmp_path / "models" / spec["trained"]
+    assert model.is_file(), f"training did not save models/{spec['trained']}"
 
     if (bundle / "configs" / "evaluate.json").is_file():
         run(config_file=[config(bundle, "train"), config(bundle, "evaluate")], logging_file=log, **TINY, **data,

@@ -301,3 +301,20 @@ def test_mask_grid_mismatch_is_explained():
     trainer.mask_generator = BlockMaskGenerator(14)
     with pytest.raises(ValueError, match="grid = global crop size // patch size"):
         trainer.run()
+
+
+def test_build_ibot_trainer_from_a_data_loader():
+    from torch.utils.data import DataLoader
+
+    from visionfm_core.ssl import build_ibot_trainer
+
+    loader = DataLoader([{"image": torch.rand(3, 40, 40)} for _ in range(4)], batch_size=2)
+    trainer = build_ibot_trainer(
+        loader, "OCT", epochs=1, arch="vit_tiny", global_size=32, local_size=16, n_local=1, out_dim=OUT_DIM,
+        warmup_epochs=0,
+    )  # fmt: skip
+    assert trainer.schedules.lr[0] == pytest.approx(7.5e-5 * 2 / 256)  # batch size read from the loader
+    assert trainer.mask_generator.num_patches == 4
+    outputs = _record(trainer)
+    trainer.run()
+    assert len(outputs) == 2 and all(math.isfinite(o["loss"]) for o in outputs)

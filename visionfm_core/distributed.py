@@ -40,10 +40,13 @@ def is_main_process() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
-def wrap_ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """DistributedDataParallel over every trainable parameter (encoder included when it is fine-tuned)."""
+def wrap_ddp(module: torch.nn.Module, device: torch.device, find_unused_parameters: bool = False) -> torch.nn.Module:
+    """DistributedDataParallel over every trainable parameter (encoder included when it is fine-tuned).
+    `find_unused_parameters` for models whose forward may skip parameters (iBOT's mask token when no crop of
+    a batch is masked)."""
     device_ids = [device] if device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(module.to(device), device_ids=device_ids)
+    return torch.nn.parallel.DistributedDataParallel(module.to(device), device_ids=device_ids,
+                                                     find_unused_parameters=find_unused_parameters)
 
 
 def rank() -> int:

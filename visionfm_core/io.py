@@ -6,7 +6,7 @@ import os
 import tempfile
 from typing import Any, Callable, IO
 
-__all__ = ["atomic_write_text", "atomic_torch_save"]
+__all__ = ["atomic_write_text", "atomic_write_bytes", "atomic_torch_save"]
 
 
 def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
@@ -35,6 +35,11 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
     Parent folders are created. Readers see either the old file or the complete new one, never a partial write.
     """
     data = text.encode(encoding)
+    _atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, like `atomic_write_text`."""
     _atomic_write(path, lambda f: f.write(data))
 
 

@@ -25,7 +25,7 @@ from torch import nn
 from .io import atomic_torch_save
 from .models.vit import resample_pos_embed
 
-__all__ = ["WeightsError", "LoadReport", "read_checkpoint", "extract_backbone", "load_encoder_weights",
+__all__ = ["WeightsError", "LoadReport", "read_checkpoint", "extract_backbone", "load_encoder_weights", "load_bundle_encoder",
            "save_encoder_weights", "sha256sum", "require_checkpoint"]
 
 ORIGINAL_LICENCE = "CC BY-NC 4.0, from the original release"
@@ -175,3 +175,11 @@ def require_checkpoint(path: str | os.PathLike, hint: str = "train the bundle fi
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model weights {path} not found: {hint}")
     return os.fspath(path)
+
+
+def load_bundle_encoder(encoder: nn.Module, path: str | os.PathLike, checkpoint_key: str = "teacher") -> LoadReport:
+    """The encoder weights of an embedding bundle: its pretrained `models/encoder.pt`, an original VisionFM file
+    or any other form `load_encoder_weights` reads; a missing file gets a sentence saying how to get one."""
+    require_checkpoint(path, "pretrain first (configs/train.json), or convert released weights with "
+                             "`visionfm import-weights` and pass --ckpt_path")
+    return load_encoder_weights(encoder, path, checkpoint_key)

@@ -22,7 +22,9 @@ from visionfm_core.ssl.schedules import (
     scaled_lr,
     teacher_temp_schedule,
 )
-from visionfm_core.ssl.trainer import IBOTTrainer
+from visionfm_core.ssl.trainer import IBOTTrainer, build_ibot_trainer
+from visionfm_core.ssl.checkpoint import PretrainingCheckpoint
+from visionfm_core.ssl.monitor import EpochAverages, KNNProbe, knn_accuracy, load_initial_weights
 
 __all__ = [
     "BlockMaskGenerator",
@@ -45,4 +47,10 @@ __all__ = [
     "clip_gradients",
     "cancel_last_layer_gradients",
     "IBOTTrainer",
+    "build_ibot_trainer",
+    "PretrainingCheckpoint",
+    "EpochAverages",
+    "KNNProbe",
+    "knn_accuracy",
+    "load_initial_weights",
 ]

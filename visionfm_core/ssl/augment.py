@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -75,14 +75,13 @@ def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 def _rgb_to_hsv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r, g, b = x.unbind(1)
-    maxc, argmax = x.max(dim=1)
-    minc = x.min(dim=1).values
+    maxc, minc = x.amax(dim=1), x.amin(dim=1)
     delta = maxc - minc
-    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
-    hue = torch.stack([((g - b) / safe) % 6, (b - r) / safe + 2, (r - g) / safe + 4], dim=1)
-    hue = hue.gather(1, argmax.unsqueeze(1)).squeeze(1)
-    hue = torch.where(delta > 0, hue / 6, torch.zeros_like(hue)) % 1.0
-    sat = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), torch.zeros_like(maxc))
+    inv = 1.0 / torch.where(delta > 0, delta, 1.0)
+    # ties pick the first branch; tied branches give the same hue
+    hue = torch.where(maxc == r, (g - b) * inv, torch.where(maxc == g, (b - r) * inv + 2.0, (r - g) * inv + 4.0))
+    hue = torch.where(delta > 0, hue / 6.0, 0.0).remainder_(1.0)
+    sat = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, 1.0), 0.0)
     return hue, sat, maxc
 
 
@@ -299,8 +298,7 @@ class MultiCropAugmentation(nn.Module):
         solar = torch.rand(n, generator=g) < spec.solarize_p
 
         y = resized_crops(x, boxes, spec.size)
-        if flip.any():
-            y = torch.where(flip.to(y.device).view(-1, 1, 1, 1), y.flip(-1), y)
+        y = _on_subset(y, flip, lambda img, idx: img.flip(-1))
         ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 
         def jitter_fn(img: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -313,7 +311,7 @@ class MultiCropAugmentation(nn.Module):
         y = _on_subset(y, blur, lambda img, idx: gaussian_blur(img, sigma[idx], self.blur_kernel_size))
         y = _on_subset(y, solar, lambda img, idx: solarize(img))
         if self.normalize:
-            y = (y - self.mean) / self.std
+            y = (y - self.mean.to(y.device)) / self.std.to(y.device)  # no-op copies once the module is moved
         return y
 
     def extra_repr(self) -> str:

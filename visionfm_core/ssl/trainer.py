@@ -43,7 +43,7 @@ from visionfm_core.ssl.loss import DINOClsLoss, IBOTPatchLoss, entropy, patch_we
 from visionfm_core.ssl.masking import BlockMaskGenerator
 from visionfm_core.ssl.schedules import IBOTSchedules, cancel_last_layer_gradients, clip_gradients
 
-__all__ = ["IBOTTrainer", "unwrap", "OUTPUT_KEYS"]
+__all__ = ["IBOTTrainer", "build_ibot_trainer", "iteration_generators", "unwrap", "OUTPUT_KEYS"]
 
 OUTPUT_KEYS = (
     "loss",
@@ -62,6 +62,16 @@ OUTPUT_KEYS = (
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside DistributedDataParallel / DataParallel (or the model itself)."""
     return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+
+
+def iteration_generators(seed: int, rank: int, iteration: int) -> tuple[torch.Generator, np.random.Generator]:
+    """The (torch, numpy) generators for the crops and masks of one iteration.
+
+    A pure function of (seed, rank, iteration): a resumed run replays exactly the crops and masks an
+    uninterrupted run would have drawn, without saving any RNG state.
+    """
+    a, b = np.random.SeedSequence([seed, rank, iteration]).generate_state(2, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(a) & (2**63 - 1)), np.random.default_rng(int(b))
 
 
 def _amp_dtype(amp: str | bool | None, device: torch.device) -> torch.dtype | None:
@@ -204,11 +214,6 @@ class IBOTTrainer(Trainer):
                 raise ValueError(f"teacher/student shape mismatch for {n}: {teacher[n].shape} vs {student[n].shape}")
         return [student[n] for n in names], [teacher[n] for n in names]
 
-    def _generators(self, iteration: int) -> tuple[torch.Generator, np.random.Generator]:
-        # randomness is a pure function of (seed, rank, iteration): resuming replays it exactly
-        a, b = np.random.SeedSequence([self.seed, self.state.rank, iteration]).generate_state(2, dtype=np.uint64)
-        return torch.Generator().manual_seed(int(a) & (2**63 - 1)), np.random.default_rng(int(b))
-
     def _images(self, batchdata: Any) -> torch.Tensor:
         x = batchdata
         if isinstance(x, dict):
@@ -246,7 +251,7 @@ class IBOTTrainer(Trainer):
         engine.student.train()
 
         images = engine._images(batchdata)
-        tgen, ngen = engine._generators(it)
+        tgen, ngen = iteration_generators(engine.seed, engine.state.rank, it)
         crops = engine.augmentation(images, generator=tgen)
         global_crops, local_crops = list(crops[:2]), list(crops[2:])
         n_images = 2 * global_crops[0].shape[0]
@@ -380,3 +385,64 @@ class IBOTTrainer(Trainer):
         warnings.warn(f"{message} {action}", RuntimeWarning, stacklevel=2)
         if engine.stop_on_collapse:
             engine.terminate()
+
+
+def build_ibot_trainer(
+    train_data_loader: Iterable,
+    modality: str,
+    device: str | torch.device = "cpu",
+    epochs: int = 100,
+    arch: str = "vit_base",
+    patch_size: int = 16,
+    global_size: int = 224,
+    local_size: int = 96,
+    n_local: int = 0,
+    out_dim: int = 8192,
+    drop_path_rate: float = 0.1,
+    total_batch: int | None = None,
+    base_lr: float = 7.5e-5,
+    min_lr: float = 2e-6,
+    warmup_epochs: float = 50,
+    epoch_length: int | None = None,
+    **trainer_kwargs: Any,
+) -> IBOTTrainer:
+    """An `IBOTTrainer` with VisionFM's recipe, built from a data loader and a modality.
+
+    `total_batch` (images per optimizer step over all processes, for the lr scaling rule) defaults to
+    the loader's `batch_size` times the world size. Other `IBOTTrainer` arguments (amp, seed,
+    train_handlers, ...) pass through; the parts are reachable as trainer attributes.
+    """
+    import torch.distributed as dist
+
+    from visionfm_core.ssl.augment import MultiCropAugmentation
+    from visionfm_core.ssl.head import build_ibot_models
+    from visionfm_core.ssl.schedules import param_groups
+
+    if epoch_length is None:
+        try:
+            epoch_length = len(train_data_loader)  # type: ignore[arg-type]
+        except TypeError:
+            raise ValueError("the data loader has no length: pass epoch_length") from None
+    if total_batch is None:
+        batch = getattr(train_data_loader, "batch_size", None)
+        if batch is None:
+            raise ValueError("cannot infer the batch size from the data loader: pass total_batch")
+        total_batch = batch * (dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1)
+    student, teacher = build_ibot_models(arch, patch_size, global_size, out_dim=out_dim, drop_path_rate=drop_path_rate)
+    return IBOTTrainer(
+        device=device,
+        max_epochs=epochs,
+        train_data_loader=train_data_loader,
+        student=student,
+        teacher=teacher,
+        optimizer=torch.optim.AdamW(param_groups(student)),
+        augmentation=MultiCropAugmentation(modality, global_size, local_size, n_local),
+        mask_generator=BlockMaskGenerator(global_size // patch_size),
+        cls_loss=DINOClsLoss(out_dim, epochs=epochs),
+        patch_loss=IBOTPatchLoss(out_dim, epochs=epochs),
+        schedules=IBOTSchedules.build(
+            epochs, epoch_length, total_batch, base_lr=base_lr, min_lr=min_lr, warmup_epochs=warmup_epochs
+        ),
+        epoch_length=epoch_length,
+        **trainer_kwargs,
+    )

@@ -27,13 +27,13 @@ from visionfm_core.modalities import get_modality  # noqa: E402
 # folder prefix -> (modality, what the folder should hold)
 MODALITIES = {
     "fundus": ("Fundus", "colour fundus photographs (PNG, JPEG, TIFF or DICOM ophthalmic photography)"),
-    "oct": ("OCT", "OCT B-scans, one 2-D image per file (PNG, TIFF, single-frame DICOM or single-slice NIfTI)"),
+    "oct": ("OCT", "OCT B-scans (PNG or TIFF files) or OCT volumes (multi-frame DICOM, 3-D NIfTI; every B-scan is used)"),
     "ffa": ("FFA", "fluorescein angiography frames (PNG, JPEG, TIFF or single-frame DICOM)"),
     "slitlamp": ("SlitLamp", "slit-lamp photographs (PNG, JPEG, TIFF or DICOM)"),
     "external": ("External", "external eye photographs (PNG, JPEG, TIFF or DICOM)"),
-    "ultrasound": ("Ultrasound", "ocular B-scan ultrasound images (PNG, JPEG, TIFF or single-frame DICOM)"),
-    "ubm": ("UBM", "ultrasound biomicroscopy images (PNG, JPEG, TIFF or single-frame DICOM)"),
-    "mri": ("MRI", "2-D MRI slices of the orbit (PNG, single-frame DICOM or single-slice NIfTI)"),
+    "ultrasound": ("Ultrasound", "ocular B-scan ultrasound images (PNG, JPEG, TIFF, or DICOM; every frame of a cine)"),
+    "ubm": ("UBM", "ultrasound biomicroscopy images (PNG, JPEG, TIFF, or DICOM; every frame of a cine)"),
+    "mri": ("MRI", "MRI of the orbit: 2-D slices (PNG, DICOM) or volumes (3-D NIfTI, multi-frame DICOM; every slice is used)"),
 }
 BUNDLE_DIR = REPO / "bundles"
 VERSIONS = {"monai_version": "1.6.1", "pytorch_version": "2.13.0", "numpy_version": "2.4.6"}
@@ -197,7 +197,7 @@ def inference_config(folder: str, modality: str) -> dict:
         "ckpt_path": "$@bundle_root + '/models/encoder.pt'",
         "checkpoint_key": "teacher",
         "dataset_dir": f"/workspace/data/{folder}_images",
-        "datalist": "$visionfm_core.data.folder_to_datalist(@dataset_dir)",
+        "datalist": "$visionfm_core.data.inference_datalist(@dataset_dir)",
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
         "modality": modality,
         "arch": "vit_base",
@@ -297,7 +297,8 @@ iBOT (masked image modelling + self-distillation), as a MONAI bundle. Generated 
 `scripts/generate_pretraining_bundles.py` (edit that, not these files).
 
 ## Data
-`dataset_dir`: a folder of {purpose}; every image under it, recursively, is used.
+`dataset_dir`: a folder of {purpose}; every image under it, recursively, is used, and every slice or frame
+of a volume (3-D NIfTI, multi-frame DICOM).
 Images are read as 3-channel [0, 1] ({"grey, replicated to 3 channels" if m.grey else "RGB"}), resized to
 `load_size` (256 for 224 px crops) and normalised with the VisionFM {m.name} mean {list(m.mean)} and std
 {list(m.std)} after augmentation. Unreadable or zero-byte files are skipped with one warning line each and a

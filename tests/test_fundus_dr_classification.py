@@ -43,14 +43,40 @@ def test_inference_on_the_real_fundus_photo(trained, tmp_path):
     (tmp_path / "images").mkdir()
     Image.fromarray(photo).save(tmp_path / "images" / "retina.jpg")
     Image.fromarray(photo[..., 1]).save(tmp_path / "images" / "retina_green_only.png")  # 1 channel -> replicated
+    write_rgb_dicom(photo[::4, ::4], tmp_path / "images" / "retina_photo.dcm")  # ophthalmic photography DICOM
     infer(tmp_path / "images", root / "models" / "model.pt", tmp_path / "out")
     rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
-    assert [os.path.basename(r["image"]) for r in rows] == ["retina.jpg", "retina_green_only.png"]
+    assert [os.path.basename(r["image"]) for r in rows] == ["retina.jpg", "retina_green_only.png", "retina_photo.dcm"]
     for r in rows:
         probs = [float(r[f"prob_{c}"]) for c in ("no_dr", "mild_npdr", "moderate_npdr", "severe_npdr", "pdr")]
         assert abs(sum(probs) - 1) < 1e-4 and int(r["pred"]) == int(np.argmax(probs))
     records = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert records[0]["pred_name"] == rows[0]["pred_name"]
+
+
+def write_rgb_dicom(rgb, path):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.5.1"  # Ophthalmic Photography 8 Bit Image
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "OP"
+    ds.Rows, ds.Columns = rgb.shape[:2]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = np.ascontiguousarray(rgb).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_inference_from_a_datalist(trained, tmp_path):
+    root, datalist = trained
+    infer(datalist, root / "models" / "model.pt", tmp_path / "out")
+    rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
+    assert len(rows) == len(json.loads(open(datalist).read())["test"])
 
 
 def test_evaluate_writes_metrics_on_the_test_split(trained, tmp_path):
@@ -86,7 +112,7 @@ def test_bad_labels_empty_lists_unknown_modality_missing_model(trained, tmp_path
     (data_dir / "bad.json").write_text(json.dumps(bad))
     with pytest.raises(Exception) as info:
         run(config_file=str(CONFIGS / "train.json"), datalist=str(data_dir / "bad.json"), **base)
-    assert "bad.json" in str(info.value.__cause__ or info.value) and "7" in str(info.value.__cause__ or info.value)
+    assert "bad.json" in chain_text(info.value) and "7" in chain_text(info.value)
     empty = dict(content, training=[])
     (data_dir / "empty.json").write_text(json.dumps(empty))
     with pytest.raises(Exception) as info:

@@ -63,3 +63,31 @@ def test_grey_image_for_grey_modality_is_replicated(tmp_path):
     Image.fromarray((np.arange(64 * 64).reshape(64, 64) % 256).astype(np.uint8)).save(tmp_path / "g.png")
     item = UnlabelledImageDataset(tmp_path, "UBM", size=32)[0]
     assert torch.equal(item["image"][0], item["image"][2]) and item["skipped"] == 0
+
+
+def test_volumes_contribute_every_slice(tmp_path):
+    """An OCT-like cube as NIfTI and a real multi-frame ultrasound DICOM are read slice by slice; 2-D files stay one."""
+    import nibabel as nib
+    from pydicom.data import get_testdata_file
+
+    from visionfm_core.data import count_slices, read_image
+
+    cube = (np.random.default_rng(0).random((40, 48, 5)) * 1000).astype(np.int16)
+    nib.save(nib.Nifti1Image(cube, np.eye(4)), tmp_path / "cube.nii.gz")
+    import shutil
+
+    # a real 30-frame ultrasound cine (JPEG-compressed YBR) that ships inside pydicom
+    shutil.copy(get_testdata_file("examples_ybr_color.dcm", download=False), tmp_path / "series.dcm")
+    write_phantom_folder(tmp_path, "Ultrasound", count=2, size=48)
+    assert count_slices(tmp_path / "cube.nii.gz") == 5 and count_slices(tmp_path / "series.dcm") == 30
+    slice3 = read_image(tmp_path / "cube.nii.gz", slice_index=3)
+    assert slice3.shape == (3, 40, 48)
+    assert not np.allclose(slice3, read_image(tmp_path / "cube.nii.gz", slice_index=2))
+    with pytest.raises(Exception, match="no slice 9"):
+        read_image(tmp_path / "cube.nii.gz", slice_index=9)
+    ds = UnlabelledImageDataset(tmp_path, "Ultrasound", size=32, check_modality=False)
+    assert len(ds) == 5 + 30 + 2
+    assert all(ds[i]["image"].shape == (3, 32, 32) for i in range(len(ds)))
+    paths = [p for p, _ in ds.items]
+    first = paths.index(str(tmp_path / "series.dcm"))
+    assert len({ds[first + i]["image"].sum().item() for i in range(0, 30, 5)}) > 1  # distinct frames

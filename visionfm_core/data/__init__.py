@@ -1,7 +1,7 @@
 """Data loading for VisionFM: image readers, MONAI transforms, datalists and built-in demo data."""
 
-from visionfm_core.data.datalist import folder_to_datalist, load_datalist, retfound_to_datalist
-from visionfm_core.data.readers import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image
+from visionfm_core.data.datalist import folder_to_datalist, inference_datalist, load_datalist, retfound_to_datalist
+from visionfm_core.data.readers import IMAGE_EXTENSIONS, ImageReadError, count_slices, list_images, read_image
 from visionfm_core.data.samples import make_fundus_phantom, real_fundus_photo, write_demo_dataset
 from visionfm_core.data.transforms import LoadEyeImaged, ModalityNormalized, ValidateLabeld
 from visionfm_core.data.phantoms import make_phantom, write_phantom_folder
@@ -12,12 +12,14 @@ __all__ = [
     "ImageReadError",
     "read_image",
     "list_images",
+    "count_slices",
     "LoadEyeImaged",
     "ModalityNormalized",
     "ValidateLabeld",
     "load_datalist",
     "retfound_to_datalist",
     "folder_to_datalist",
+    "inference_datalist",
     "real_fundus_photo",
     "make_fundus_phantom",
     "write_demo_dataset",

@@ -172,3 +172,10 @@ def retfound_to_datalist(
 def folder_to_datalist(folder: str | os.PathLike) -> list[dict]:
     """``[{"image": path}, ...]`` for every image under ``folder`` (sorted, recursive), for inference."""
     return [{"image": p} for p in list_images(folder)]
+
+
+def inference_datalist(source: str | os.PathLike, split: str = "test") -> list[dict]:
+    """Images to run a bundle on: every image under a folder, or the `split` of a datalist JSON file."""
+    if os.path.isfile(source) and os.fspath(source).endswith(".json"):
+        return load_datalist(source, split)
+    return folder_to_datalist(source)

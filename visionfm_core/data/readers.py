@@ -54,8 +54,11 @@ def _has_dicom_preamble(path: str) -> bool:
     return len(head) == 132 and head[128:] == b"DICM"
 
 
-def read_image(path: str | os.PathLike, modality: str | Modality | None = None) -> np.ndarray:
-    """Read a 2-D image file as a float32 array shaped (3, H, W) with values in [0, 1].
+def read_image(path: str | os.PathLike, modality: str | Modality | None = None, slice_index: int | None = None) -> np.ndarray:
+    """Read a 2-D image file (or one slice of a volume) as a float32 array shaped (3, H, W) with values in [0, 1].
+
+    ``slice_index`` picks one frame of a multi-frame DICOM or one slice (last spatial axis) of a 3-D NIfTI
+    volume; `count_slices` tells how many there are.
 
     Formats: PNG, JPEG, TIFF, BMP (Pillow); DICOM (``.dcm`` or any file with the DICOM preamble; pydicom,
     single frame; YBR colour spaces are converted to RGB, MONOCHROME1 is inverted, PALETTE COLOR is looked up);
@@ -92,9 +95,11 @@ def read_image(path: str | os.PathLike, modality: str | Modality | None = None) 
 
     ext = _extension(path)
     if ext == ".dcm" or _has_dicom_preamble(path):
-        img = _read_dicom(path)
+        img = _read_dicom(path, slice_index)
     elif ext in _NIFTI_EXTENSIONS:
-        img = _read_nifti(path)
+        img = _read_nifti(path, slice_index)
+    elif slice_index not in (None, 0):
+        raise ImageReadError(f"Image file {path} is a 2-D image; it has no slice {slice_index}.")
     elif ext in _PIL_EXTENSIONS:
         img = _read_pil(path)
     else:
@@ -136,7 +141,28 @@ def _read_pil(path: str) -> np.ndarray:
     return _scale(arr, path)
 
 
-def _read_dicom(path: str) -> np.ndarray:
+def count_slices(path: str | os.PathLike) -> int:
+    """Frames of a DICOM file or slices (third axis) of a NIfTI volume, from the header only; 1 for other files
+    and for headers that cannot be read (reading the image later reports the problem)."""
+    path = os.fspath(path)
+    try:
+        ext = _extension(path)
+        if ext in _NIFTI_EXTENSIONS:
+            import nibabel as nib
+
+            shape = nib.load(path).shape
+            return int(shape[2]) if len(shape) >= 3 and shape[2] > 1 else 1
+        if ext == ".dcm" or _has_dicom_preamble(path):
+            import pydicom
+
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            return int(ds.get("NumberOfFrames", 1) or 1)
+    except Exception:
+        return 1
+    return 1
+
+
+def _read_dicom(path: str, slice_index: int | None = None) -> np.ndarray:
     import pydicom
     from pydicom.pixels import apply_color_lut, convert_color_space, pixel_array
 
@@ -150,12 +176,14 @@ def _read_dicom(path: str) -> np.ndarray:
             raise ImageReadError(f"DICOM file {path} is not a valid DICOM file (no data elements could be read).")
         raise ImageReadError(f"DICOM file {path} has no pixel data (PixelData element missing).")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
+    if frames > 1 and slice_index is None:
         raise ImageReadError(f"DICOM file {path} has {frames} frames; a single-frame 2-D image is expected.")
+    if slice_index is not None and not 0 <= slice_index < frames:
+        raise ImageReadError(f"DICOM file {path} has {frames} frame(s); there is no frame {slice_index}.")
 
     try:
         # raw=True: we apply the colour-space conversion ourselves below, based on PhotometricInterpretation.
-        arr = pixel_array(ds, raw=True)
+        arr = pixel_array(ds, raw=True, index=slice_index if frames > 1 else None)
         pi = str(ds.get("PhotometricInterpretation", "")).upper()
         if pi in ("YBR_FULL", "YBR_FULL_422"):
             arr = convert_color_space(arr, pi, "RGB")
@@ -177,11 +205,19 @@ def _read_dicom(path: str) -> np.ndarray:
     return out
 
 
-def _read_nifti(path: str) -> np.ndarray:
+def _read_nifti(path: str, slice_index: int | None = None) -> np.ndarray:
     import nibabel as nib
 
     try:
-        arr = np.asarray(nib.load(path).dataobj)  # applies scl_slope/inter if set; keeps the stored dtype otherwise
+        proxy = nib.load(path).dataobj
+        if slice_index is not None and len(proxy.shape) >= 3 and proxy.shape[2] > 1:
+            if not 0 <= slice_index < proxy.shape[2]:
+                raise ImageReadError(f"NIfTI file {path} has {proxy.shape[2]} slices; there is no slice {slice_index}.")
+            arr = np.asarray(proxy[:, :, slice_index])  # reads one slice, not the whole volume
+        else:
+            arr = np.asarray(proxy)  # applies scl_slope/inter if set; keeps the stored dtype otherwise
+    except ImageReadError:
+        raise
     except Exception as e:
         raise ImageReadError(f"NIfTI file {path} is corrupt or unreadable: {e}") from e
     channels = None

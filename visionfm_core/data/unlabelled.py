@@ -17,7 +17,7 @@ from ignite.engine import Engine, Events
 from torch.utils.data import Dataset
 
 from ..modalities import get_modality
-from .readers import ImageReadError, list_images, read_image
+from .readers import ImageReadError, count_slices, list_images, read_image
 
 __all__ = ["UnlabelledImageDataset", "SkippedImagesReport", "check_modality_of_images"]
 logger = logging.getLogger(__name__)
@@ -53,32 +53,40 @@ def check_modality_of_images(files: list[str], modality: str, sample: int = 16) 
 
 class UnlabelledImageDataset(Dataset):
     """Every image under `folder` (recursively), read as 3-channel [0, 1] tensors resized to `size` x `size`.
+    Volumes (multi-frame DICOM, 3-D NIfTI: OCT cubes, MRI series) contribute every slice when `expand_volumes`.
 
     Items are dicts `{"image": (3, size, size) float tensor, "skipped": number of unreadable files passed over}`.
     """
 
-    def __init__(self, folder: str | os.PathLike, modality: str, size: int = 256, check_modality: bool = True):
+    def __init__(self, folder: str | os.PathLike, modality: str, size: int = 256, check_modality: bool = True,
+                 expand_volumes: bool = True):
         self.modality = get_modality(modality)
-        self.files = list_images(folder)  # raises a clear error for a missing or empty folder
+        files = list_images(folder)  # raises a clear error for a missing or empty folder
+        # (path, slice or None): headers only are read here, so indexing a large folder stays cheap
+        self.items: list[tuple[str, int | None]] = []
+        for path in files:
+            n = count_slices(path) if expand_volumes else 1
+            self.items += [(path, i) for i in range(n)] if n > 1 else [(path, None)]
+        self.files = files
         self.size = size
         if check_modality:
             check_modality_of_images(self.files, self.modality.name)
         self._warned: set[str] = set()
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.items)
 
-    def load(self, path: str) -> torch.Tensor:
-        image = torch.from_numpy(read_image(path, self.modality)).unsqueeze(0)
+    def load(self, path: str, slice_index: int | None = None) -> torch.Tensor:
+        image = torch.from_numpy(read_image(path, self.modality, slice_index)).unsqueeze(0)
         # bilinear + antialias keeps fine structures (vessels, layers) when large images are shrunk
         return F.interpolate(image, size=(self.size, self.size), mode="bilinear", antialias=True)[0].clamp_(0, 1)
 
     def __getitem__(self, index: int) -> dict:
         skipped = 0
-        for offset in range(min(len(self.files), _MAX_CONSECUTIVE_FAILURES)):
-            path = self.files[(index + offset) % len(self.files)]
+        for offset in range(min(len(self.items), _MAX_CONSECUTIVE_FAILURES)):
+            path, slice_index = self.items[(index + offset) % len(self.items)]
             try:
-                return {"image": self.load(path), "skipped": skipped}
+                return {"image": self.load(path, slice_index), "skipped": skipped}
             except ImageReadError as e:
                 skipped += 1
                 if path not in self._warned:

@@ -43,8 +43,10 @@ def is_main_process() -> bool:
 def wrap_ddp(module: torch.nn.Module, device: torch.device, find_unused_parameters: bool = False) -> torch.nn.Module:
     """DistributedDataParallel over every trainable parameter (encoder included when it is fine-tuned).
     `find_unused_parameters` for models whose forward may skip parameters (iBOT's mask token when no crop of
-    a batch is masked)."""
+    a batch is masked). On GPUs, BatchNorm layers become SyncBatchNorm."""
     device_ids = [device] if device.type == "cuda" else None
+    if device.type == "cuda":  # batch statistics over all GPUs (SyncBatchNorm has no CPU kernel)
+        module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
     return torch.nn.parallel.DistributedDataParallel(module.to(device), device_ids=device_ids,
                                                      find_unused_parameters=find_unused_parameters)
 

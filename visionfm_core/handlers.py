@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from .io import atomic_write_text
+from .io import atomic_write_bytes, atomic_write_text
 from .metrics import classification_metrics
 
 __all__ = ["ClassificationWriter", "EmbeddingWriter", "stack_pred_label"]
@@ -105,8 +105,6 @@ class EmbeddingWriter:
         return os.path.join(self.output_dir, rel.replace(os.sep, "__") + ".npy")
 
     def _write_batch(self, engine: Engine) -> None:
-        from .io import atomic_write_bytes
-
         output = engine.state.output
         for sample in output if isinstance(output, list) else [output]:
             image = _filename(sample)

@@ -15,7 +15,6 @@ import logging
 import os
 from typing import Any
 
-import torch
 from ignite.engine import Engine, Events
 
 from ..io import atomic_torch_save

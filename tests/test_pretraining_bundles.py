@@ -158,3 +158,21 @@ def test_multi_process_pretraining_with_torchrun_on_cpu(tmp_path):
     ckpt = torch.load(tmp_path / "models" / "checkpoint.pt", weights_only=True)
     assert ckpt["trainer"]["iteration"] == 2  # 16 images / (2 processes x 4) per epoch
     assert not any(k.startswith("module.") for k in ckpt["student"])
+
+
+def test_knn_probe_runs_in_the_bundle_when_a_labelled_set_is_given(tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    from visionfm_core.data import write_demo_dataset
+
+    folder = write_phantom_folder(tmp_path / "images", "Fundus", count=8, size=48)
+    labelled = write_demo_dataset(tmp_path / "labelled", per_class=2, size=48, num_classes=2)
+    workflow = ConfigWorkflow(config_file=str(FUNDUS / "train.json"), workflow_type="train", dataset_dir=folder,
+                              ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "runs"),
+                              knn_datalist=labelled, stop_on_collapse=False,
+                              **{**SMALL, "train::trainer::max_epochs": 1})
+    workflow.initialize()
+    workflow.run()
+    metrics = workflow.parser.get_parsed_content("train::trainer").state.metrics
+    assert 0.0 <= metrics["knn_top1"] <= 1.0
+    assert {"epoch_loss", "epoch_teacher_entropy", "epoch_kl_teacher_student"} <= set(metrics)

@@ -26,6 +26,7 @@ def load_datalist(
     base_dir: str | os.PathLike | None = None,
     num_classes: int | None = None,
     required: bool = True,
+    path_keys: tuple[str, ...] = ("label", "fov"),
 ) -> list[dict]:
     """Load one split of a MONAI datalist, with image paths made absolute and checked.
 
@@ -37,6 +38,8 @@ def load_datalist(
         num_classes: if given, every ``"label"`` present must be an integer in ``0 .. num_classes - 1``.
             Entries without a label (e.g. an unlabelled test split) are allowed.
         required: if False, a missing or empty split returns ``[]`` instead of raising.
+        path_keys: keys whose string values are files (segmentation masks, field-of-view masks): made absolute
+            against the same folder and checked to exist. With ``num_classes`` given, ``"label"`` is a class index.
 
     Returns:
         Copies of the entries, with ``"image"`` an absolute path to an existing file.
@@ -82,9 +85,17 @@ def load_datalist(
         path = os.path.normpath(os.path.join(base, os.path.expanduser(image)))  # join keeps absolute paths as is
         if not os.path.isfile(path):
             raise ValueError(f"{where}: image file {path} does not exist.")
-        if "label" in entry:
+        entry = {**entry, "image": path}
+        for key in path_keys:
+            if key == "label" and num_classes is not None:
+                continue  # a classification datalist: the label is a class index, checked below
+            if isinstance(entry.get(key), str):
+                entry[key] = os.path.normpath(os.path.join(base, os.path.expanduser(entry[key])))
+                if not os.path.isfile(entry[key]):
+                    raise ValueError(f"{where}: {key} file {entry[key]} (for image {path}) does not exist.")
+        if "label" in entry and (num_classes is not None or not isinstance(entry["label"], str)):
             _check_label(entry["label"], num_classes, where, path)
-        out.append({**entry, "image": path})
+        out.append(entry)
     return out
 
 

@@ -1,23 +1,50 @@
-"""Read one 2-D ophthalmic image file into the (3, H, W) float32 [0, 1] array the encoders expect.
+"""Reading ophthalmic image files: one MONAI ``ImageReader`` (:class:`EyeImageReader`) and the pixel rules after it.
 
-Every VisionFM encoder takes 3-channel input, whatever the modality, so all the format, bit-depth and
-channel-count differences between cameras, PACS exports and research datasets are settled here, once.
-Anything we cannot turn into a faithful 2-D image raises :class:`ImageReadError` naming the file.
+Every file enters through :class:`EyeImageReader` (PNG/JPEG/TIFF/BMP/GIF via Pillow, DICOM via pydicom, NIfTI via
+nibabel, DICOM series folders via MONAI's ITK reader), so ``monai.transforms.LoadImaged(keys,
+reader="EyeImageReader")`` works once ``visionfm_core.data`` is imported. The reader returns the stored values, row
+by row ((H, W) or (H, W, C), no scaling, no channel copying) with their metadata, including how to scale them.
+The two ways of turning that into network input live here too, so :func:`read_image` and the MONAI transforms
+(``EyeChannelsd``, ``LabelMapd``) share one implementation:
+
+* :func:`unit_rgb`: images -> (3, H, W) float32 in [0, 1] (every VisionFM encoder takes 3 channels);
+* :func:`label_channel_first`: label maps -> (1, H, W), values untouched.
+
+Anything we cannot turn into a faithful image raises :class:`ImageReadError` naming the file.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
+from monai.data import ImageReader
+from monai.transforms.io.array import SUPPORTED_READERS
+from monai.utils import ensure_tuple
 
 from visionfm_core.modalities import Modality, get_modality
 
-__all__ = ["ImageReadError", "IMAGE_EXTENSIONS", "read_image", "list_images"]
+__all__ = [
+    "ImageReadError",
+    "IMAGE_EXTENSIONS",
+    "LABEL_EXTENSIONS",
+    "EyeImageReader",
+    "read_image",
+    "count_slices",
+    "list_images",
+    "unit_rgb",
+    "label_channel_first",
+]
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".nii", ".nii.gz")
-_PIL_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+# Images that pretraining folders and datalists pick up. GIF is left out on purpose: in eye datasets GIFs are
+# masks (DRIVE ships its vessel and FOV masks as .gif), and a mask must never become a pretraining image.
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".ppm", ".dcm", ".nii",
+                                     ".nii.gz")
+# Everything EyeImageReader reads: images plus GIF label maps.
+LABEL_EXTENSIONS: tuple[str, ...] = IMAGE_EXTENSIONS + (".gif",)
+_PIL_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".ppm", ".gif")  # .ppm: STARE
 _NIFTI_EXTENSIONS = (".nii", ".nii.gz")
 
 # ITU-R BT.601 weights, the same ones PIL's convert("L") uses.
@@ -36,9 +63,26 @@ _PIL_CONVERT = {
     "HSV": "RGB",
 }
 
+# Meta keys the reader writes for the transforms after it (besides MONAI's filename_or_obj, spatial_shape,
+# original_channel_dim, affine, original_affine):
+#   "format"        PNG, JPEG, TIFF, BMP, GIF, DICOM, NIfTI or DICOM series
+#   "stored_dtype"  the dtype in the file (LoadImaged turns the array into float32)
+#   "scaling"       how to reach [0, 1]: "full_scale" (divide by "full_scale"), "minmax", or "float" (kept if
+#                   already in [0, 1], min-max otherwise)
+#   "full_scale"    the stored value that means white (255, 65535, 2**BitsStored - 1, ...)
+#   "invert"        DICOM MONOCHROME1 (0 means white)
+#   "palette"       (256, 3) uint8 colours of a palette ("P") image whose array holds the indices; images look
+#                   the colours up, label maps keep the indices
+#   "spacing"       pixel size per array axis, when the file says (DICOM PixelSpacing in mm, NIfTI pixdim in
+#                   the file's units)
+#   "bits_stored", "photometric_interpretation", "slice_index": DICOM / volume details
+# EyeChannelsd / LabelMapd consume the scaling hints and drop them, so applying one twice fails instead of
+# scaling twice.
+SCALING_KEYS = ("scaling", "full_scale", "invert", "palette")
+
 
 class ImageReadError(ValueError):
-    """An image file is missing, corrupt, or not a 2-D image we can use; the message names the file."""
+    """An image file is missing, corrupt, or not an image we can use; the message names the file."""
 
 
 def _extension(path: str) -> str:
@@ -49,43 +93,15 @@ def _extension(path: str) -> str:
 def _has_dicom_preamble(path: str) -> bool:
     # DICOM Part 10 files carry "DICM" after a 128-byte preamble, whatever their extension (PACS exports often
     # have none at all).
-    with open(path, "rb") as f:
-        head = f.read(132)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
     return len(head) == 132 and head[128:] == b"DICM"
 
 
-def read_image(path: str | os.PathLike, modality: str | Modality | None = None, slice_index: int | None = None) -> np.ndarray:
-    """Read a 2-D image file (or one slice of a volume) as a float32 array shaped (3, H, W) with values in [0, 1].
-
-    ``slice_index`` picks one frame of a multi-frame DICOM or one slice (last spatial axis) of a 3-D NIfTI
-    volume; `count_slices` tells how many there are.
-
-    Formats: PNG, JPEG, TIFF, BMP (Pillow); DICOM (``.dcm`` or any file with the DICOM preamble; pydicom,
-    single frame; YBR colour spaces are converted to RGB, MONOCHROME1 is inverted, PALETTE COLOR is looked up);
-    NIfTI (``.nii``/``.nii.gz``; a 2-D image, or a 3-D volume with a single slice; the array is used as stored,
-    without reorientation, so ``nib.Nifti1Image(img)`` round-trips).
-
-    Channels (last axis of the decoded image):
-
-    * 1 (grey) -> replicated to 3 channels
-    * 2 (grey + alpha) -> grey replicated to 3 channels, alpha dropped
-    * 3 (RGB) -> kept as is
-    * 4 (RGBA) -> alpha dropped
-    * anything else -> :class:`ImageReadError`
-
-    Intensities: 8-bit data are divided by 255 and 16-bit PNG/TIFF by 65535. DICOM unsigned integers are divided
-    by ``2**BitsStored - 1``; signed or float DICOM data are min-max scaled. Other signed integers are min-max
-    scaled. Float data are min-max scaled only if they fall outside [0, 1].
-
-    If ``modality`` is a grey modality (OCT, FFA, ultrasound, UBM, MRI), the luminance is replicated to 3 channels,
-    so a colour export of a grey scan matches a grey export of it. Colour modalities keep RGB.
-
-    Raises:
-        ImageReadError: the file is missing, empty, corrupt or truncated, has an unsupported extension or channel
-            count, is a DICOM without pixel data, or is a multi-frame DICOM / multi-slice volume.
-    """
-    path = os.fspath(path)
-    mod = get_modality(modality) if modality is not None else None
+def _check_file(path: str) -> None:
     if not os.path.exists(path):
         raise ImageReadError(f"Image file {path} does not exist.")
     if os.path.isdir(path):
@@ -93,32 +109,139 @@ def read_image(path: str | os.PathLike, modality: str | Modality | None = None, 
     if os.path.getsize(path) == 0:
         raise ImageReadError(f"Image file {path} is empty (0 bytes).")
 
+
+# --- the MONAI reader --------------------------------------------------------------------------------------------
+
+
+class EyeImageReader(ImageReader):
+    """MONAI ``ImageReader`` for ophthalmic images: PNG, JPEG, TIFF, BMP, GIF (Pillow), DICOM (pydicom; ``.dcm`` or
+    any file with the DICOM preamble), NIfTI (nibabel) and DICOM series folders (MONAI's ``ITKReader``).
+
+    Use it with ``LoadImaged(keys, reader=EyeImageReader())`` or, once ``visionfm_core.data`` is imported,
+    ``reader="EyeImageReader"``; then ``EyeChannelsd`` (images) or ``LabelMapd`` (label maps).
+
+    The array is what the file stores, in row-major order: (H, W) grey, (H, W, C) with channels last, or a volume
+    ((frames, H, W[, C]) for a multi-frame DICOM, the stored (X, Y, Z) for a 3-D NIfTI) when ``slice_index`` is
+    None. Colour-space decoding that belongs to the format is done here (DICOM YBR -> RGB, DICOM PALETTE COLOR
+    lookup); intensity scaling and channel handling are left to the transforms, guided by the meta (see
+    ``SCALING_KEYS`` above). Affines: identity for photos, the pixel spacing for DICOM, the file's affine for NIfTI
+    (its in-plane part for a 2-D image or a picked slice).
+
+    Args:
+        slice_index: read only this frame of a multi-frame DICOM or this slice (third axis) of a 3-D NIfTI, as a
+            2-D image; :func:`count_slices` tells how many there are.
+
+    Errors (missing, empty, corrupt or truncated files, multi-page TIFF/GIF, DICOM without pixel data, a slice
+    that does not exist) raise :class:`ImageReadError` naming the file, from ``get_data``: ``read`` only collects
+    the file name, so ``LoadImage`` never falls back to another reader that would silently read the file
+    differently.
+    """
+
+    def __init__(self, slice_index: int | None = None):
+        super().__init__()
+        self.slice_index = slice_index
+
+    def verify_suffix(self, filename: Sequence[os.PathLike] | os.PathLike) -> bool:
+        return all(_readable(os.fspath(name)) for name in ensure_tuple(filename))
+
+    def read(self, data: Sequence[os.PathLike] | os.PathLike, **kwargs) -> tuple[str, ...]:
+        return tuple(os.fspath(name) for name in ensure_tuple(data))
+
+    def get_data(self, img: Sequence[str] | str) -> tuple[np.ndarray, dict]:
+        names = ensure_tuple(img)
+        if len(names) != 1:
+            raise ImageReadError(f"EyeImageReader reads one file per image, got {len(names)}: {list(names)}.")
+        return read_array(os.fspath(names[0]), self.slice_index)
+
+
+def _readable(path: str) -> bool:
+    if os.path.isdir(path):
+        return True  # a DICOM series
+    return _extension(path) in LABEL_EXTENSIONS or _has_dicom_preamble(path)
+
+
+def _register_with_monai() -> None:
+    """Make ``LoadImage(reader="EyeImageReader")`` resolve to our reader.
+
+    LoadImage looks a reader name up in ``SUPPORTED_READERS`` (MONAI's documented place for custom readers).
+    Every entry there is also registered in every ``LoadImage()``, and automatic selection tries them from last
+    to first, so ours goes first in the dict: tried last, it never takes over a pipeline that did not ask for it.
+    """
+    if "eyeimagereader" in SUPPORTED_READERS:
+        return
+    others = dict(SUPPORTED_READERS)
+    SUPPORTED_READERS.clear()
+    SUPPORTED_READERS["eyeimagereader"] = EyeImageReader
+    SUPPORTED_READERS.update(others)
+
+
+_register_with_monai()
+
+
+def read_array(path: str, slice_index: int | None = None) -> tuple[np.ndarray, dict]:
+    """The stored array and meta of one file (what :meth:`EyeImageReader.get_data` returns)."""
+    if os.path.isdir(path):
+        return _read_dicom_series(path)
+    _check_file(path)
     ext = _extension(path)
     if ext == ".dcm" or _has_dicom_preamble(path):
-        img = _read_dicom(path, slice_index)
+        array, meta = _read_dicom(path, slice_index)
     elif ext in _NIFTI_EXTENSIONS:
-        img = _read_nifti(path, slice_index)
+        array, meta = _read_nifti(path, slice_index)
     elif slice_index not in (None, 0):
         raise ImageReadError(f"Image file {path} is a 2-D image; it has no slice {slice_index}.")
     elif ext in _PIL_EXTENSIONS:
-        img = _read_pil(path)
+        array, meta = _read_pil(path)
     else:
         raise ImageReadError(
-            f"Image file {path} has an unsupported extension {ext!r}; supported: {', '.join(IMAGE_EXTENSIONS)}."
+            f"Image file {path} has an unsupported extension {ext!r}; supported: {', '.join(LABEL_EXTENSIONS)}."
         )
-
-    rgb = _to_rgb(img, path)  # (H, W, 3) float32 in [0, 1]
-    if mod is not None and mod.grey:
-        rgb = np.repeat((rgb @ _LUMA)[..., None], 3, axis=-1)
-    return np.ascontiguousarray(np.clip(rgb, 0.0, 1.0).transpose(2, 0, 1), dtype=np.float32)
+    meta["filename_or_obj"] = path
+    return array, meta
 
 
-def _read_pil(path: str) -> np.ndarray:
+def _meta(array: np.ndarray, fmt: str, spatial_ndim: int, affine: np.ndarray, scaling: tuple[str, float],
+          stored_dtype: np.dtype, spacing: Sequence[float] | None = None, **extra: Any) -> dict:
+    spatial_shape = array.shape[:spatial_ndim]
+    meta = {
+        "format": fmt,
+        "spatial_shape": np.asarray(spatial_shape),
+        "original_channel_dim": -1 if array.ndim > spatial_ndim else "no_channel",
+        "affine": affine.astype(np.float64),
+        "original_affine": affine.astype(np.float64),
+        "stored_dtype": str(stored_dtype),
+        "scaling": scaling[0],
+        "full_scale": float(scaling[1]),
+        "invert": False,
+    }
+    if spacing is not None:
+        meta["spacing"] = np.asarray(spacing, dtype=np.float64)
+    meta.update(extra)
+    return meta
+
+
+def _scaling_for(dtype: np.dtype, path: str) -> tuple[str, float]:
+    """How values of this stored dtype map to [0, 1] when the format says nothing more."""
+    if dtype == np.bool_:
+        return "full_scale", 1.0
+    if dtype == np.uint8:
+        return "full_scale", 255.0
+    if dtype == np.uint16:
+        return "full_scale", 65535.0
+    if dtype.kind == "f":
+        return "float", 1.0
+    if dtype.kind in "iu":  # signed or 32/64-bit integers: no known full scale
+        return "minmax", 1.0
+    raise ImageReadError(f"Image file {path} has unsupported pixel data type {dtype}.")
+
+
+def _read_pil(path: str) -> tuple[np.ndarray, dict]:
     from PIL import Image
 
+    palette = None
     try:
         with Image.open(path) as im:
-            # A multi-page TIFF is a stack, not one image: refuse rather than silently use page 0.
+            # A multi-page TIFF (or animated GIF) is a stack, not one image: refuse rather than silently use page 0.
             if getattr(im, "n_frames", 1) > 1:
                 raise ImageReadError(
                     f"Image file {path} has {im.n_frames} pages/frames; a single 2-D image is expected."
@@ -126,8 +249,10 @@ def _read_pil(path: str) -> np.ndarray:
             # Image.open only reads the header: load() forces the full decode so a truncated or corrupt file fails
             # here, naming the file (this relies on Pillow's default ImageFile.LOAD_TRUNCATED_IMAGES = False).
             im.load()
+            fmt = im.format or _extension(path).lstrip(".").upper()
             if im.mode == "P":
-                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+                # Keep the indices (a palette label map's classes); images look the colours up in EyeChannelsd.
+                palette = _palette_of(im)
             elif im.mode in _PIL_CONVERT:
                 im = im.convert(_PIL_CONVERT[im.mode])
             arr = np.asarray(im)
@@ -138,7 +263,20 @@ def _read_pil(path: str) -> np.ndarray:
     if arr.dtype == np.int32 and arr.size and arr.min() >= 0 and arr.max() <= 65535:
         # Some Pillow versions open 16-bit grey PNG/TIFF as 32-bit mode "I"; the values are still 16-bit.
         arr = arr.astype(np.uint16)
-    return _scale(arr, path)
+    if palette is not None:
+        return arr, _meta(arr, fmt, 2, np.eye(3), ("full_scale", 255.0), arr.dtype, palette=palette)
+    return arr, _meta(arr, fmt, 2, np.eye(3), _scaling_for(arr.dtype, path), arr.dtype)
+
+
+def _palette_of(im) -> np.ndarray:
+    """The (256, 3) uint8 RGB colours of a palette image (what ``im.convert("RGB")`` looks up)."""
+    flat = im.getpalette("RGB")
+    if flat is None:  # a palette image without a palette is displayed as grey levels
+        return np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+    colours = np.zeros((256, 3), dtype=np.uint8)
+    given = np.asarray(flat, dtype=np.uint8).reshape(-1, 3)[:256]
+    colours[: len(given)] = given
+    return colours
 
 
 def count_slices(path: str | os.PathLike) -> int:
@@ -162,7 +300,20 @@ def count_slices(path: str | os.PathLike) -> int:
     return 1
 
 
-def _read_dicom(path: str, slice_index: int | None = None) -> np.ndarray:
+def _dicom_pixel_spacing(ds) -> list[float] | None:
+    """(row spacing, column spacing) in mm, from the top level or the multi-frame shared functional groups."""
+    for key in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = ds.get(key)
+        if value is not None and len(value) == 2:
+            return [float(v) for v in value]
+    try:
+        value = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+        return [float(v) for v in value]
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return None
+
+
+def _read_dicom(path: str, slice_index: int | None = None) -> tuple[np.ndarray, dict]:
     import pydicom
     from pydicom.pixels import apply_color_lut, convert_color_space, pixel_array
 
@@ -176,46 +327,80 @@ def _read_dicom(path: str, slice_index: int | None = None) -> np.ndarray:
             raise ImageReadError(f"DICOM file {path} is not a valid DICOM file (no data elements could be read).")
         raise ImageReadError(f"DICOM file {path} has no pixel data (PixelData element missing).")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1 and slice_index is None:
-        raise ImageReadError(f"DICOM file {path} has {frames} frames; a single-frame 2-D image is expected.")
     if slice_index is not None and not 0 <= slice_index < frames:
         raise ImageReadError(f"DICOM file {path} has {frames} frame(s); there is no frame {slice_index}.")
+    volume = frames > 1 and slice_index is None
 
+    pi = str(ds.get("PhotometricInterpretation", "")).upper()
     try:
         # raw=True: we apply the colour-space conversion ourselves below, based on PhotometricInterpretation.
         arr = pixel_array(ds, raw=True, index=slice_index if frames > 1 else None)
-        pi = str(ds.get("PhotometricInterpretation", "")).upper()
         if pi in ("YBR_FULL", "YBR_FULL_422"):
             arr = convert_color_space(arr, pi, "RGB")
         elif pi == "PALETTE COLOR":
             arr = apply_color_lut(arr, ds)  # indices -> RGB with 8- or 16-bit entries
-            return _scale(arr, path)
     except Exception as e:
         raise ImageReadError(f"DICOM file {path} has pixel data that could not be decoded: {e}") from e
 
-    if arr.ndim not in (2, 3):
+    spatial_ndim = 3 if volume else 2
+    if arr.ndim not in (spatial_ndim, spatial_ndim + 1):
         raise ImageReadError(f"DICOM file {path} has pixel data of shape {arr.shape}; a 2-D image is expected.")
-    if arr.dtype.kind == "u":
-        bits = int(ds.get("BitsStored", arr.dtype.itemsize * 8))
-        out = np.clip(arr.astype(np.float32) / float(2**bits - 1), 0.0, 1.0)
+    if pi == "PALETTE COLOR":
+        scaling = _scaling_for(arr.dtype, path)
+    elif arr.dtype.kind == "u":
+        scaling = ("full_scale", float(2 ** int(ds.get("BitsStored", arr.dtype.itemsize * 8)) - 1))
     else:  # signed or float data have no fixed full-scale value
-        out = _minmax(arr)
-    if pi == "MONOCHROME1":  # MONOCHROME1 means 0 is white
-        out = 1.0 - out
-    return out
+        scaling = ("minmax", 1.0)
+
+    pixel = _dicom_pixel_spacing(ds)
+    if volume:  # frames first; their spacing from the header when it says, 1 otherwise
+        between = float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0)
+        spacing = [between] + pixel if pixel else None
+        affine = np.diag([between] + (pixel or [1.0, 1.0]) + [1.0])
+    else:
+        spacing = pixel
+        affine = np.diag((pixel or [1.0, 1.0]) + [1.0])
+    extra = {"bits_stored": int(ds.get("BitsStored", arr.dtype.itemsize * 8)), "photometric_interpretation": pi}
+    if slice_index is not None:
+        extra["slice_index"] = int(slice_index)
+    meta = _meta(arr, "DICOM", spatial_ndim, affine, scaling, arr.dtype, spacing, **extra)
+    meta["invert"] = pi == "MONOCHROME1"  # MONOCHROME1 means 0 is white
+    return arr, meta
 
 
-def _read_nifti(path: str, slice_index: int | None = None) -> np.ndarray:
+def _read_dicom_series(path: str) -> tuple[np.ndarray, dict]:
+    """A folder of DICOM slices, through MONAI's ITK reader (its array layout and LPS->RAS affine)."""
+    from monai.data import ITKReader
+
+    try:
+        reader = ITKReader()
+        arr, meta = reader.get_data(reader.read(path))
+    except Exception as e:
+        raise ImageReadError(f"DICOM series folder {path} could not be read: {e}") from e
+    arr = np.asarray(arr)
+    meta = dict(meta)
+    meta.update(format="DICOM series", stored_dtype=str(arr.dtype), invert=False, filename_or_obj=path)
+    meta["scaling"], meta["full_scale"] = _scaling_for(arr.dtype, path)
+    return arr, meta
+
+
+def _read_nifti(path: str, slice_index: int | None = None) -> tuple[np.ndarray, dict]:
     import nibabel as nib
 
     try:
-        proxy = nib.load(path).dataobj
+        img = nib.load(path)
+        proxy, affine = img.dataobj, np.asarray(img.affine, dtype=np.float64)
+        zooms = [float(z) for z in img.header.get_zooms()]
         if slice_index is not None and len(proxy.shape) >= 3 and proxy.shape[2] > 1:
             if not 0 <= slice_index < proxy.shape[2]:
                 raise ImageReadError(f"NIfTI file {path} has {proxy.shape[2]} slices; there is no slice {slice_index}.")
             arr = np.asarray(proxy[:, :, slice_index])  # reads one slice, not the whole volume
+            affine = affine.copy()
+            affine[:3, 3] += affine[:3, 2] * slice_index  # the slice's own origin
+            axes_of = [0, 1] + list(range(3, arr.ndim + 1))  # original axes of the remaining array axes
         else:
             arr = np.asarray(proxy)  # applies scl_slope/inter if set; keeps the stored dtype otherwise
+            axes_of = list(range(arr.ndim))
     except ImageReadError:
         raise
     except Exception as e:
@@ -225,13 +410,23 @@ def _read_nifti(path: str, slice_index: int | None = None) -> np.ndarray:
         channels = arr.dtype.names
         arr = np.stack([arr[n] for n in channels], axis=-1)
     spatial = arr.shape[:-1] if channels else arr.shape
-    kept = [s for s in spatial if s != 1] if len(spatial) > 2 else list(spatial)
-    if len(kept) != 2:
-        raise ImageReadError(
-            f"NIfTI file {path} has shape {arr.shape}; a 2-D image (or a 3-D volume with a single slice) is expected."
-        )
-    arr = arr.reshape(kept + ([len(channels)] if channels else []))
-    return _scale(arr, path)
+    kept = [i for i, s in enumerate(spatial) if s != 1] if len(spatial) > 2 else list(range(len(spatial)))
+    extra = {"slice_index": int(slice_index)} if slice_index is not None and len(proxy.shape) >= 3 else {}
+    if len(kept) == 2:  # a 2-D image, a 3-D volume with a single slice, or the slice asked for
+        arr = arr.reshape([spatial[i] for i in kept] + ([len(channels)] if channels else []))
+        world = [axes_of[i] for i in kept]
+        in_plane = affine[np.ix_(world + [3], [axes_of[i] for i in kept] + [3])]
+        spacing = [zooms[a] if a < len(zooms) else 1.0 for a in world]
+        return arr, _meta(arr, "NIfTI", 2, in_plane, _scaling_for(arr.dtype, path), arr.dtype, spacing, **extra)
+    if len(spatial) < 2:
+        raise ImageReadError(f"NIfTI file {path} has shape {arr.shape}; an image or a volume is expected.")
+    # a volume (or a 4-D series, whose extra axes count as channels), returned whole with its affine
+    if not channels and arr.ndim > 3:
+        arr = arr.reshape(arr.shape[:3] + (-1,))
+    return arr, _meta(arr, "NIfTI", 3, affine, _scaling_for(arr.dtype, path), arr.dtype, zooms[:3], **extra)
+
+
+# --- from stored values to network input -------------------------------------------------------------------------
 
 
 def _minmax(arr: np.ndarray) -> np.ndarray:
@@ -240,25 +435,46 @@ def _minmax(arr: np.ndarray) -> np.ndarray:
     return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
 
 
-def _scale(arr: np.ndarray, path: str) -> np.ndarray:
-    """Map the stored values to float32 [0, 1] according to their dtype."""
-    if arr.dtype == np.bool_:
-        return arr.astype(np.float32)
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / 255.0
-    if arr.dtype == np.uint16:
-        return arr.astype(np.float32) / 65535.0
-    if arr.dtype.kind == "f":
-        arr = np.nan_to_num(arr.astype(np.float32))
-        if arr.size and (arr.min() < 0.0 or arr.max() > 1.0):
-            return _minmax(arr)
-        return arr
-    if arr.dtype.kind in "iu":  # signed or 32/64-bit integers: no known full scale
+def _scale(arr: np.ndarray, meta: dict, path: str) -> np.ndarray:
+    """Stored values (as float32) -> [0, 1] following the reader's ``scaling`` hint."""
+    scaling = meta.get("scaling")
+    if scaling == "full_scale":
+        return np.clip(arr / float(meta["full_scale"]), 0.0, 1.0)
+    if scaling == "minmax":
         return _minmax(arr)
-    raise ImageReadError(f"Image file {path} has unsupported pixel data type {arr.dtype}.")
+    if scaling == "float":
+        arr = np.nan_to_num(arr)
+        return _minmax(arr) if arr.size and (arr.min() < 0.0 or arr.max() > 1.0) else arr
+    raise ValueError(
+        f"Image {path} has no intensity scaling information (meta 'scaling' = {scaling!r}): load it with "
+        "LoadImaged(reader=EyeImageReader()) and apply EyeChannelsd once."
+    )
+
+
+def _channels_last(array: np.ndarray, meta: dict, path: str) -> np.ndarray:
+    """(H, W, C) from the reader's layout ((H, W) or (H, W, C)) or a channel-first (C, H, W) (EnsureChannelFirst)."""
+    spatial = tuple(int(s) for s in meta.get("spatial_shape", array.shape[:2]))
+    if len(spatial) != 2:
+        if meta.get("format") == "DICOM":
+            raise ImageReadError(
+                f"DICOM file {path} has {spatial[0]} frames; a single-frame 2-D image is expected "
+                "(pick one with slice_index)."
+            )
+        raise ImageReadError(
+            f"{meta.get('format', 'Image')} file {path} has shape {spatial}; a 2-D image (or a 3-D volume with a "
+            "single slice) is expected (pick a slice with slice_index)."
+        )
+    if array.ndim == 2 and array.shape == spatial:
+        return array[..., None]
+    if array.ndim == 3 and array.shape[:2] == spatial:
+        return array
+    if array.ndim == 3 and array.shape[1:] == spatial:
+        return np.moveaxis(array, 0, -1)
+    raise ImageReadError(f"Image file {path} has shape {array.shape}; a 2-D image of size {spatial} is expected.")
 
 
 def _to_rgb(img: np.ndarray, path: str) -> np.ndarray:
+    """(H, W, C) -> (H, W, 3): grey replicated, alpha dropped."""
     if img.ndim == 2:
         img = img[..., None]
     if img.ndim != 3:
@@ -271,6 +487,104 @@ def _to_rgb(img: np.ndarray, path: str) -> np.ndarray:
     raise ImageReadError(
         f"Image file {path} has {c} channels; supported: 1 (grey), 2 (grey+alpha), 3 (RGB), 4 (RGBA)."
     )
+
+
+def unit_rgb(array: Any, meta: dict, grey: bool = False) -> np.ndarray:
+    """The reader's output -> (3, H, W) float32 in [0, 1]: the image rules, shared by :func:`read_image` and
+    ``EyeChannelsd``.
+
+    Intensities (from the meta): 8-bit data / 255, 16-bit / 65535, DICOM unsigned / (2**BitsStored - 1); signed
+    integers and signed or float DICOM are min-max scaled; float data only if outside [0, 1]. MONOCHROME1 is
+    inverted. Palette images are looked up. Channels: grey -> 3 copies; grey + alpha -> grey, alpha dropped; RGB
+    kept; RGBA -> alpha dropped. ``grey=True`` (grey modalities) replaces RGB by 3 copies of its luminance, so a
+    colour export of a grey scan matches a grey export of it.
+    """
+    path = str(meta.get("filename_or_obj", "<unknown image>"))
+    # LoadImaged hands over float32; read_image does the same conversion so both paths give identical pixels.
+    img = _channels_last(np.asarray(array, dtype=np.float32), meta, path)
+    palette = meta.get("palette")
+    if palette is not None:
+        img = np.asarray(palette)[img[..., 0].astype(np.intp)].astype(np.float32)
+    img = _scale(img, meta, path)
+    if meta.get("invert"):
+        img = 1.0 - img
+    rgb = _to_rgb(img, path)
+    if grey:
+        rgb = np.repeat((rgb @ _LUMA)[..., None], 3, axis=-1)
+    return np.ascontiguousarray(np.clip(rgb, 0.0, 1.0).transpose(2, 0, 1), dtype=np.float32)
+
+
+def label_channel_first(array: Any, meta: dict) -> np.ndarray:
+    """The reader's output for a label map -> (1, *spatial) with the stored values (no scaling, no lookup).
+
+    Palette images keep their indices; a constant alpha channel is dropped; RGB(A) masks must have equal colour
+    channels (a black/white mask saved as RGB); anything else raises :class:`ImageReadError` naming the file.
+    """
+    path = str(meta.get("filename_or_obj", "<unknown image>"))
+    array = np.asarray(array)
+    palette = meta.get("palette")
+    if palette is not None:
+        palette = np.asarray(palette)
+        if np.array_equal(palette[:, 0], palette[:, 1]) and np.array_equal(palette[:, 0], palette[:, 2]):
+            # a grey palette (GIF masks saved by Pillow renumber their entries): the grey level is the value, not
+            # the index; colour palettes are real class maps and keep their indices
+            array = palette[array.astype(np.intp), 0]
+    spatial = tuple(int(s) for s in meta.get("spatial_shape", array.shape))
+    if array.shape == spatial:
+        return array[None]
+    if len(spatial) == 2:
+        img = _channels_last(array, meta, path)
+    elif array.shape[:-1] == spatial:
+        img = array
+    else:
+        raise ImageReadError(f"Label map {path} has shape {array.shape}; spatial size {spatial} was expected.")
+    channels = img.shape[-1]
+    if channels in (2, 4):
+        alpha = img[..., -1]
+        if alpha.size and alpha.min() != alpha.max():
+            raise ImageReadError(
+                f"Label map {path} has a transparency channel that varies; a label map must be grey, palette or "
+                "equal-channel RGB (save the mask itself, not as transparency)."
+            )
+        img = img[..., :-1]
+    if not all(np.array_equal(img[..., 0], img[..., c]) for c in range(1, img.shape[-1])):
+        raise ImageReadError(
+            f"Label map {path} has {img.shape[-1]} colour channels that differ; a label map must have one channel "
+            "(grey, palette indices, or RGB with equal channels)."
+        )
+    return np.ascontiguousarray(np.moveaxis(img[..., :1], -1, 0))
+
+
+def read_image(
+    path: str | os.PathLike, modality: str | Modality | None = None, slice_index: int | None = None
+) -> np.ndarray:
+    """Read a 2-D image file (or one slice of a volume) as a float32 array shaped (3, H, W) with values in [0, 1].
+
+    The same reader and pixel rules as ``LoadImaged(reader=EyeImageReader(slice_index)) + EyeChannelsd(modality)``
+    (:func:`unit_rgb` documents them), without the MONAI metadata. ``slice_index`` picks one frame of a
+    multi-frame DICOM or one slice (last spatial axis) of a 3-D NIfTI volume; :func:`count_slices` tells how many
+    there are. NIfTI arrays are used as stored, without reorientation, so ``nib.Nifti1Image(img)`` round-trips.
+
+    Formats: :data:`IMAGE_EXTENSIONS` (PNG, JPEG, TIFF, BMP, DICOM, NIfTI) and DICOM files without extension.
+    GIF is refused here (eye datasets ship masks as GIF); read label maps with ``LabelMapd``.
+
+    Raises:
+        ImageReadError: the file is missing, empty, corrupt or truncated, has an unsupported extension or channel
+            count, is a DICOM without pixel data, or is a multi-frame DICOM / multi-slice volume.
+    """
+    path = os.fspath(path)
+    mod = get_modality(modality) if modality is not None else None
+    _check_file(path)
+    ext = _extension(path)
+    if ext not in IMAGE_EXTENSIONS and not _has_dicom_preamble(path):
+        raise ImageReadError(
+            f"Image file {path} has an unsupported extension {ext!r}; supported: {', '.join(IMAGE_EXTENSIONS)}."
+        )
+    array, meta = read_array(path, slice_index)
+    return unit_rgb(array, meta, grey=mod is not None and mod.grey)
+
+
+# --- listing -----------------------------------------------------------------------------------------------------
 
 
 def list_images(folder: str | os.PathLike) -> list[str]:

@@ -1,29 +1,119 @@
-"""MONAI dictionary transforms for loading, normalising and checking VisionFM classification samples."""
+"""MONAI transforms for VisionFM samples: channels and scaling after ``LoadImaged(reader=EyeImageReader())``,
+label maps, normalisation, label checks, and the evaluation preprocessing written once (:func:`eval_transforms`)."""
 
 from __future__ import annotations
 
 import numbers
 import os
-from typing import Hashable, Mapping
+from typing import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform
+from monai.transforms import Compose, EnsureTyped, LoadImaged, MapTransform, Transform
 
-from visionfm_core.data.readers import read_image
+from visionfm_core.data.readers import SCALING_KEYS, EyeImageReader, label_channel_first, unit_rgb
+from visionfm_core.data.resize import EyeResized
 from visionfm_core.modalities import Modality, get_modality
 
-__all__ = ["LoadEyeImaged", "ModalityNormalized", "ValidateLabeld"]
+__all__ = [
+    "EyeChannels",
+    "EyeChannelsd",
+    "LabelMap",
+    "LabelMapd",
+    "LoadEyeImaged",
+    "ModalityNormalized",
+    "ValidateLabeld",
+    "eval_transforms",
+]
+
+
+def _loaded(img: object, who: str) -> MetaTensor:
+    if not isinstance(img, MetaTensor) or "scaling" not in img.meta:
+        raise ValueError(
+            f"{who} expects an image loaded by LoadImaged(reader=EyeImageReader()) (its meta says how to scale and "
+            f"lay out the pixels), got {type(img).__name__}"
+            + (" without that meta (was it applied twice?)" if isinstance(img, MetaTensor) else "")
+            + "."
+        )
+    return img
+
+
+def _with_pixels(img: MetaTensor, pixels: np.ndarray) -> MetaTensor:
+    """A MetaTensor of ``pixels`` (now channel-first) carrying ``img``'s meta, minus the scaling hints just used."""
+    meta = {k: v for k, v in img.meta.items() if k not in SCALING_KEYS}
+    # Channel-first now: makes a later EnsureChannelFirstd a no-op instead of an error.
+    meta["original_channel_dim"] = 0
+    return MetaTensor(torch.from_numpy(pixels), meta=meta, applied_operations=list(img.applied_operations))
+
+
+class EyeChannels(Transform):
+    """The loaded file (``LoadImage(reader=EyeImageReader())``) -> (3, H, W) float32 in [0, 1] ``MetaTensor``.
+
+    Scaling follows the stored type (8-bit / 255, 16-bit / 65535, DICOM / (2**BitsStored - 1), min-max for
+    signed data), grey is copied to 3 channels, alpha dropped, palette colours looked up, MONOCHROME1 inverted;
+    grey modalities (OCT, FFA, ultrasound, UBM, MRI) get 3 copies of the luminance. The rules are
+    :func:`visionfm_core.data.readers.unit_rgb`, the ones :func:`read_image` uses. Meta is kept (``spatial_shape``
+    = original (H, W), ``filename_or_obj``, affine), with ``original_channel_dim`` = 0.
+    """
+
+    def __init__(self, modality: str | Modality | None = None) -> None:
+        self.modality = get_modality(modality) if modality is not None else None
+
+    def __call__(self, img: MetaTensor) -> MetaTensor:
+        img = _loaded(img, "EyeChannelsd")
+        grey = self.modality is not None and self.modality.grey
+        return _with_pixels(img, unit_rgb(img.detach().cpu().as_tensor().numpy(), img.meta, grey=grey))
+
+
+class EyeChannelsd(MapTransform):
+    """Dictionary version of :class:`EyeChannels`, after ``LoadImaged(keys, reader="EyeImageReader")``."""
+
+    def __init__(self, keys: KeysCollection, modality: str | Modality | None = None,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.channels = EyeChannels(modality)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.channels(d[key])
+        return d
+
+
+class LabelMap(Transform):
+    """A loaded label map -> (1, H, W) (or (1, *spatial) for a volume) with its stored values: no intensity
+    scaling, no channel copying (0/255 masks stay 0/255, palette masks keep their indices). An RGB mask with
+    equal channels becomes one channel; differing channels or a varying alpha raise ``ImageReadError`` naming
+    the file. Read GIF/PNG/TIFF/BMP/NIfTI masks with ``LoadImaged(reader="EyeImageReader")`` first."""
+
+    def __call__(self, img: MetaTensor) -> MetaTensor:
+        img = _loaded(img, "LabelMapd")
+        return _with_pixels(img, label_channel_first(img.detach().cpu().as_tensor().numpy(), img.meta))
+
+
+class LabelMapd(MapTransform):
+    """Dictionary version of :class:`LabelMap`."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.label_map = LabelMap()
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.label_map(d[key])
+        return d
 
 
 class LoadEyeImaged(MapTransform):
     """Replace each key's file path with a (3, H, W) float32 [0, 1] :class:`monai.data.MetaTensor`.
 
-    Reading goes through :func:`visionfm_core.data.read_image` (so ``modality`` greys out grey modalities). The meta
-    dict carries ``filename_or_obj`` (the path) and ``spatial_shape`` (H, W), which is what
-    ``monai.data.decollate_batch`` and MONAI handlers (e.g. ``ClassificationSaver``) use to name outputs.
+    The convenience for ``LoadImaged(keys, reader=EyeImageReader(), image_only=True)`` followed by
+    ``EyeChannelsd(keys, modality)`` (so ``modality`` greys out grey modalities). The meta carries
+    ``filename_or_obj`` (the path), ``spatial_shape`` (H, W) and the affine, which is what
+    ``monai.data.decollate_batch``, ``Invertd`` and MONAI handlers (e.g. ``ClassificationSaver``) use.
     """
 
     def __init__(
@@ -31,23 +121,17 @@ class LoadEyeImaged(MapTransform):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.modality = get_modality(modality) if modality is not None else None
+        self.load = LoadImaged(self.keys, reader=EyeImageReader(), image_only=True,
+                               allow_missing_keys=allow_missing_keys)
+        self.channels = EyeChannelsd(self.keys, self.modality, allow_missing_keys=allow_missing_keys)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            path = d[key]
-            if not isinstance(path, (str, os.PathLike)):
-                raise TypeError(f"LoadEyeImaged expects a file path under key {key!r}, got {type(path).__name__}.")
-            path = os.fspath(path)
-            img = read_image(path, self.modality)
-            meta = {
-                "filename_or_obj": path,
-                "spatial_shape": np.asarray(img.shape[1:]),
-                # Already channel-first: makes a later EnsureChannelFirstd a no-op instead of an error.
-                "original_channel_dim": 0,
-            }
-            d[key] = MetaTensor(torch.from_numpy(img), meta=meta)
-        return d
+        for key in self.key_iterator(data):
+            if not isinstance(data[key], (str, os.PathLike)):
+                raise TypeError(
+                    f"LoadEyeImaged expects a file path under key {key!r}, got {type(data[key]).__name__}."
+                )
+        return self.channels(self.load(data))
 
 
 class ModalityNormalized(MapTransform):
@@ -137,3 +221,20 @@ class ValidateLabeld(MapTransform):
             d[key] = torch.tensor(label, dtype=torch.long)
         return d
 
+
+def eval_transforms(
+    modality: str | Modality, image_size: int | Sequence[int], keys: KeysCollection = "image"
+) -> Compose:
+    """The evaluation preprocessing of VisionFM images, written once: read (``LoadImaged`` with
+    :class:`EyeImageReader`), to 3 channels in [0, 1] (:class:`EyeChannelsd`), resize (:class:`EyeResized`,
+    bilinear), normalise with the modality's statistics (:class:`ModalityNormalized`), float32.
+
+    Used by the k-NN probe and Python callers; invertible with ``Invertd`` (the resize is recorded).
+    """
+    return Compose([
+        LoadImaged(keys, reader=EyeImageReader(), image_only=True),
+        EyeChannelsd(keys, modality),
+        EyeResized(keys, image_size, mode="bilinear"),
+        ModalityNormalized(keys, modality),
+        EnsureTyped(keys, dtype=torch.float32),
+    ])

@@ -12,12 +12,12 @@ import os
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from ignite.engine import Engine, Events
 from torch.utils.data import Dataset
 
 from ..modalities import get_modality
 from .readers import ImageReadError, count_slices, list_images, read_image
+from .resize import resize
 
 __all__ = ["UnlabelledImageDataset", "SkippedImagesReport", "check_modality_of_images"]
 logger = logging.getLogger(__name__)
@@ -52,7 +52,8 @@ def check_modality_of_images(files: list[str], modality: str, sample: int = 16) 
 
 
 class UnlabelledImageDataset(Dataset):
-    """Every image under `folder` (recursively), read as 3-channel [0, 1] tensors resized to `size` x `size`.
+    """Every image under `folder` (recursively), read as 3-channel [0, 1] tensors (`read_image`, i.e.
+    EyeImageReader + EyeChannelsd) resized to `size` x `size` with `resize` (the resize of EyeResized).
     Volumes (multi-frame DICOM, 3-D NIfTI: OCT cubes, MRI series) contribute every slice when `expand_volumes`.
 
     Items are dicts `{"image": (3, size, size) float tensor, "skipped": number of unreadable files passed over}`.
@@ -77,9 +78,10 @@ class UnlabelledImageDataset(Dataset):
         return len(self.items)
 
     def load(self, path: str, slice_index: int | None = None) -> torch.Tensor:
-        image = torch.from_numpy(read_image(path, self.modality, slice_index)).unsqueeze(0)
-        # bilinear + antialias keeps fine structures (vessels, layers) when large images are shrunk
-        return F.interpolate(image, size=(self.size, self.size), mode="bilinear", antialias=True)[0].clamp_(0, 1)
+        image = torch.from_numpy(read_image(path, self.modality, slice_index))
+        # the resize of every other VisionFM pipeline (EyeResized): bilinear + antialias keeps fine structures
+        # (vessels, layers) when large images are shrunk, and stays inside [0, 1]
+        return resize(image, (self.size, self.size), mode="bilinear")
 
     def __getitem__(self, index: int) -> dict:
         skipped = 0

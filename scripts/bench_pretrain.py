@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Benchmark one iBOT pretraining step: our IBOTTrainer vs a straightforward baseline, same run.
 
-Both sides build the same student/teacher (same seed), see the same images, crops and masks, and run
-the same recipe (2 global crops, block masks, CLS + patch loss, AdamW, per-parameter clipping, EMA).
+Both sides start from the same trainer, made by `build_ibot_trainer` from the VisionFM recipe (`IBOTRecipe`,
+with the size options below), so they have the same student/teacher (same seed), images, crops, masks,
+optimizer and schedules, and run the same recipe (2 global crops, block masks, CLS + patch loss, AdamW,
+per-parameter clipping, EMA). Ours runs the trainer; the baseline runs its own step on the trainer's parts.
 The baseline is the plain way to write it: the head and the patch loss over *all* patch tokens (masked
 afterwards), attention as softmax(QK^T)V (F.scaled_dot_product_attention monkeypatched), a Python
 loop for the EMA and for clipping. Nothing else differs.
@@ -49,39 +51,31 @@ def _maxrss_mb() -> float:
 # Worker side (runs in a fresh subprocess)
 # ------------------------------------------------------------------------------------------------
 def _setup(args):
+    """The trainer both sides start from, its images and the number of steps (one warm-up step + the timed ones)."""
     import torch
 
     torch.set_num_threads(args.threads)
-    from visionfm_core.ssl import (
-        BlockMaskGenerator,
-        DINOClsLoss,
-        IBOTPatchLoss,
-        IBOTSchedules,
-        MultiCropAugmentation,
-        build_ibot_models,
-        param_groups,
-    )
+    from visionfm_core.ssl import build_ibot_trainer
 
     device = torch.device(args.device)
-    torch.manual_seed(0)
-    student, teacher = build_ibot_models(
-        args.arch, 16, args.img, out_dim=args.out_dim, drop_path_rate=0.1, hidden_dim=args.hidden
-    )
-    student.to(device)
-    teacher.to(device)
     n_steps = args.steps + 1
-    parts = dict(
-        student=student,
-        teacher=teacher,
-        optimizer=torch.optim.AdamW(param_groups(student)),
-        augmentation=MultiCropAugmentation("Fundus", global_size=args.img).to(device),
-        mask_generator=BlockMaskGenerator(args.img // 16),
-        cls_loss=DINOClsLoss(args.out_dim).to(device),
-        patch_loss=IBOTPatchLoss(args.out_dim).to(device),
-        schedules=IBOTSchedules.build(100, n_steps, total_batch=args.batch, warmup_epochs=0),
-    )
     images = torch.rand(args.batch, 3, args.img, args.img, generator=torch.Generator().manual_seed(1)).to(device)
-    return device, parts, images, n_steps
+    torch.manual_seed(0)
+    trainer = build_ibot_trainer(
+        [{"image": images}] * n_steps,
+        "Fundus",
+        device,
+        max_epochs=1,
+        arch=args.arch,
+        image_size=args.img,
+        out_dim=args.out_dim,
+        hidden_dim=args.hidden,
+        batch_size=args.batch,
+        warmup_epochs=0,
+        freeze_last_layer_epochs=0,
+        amp=None,
+    )
+    return device, trainer, images, n_steps
 
 
 def _sync(device):
@@ -118,16 +112,7 @@ def worker_ours(args) -> dict:
     import torch
     from ignite.engine import Events
 
-    from visionfm_core.ssl import IBOTTrainer
-
-    device, parts, images, n_steps = _setup(args)
-    trainer = IBOTTrainer(
-        device=device,
-        max_epochs=1,
-        train_data_loader=[{"image": images}] * n_steps,
-        freeze_last_layer_epochs=0,
-        **parts,
-    )
+    device, trainer, images, n_steps = _setup(args)
     times, losses = [], []
 
     @trainer.on(Events.ITERATION_STARTED)
@@ -159,29 +144,29 @@ def worker_baseline(args) -> dict:
     from visionfm_core.ssl.trainer import iteration_generators
 
     F.scaled_dot_product_attention = _manual_attention  # the encoder calls F.scaled_dot_product_attention
-    device, parts, images, n_steps = _setup(args)
-    student, teacher, opt = parts["student"], parts["teacher"], parts["optimizer"]
-    aug, maskgen, sched = parts["augmentation"], parts["mask_generator"], parts["schedules"]
+    device, trainer, images, n_steps = _setup(args)
+    student, teacher, opt = trainer.student, trainer.teacher, trainer.optimizer
+    aug, maskgen, sched, recipe = trainer.augmentation, trainer.mask_generator, trainer.schedules, trainer.recipe
     center = torch.zeros(1, args.out_dim, device=device)
     center2 = torch.zeros(1, 1, args.out_dim, device=device)
     t_params = dict(teacher.named_parameters())
     pairs = [(p, t_params[n]) for n, p in student.named_parameters() if n in t_params]
 
     def step(it):
-        lr, wd, m = sched.at(it)
+        lr, wd, m, temp_cls, temp_patch = sched.at(it)
         for g in opt.param_groups:
             g["lr"] = lr
             if g["apply_wd"]:
                 g["weight_decay"] = wd
-        tgen, ngen = iteration_generators(0, 0, it)
+        tgen, ngen = iteration_generators(recipe.seed, 0, it)
         crops = aug(images, generator=tgen)
         masks = maskgen.batch(2 * args.batch, ngen).flatten(1).to(device)
         x = torch.cat(crops[:2])
         with torch.no_grad():
             t_out = teacher.head(teacher.backbone.forward_features(x))  # head on every token
         s_out = student.head(student.backbone.forward_features(x, mask=masks))
-        t_cls = F.softmax((t_out[:, 0] - center) / 0.07, dim=-1).chunk(2)
-        s_cls = (s_out[:, 0] / 0.1).chunk(2)
+        t_cls = F.softmax((t_out[:, 0] - center) / temp_cls, dim=-1).chunk(2)
+        s_cls = (s_out[:, 0] / recipe.student_temp).chunk(2)
         cls, n = 0.0, 0
         for iq in range(2):
             for v in range(2):
@@ -189,22 +174,23 @@ def worker_baseline(args) -> dict:
                     cls = cls + torch.sum(-t_cls[iq] * F.log_softmax(s_cls[v], dim=-1), dim=-1).mean()
                     n += 1
         cls = cls / n
-        t_patch = F.softmax((t_out[:, 1:] - center2) / 0.04, dim=-1).chunk(2)
-        s_patch = (s_out[:, 1:] / 0.1).chunk(2)
+        t_patch = F.softmax((t_out[:, 1:] - center2) / temp_patch, dim=-1).chunk(2)
+        s_patch = (s_out[:, 1:] / recipe.student_temp).chunk(2)
         mk = masks.chunk(2)
         patch = 0.0
         for v in range(2):  # loss over all tokens, masked afterwards
             per_tok = torch.sum(-t_patch[v] * F.log_softmax(s_patch[v], dim=-1), dim=-1)
             patch = patch + ((per_tok * mk[v]).sum(-1) / mk[v].sum(-1).clamp(min=1.0)).mean()
-        loss = cls + patch / 2
+        loss = recipe.lambda_cls * cls + recipe.lambda_patch * patch / 2  # patch: mean over the 2 views
+        c = recipe.center_momentum
         with torch.no_grad():
-            center.mul_(0.9).add_(0.1 * t_out[:, 0].mean(0, keepdim=True))
-            center2.mul_(0.9).add_(0.1 * t_out[:, 1:].mean(dim=(0, 1), keepdim=True))
+            center.mul_(c).add_((1 - c) * t_out[:, 0].mean(0, keepdim=True))
+            center2.mul_(c).add_((1 - c) * t_out[:, 1:].mean(dim=(0, 1), keepdim=True))
         opt.zero_grad()
         loss.backward()
         for p in student.parameters():  # per-parameter clipping, one tensor at a time
             if p.grad is not None:
-                coef = 3.0 / (p.grad.norm(2) + 1e-6)
+                coef = recipe.clip_grad / (p.grad.norm(2) + 1e-6)
                 if coef < 1:
                     p.grad.mul_(coef)
         opt.step()

@@ -13,7 +13,10 @@ from bundle_harness import REPO, TINY
 from tests_common import chain_text
 from visionfm_core import build_encoder, load_encoder_weights
 from visionfm_core.data import write_phantom_folder
-from visionfm_core.ssl import DINOClsLoss, IBOTPatchLoss, knn_accuracy
+from visionfm_core.ssl import DINOClsLoss, IBOTPatchLoss, IBOTRecipe, PretrainingCheckpoint, knn_accuracy
+
+sys.path.insert(0, str(REPO / "scripts"))
+from bundlegen import pretraining  # noqa: E402
 
 FOLDERS = ["fundus", "oct", "ffa", "slitlamp", "external", "ultrasound", "ubm", "mri"]
 FUNDUS = REPO / "bundles" / "fundus_ibot_pretraining" / "configs"
@@ -21,15 +24,40 @@ SMALL = {**TINY, "out_dim": 64, "warmup_epochs": 0, "num_workers": 0}
 
 
 def test_committed_bundles_match_their_description():
-    assert sorted(p.name for p in (REPO / "bundles").glob("*_ibot_pretraining")) == sorted(
+    # this family only; tests/test_generated_bundles.py runs `scripts/generate_bundles.py --check` over all of them
+    described = pretraining.bundles()
+    assert sorted(described) == sorted(p.name for p in (REPO / "bundles").glob("*_ibot_pretraining")) == sorted(
         f"{f}_ibot_pretraining" for f in FOLDERS)
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "generate_pretraining_bundles.py"), "--check"],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
+    stale = [f"{name}/{rel}" for name, files in described.items() for rel, text in files.items()
+             if not (REPO / "bundles" / name / rel).is_file() or (REPO / "bundles" / name / rel).read_text() != text]
+    assert not stale, f"out of date (run python scripts/generate_bundles.py): {stale}"
     oct_cfg = json.loads((REPO / "bundles" / "oct_ibot_pretraining" / "configs" / "train.json").read_text())
     fundus_cfg = json.loads((FUNDUS / "train.json").read_text())
     differing = {k for k in fundus_cfg if fundus_cfg[k] != oct_cfg[k]}
     assert differing == {"modality", "dataset_dir"}  # the bundles differ only in what differs between modalities
+
+
+def parsed(config, **overrides):
+    parser = ConfigParser()
+    parser.read_config(str(config))
+    parser.update(overrides)  # before parsing, as `monai.bundle run` does: `%` macros copy at parse time
+    return parser
+
+
+def test_train_config_is_the_recipe_and_its_overrides():
+    parser = parsed(FUNDUS / "train.json")
+    assert parser.get_parsed_content("recipe") == IBOTRecipe()  # written from the dataclass, not retyped
+    assert parser["train"]["trainer"]["max_epochs"] == IBOTRecipe().epochs
+    assert parser["train"]["trainer"]["_target_"] == "visionfm_core.ssl.build_ibot_trainer"
+    [checkpoint] = [h for h in parser.get_parsed_content("train::handlers") if isinstance(h, PretrainingCheckpoint)]
+    assert checkpoint.save is True
+
+    parser = parsed(FUNDUS / "train.json", base_lr=1e-4, mask_ratio_range=[0.2, 0.4], image_size=32,
+                    **{"train::checkpoint::save": False})
+    recipe = parser.get_parsed_content("recipe")
+    assert (recipe.base_lr, recipe.mask_ratio_range, parser.get_parsed_content("load_size")) == (1e-4, (0.2, 0.4), 36)
+    [checkpoint] = [h for h in parser.get_parsed_content("train::handlers") if isinstance(h, PretrainingCheckpoint)]
+    assert checkpoint.save is False  # the override of the handler's own id reaches the list
 
 
 def train(tmp_path, folder, config="train.json", **overrides):
@@ -43,7 +71,7 @@ def test_resume_after_a_hard_kill_mid_epoch(tmp_path):
         "import sys; sys.path.insert(0, 'tests'); from monai.bundle import run; "
         f"run(config_file='{FUNDUS / 'train.json'}', dataset_dir='{folder}', ckpt_dir='{tmp_path / 'models'}', "
         f"output_dir='{tmp_path / 'runs'}', save_every_iterations=1, "
-        "**{'train::trainer::max_epochs': 2, 'train::handlers::6': "  # the last handler (progress bar) -> crash
+        "**{'train::trainer::max_epochs': 2, 'train::progress': "  # a crash in the progress bar's place
         "{'_target_': 'crash_handler.CrashAt', 'iteration': 4}}, "
         + ", ".join(f"{k}={v!r}" for k, v in SMALL.items()) + ")"
     )
@@ -96,14 +124,14 @@ def test_start_from_original_weights_and_feed_the_task_bundle(tmp_path):
     original = build_encoder("vit_tiny", img_size=32)
     ckpt = {"teacher": {f"backbone.{k}": v for k, v in original.state_dict().items()}, "epoch": 400}
     torch.save(ckpt, tmp_path / "VFM_Fundus_weights.pth")
+    folder = write_phantom_folder(tmp_path / "images", "Fundus", count=8, size=48)
     parser = ConfigParser()
     parser.read_config(str(FUNDUS / "train.json"))
-    parser.update({**SMALL, "init_weights": str(tmp_path / "VFM_Fundus_weights.pth")})
-    student, teacher = parser.get_parsed_content("models")
-    assert torch.equal(student.backbone.blocks[3].mlp.fc1.weight, original.blocks[3].mlp.fc1.weight)
-    assert torch.equal(teacher.backbone.pos_embed, original.pos_embed)
+    parser.update({**SMALL, "dataset_dir": str(folder), "init_weights": str(tmp_path / "VFM_Fundus_weights.pth")})
+    trainer = parser.get_parsed_content("train::trainer")
+    assert torch.equal(trainer.student.backbone.blocks[3].mlp.fc1.weight, original.blocks[3].mlp.fc1.weight)
+    assert torch.equal(trainer.teacher.backbone.pos_embed, original.pos_embed)
 
-    folder = write_phantom_folder(tmp_path / "images", "Fundus", count=8, size=48)
     train(tmp_path, folder, init_weights=str(tmp_path / "VFM_Fundus_weights.pth"), **{"train::trainer::max_epochs": 1})
     task = ConfigParser()
     task.read_config(str(REPO / "bundles" / "fundus_dr_classification" / "configs" / "train.json"))

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from visionfm_core.ssl.head import masked_patch_index
 from visionfm_core.ssl.loss import DINOClsLoss, IBOTPatchLoss, entropy, patch_weights
+from visionfm_core.ssl.recipe import DEFAULT_RECIPE
 
 
 def _ce(t, s_logits, temp):
@@ -90,7 +91,7 @@ def test_loss_near_ln_k_at_initialisation():
     head = IBOTHead(64, 8192, 128, 256)
     fn = DINOClsLoss(8192)
     s = head(torch.randn(2, 6, 64))
-    t = fn.softmax_center_teacher(head(torch.randn(2, 6, 64)).detach(), fn.teacher_temp(0))
+    t = fn.softmax_center_teacher(head(torch.randn(2, 6, 64)).detach(), DEFAULT_RECIPE.warmup_teacher_temp)
     assert fn(s, t).item() == pytest.approx(math.log(8192), rel=0.03)
 
 
@@ -142,16 +143,15 @@ def test_center_update_all_reduces_when_distributed(tmp_path):
         dist.destroy_process_group()
 
 
-def test_teacher_temperature_schedules():
-    cls_fn, patch_fn = DINOClsLoss(8, epochs=100), IBOTPatchLoss(8, epochs=100)
-    assert cls_fn.teacher_temp(0) == pytest.approx(0.07)
-    assert cls_fn.teacher_temp(29) == pytest.approx(0.04)
-    assert cls_fn.teacher_temp(30) == cls_fn.teacher_temp(99) == cls_fn.teacher_temp(500) == pytest.approx(0.04)
-    assert 0.04 < cls_fn.teacher_temp(15) < 0.07
-    assert patch_fn.teacher_temp(0) == pytest.approx(0.04)
-    assert patch_fn.teacher_temp(29) == patch_fn.teacher_temp(99) == pytest.approx(0.07)
-    short = DINOClsLoss(8, warmup_teacher_temp_epochs=5, epochs=3)
-    assert len(short.teacher_temp_schedule) == 3
+def test_losses_take_their_defaults_from_the_recipe_and_own_no_schedule():
+    for fn in (DINOClsLoss(), IBOTPatchLoss()):
+        assert fn.out_dim == DEFAULT_RECIPE.out_dim == 8192
+        assert (fn.student_temp, fn.center_momentum) == (DEFAULT_RECIPE.student_temp, DEFAULT_RECIPE.center_momentum)
+        assert not hasattr(fn, "teacher_temp_schedule")
+    # the temperature is the caller's, per call: a lower one sharpens the teacher
+    logits = torch.randn(4, 8)
+    sharp, soft = (DINOClsLoss(8).softmax_center_teacher(logits, t) for t in (0.04, 0.07))
+    assert entropy(sharp) < entropy(soft)
 
 
 def test_cls_loss_needs_pairs():

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from visionfm_core.ssl.head import build_ibot_models
+from visionfm_core.ssl.recipe import IBOTRecipe
 from visionfm_core.ssl.schedules import (
     IBOTSchedules,
     cancel_last_layer_gradients,
@@ -32,7 +33,7 @@ def test_cosine_schedule_key_points():
 
 
 def test_visionfm_schedules():
-    sch = IBOTSchedules.build(epochs=100, iters_per_epoch=10, total_batch=1024)
+    sch = IBOTSchedules.build(IBOTRecipe(), iters_per_epoch=10, total_batch=1024)
     peak = 7.5e-5 * 1024 / 256
     assert scaled_lr(1024) == pytest.approx(peak)
     assert sch.lr[0] == 0.0 and sch.lr[500] == pytest.approx(peak)  # 50 warm-up epochs
@@ -41,12 +42,28 @@ def test_visionfm_schedules():
     assert sch.weight_decay[0] == pytest.approx(0.04) and sch.weight_decay[-1] == pytest.approx(0.4)
     assert sch.momentum[0] == pytest.approx(0.996) and sch.momentum[-1] == pytest.approx(1.0)
     assert len(sch) == 1000 and sch.warmup_epochs == 50
-    assert sch.at(500) == (pytest.approx(peak), pytest.approx(sch.weight_decay[500]), pytest.approx(sch.momentum[500]))
+    at = sch.at(500)
+    assert (at.lr, at.weight_decay, at.momentum) == (
+        pytest.approx(peak), pytest.approx(sch.weight_decay[500]), pytest.approx(sch.momentum[500]))
     assert sch.at(10**6) == sch.at(999)  # beyond the end the last values hold
-    short = IBOTSchedules.build(epochs=2, iters_per_epoch=3, total_batch=8)  # warm-up cut to the run
+    short = IBOTSchedules.build(IBOTRecipe(epochs=2), iters_per_epoch=3, total_batch=8)  # warm-up cut to the run
     assert short.warmup_epochs == 2 and len(short) == 6
     with pytest.raises(ValueError):
-        IBOTSchedules.build(epochs=0, iters_per_epoch=3, total_batch=8)
+        IBOTSchedules.build(IBOTRecipe(), iters_per_epoch=0, total_batch=8)
+
+
+def test_teacher_temperatures_per_iteration():
+    sch = IBOTSchedules.build(IBOTRecipe(), iters_per_epoch=10, total_batch=256)
+    cls = [sch.at(epoch * 10 + 5).teacher_temp for epoch in range(100)]
+    patch = [sch.at(epoch * 10 + 5).patch_teacher_temp for epoch in range(100)]
+    assert cls[0] == pytest.approx(0.07) and cls[29] == pytest.approx(0.04)  # VisionFM: CLS 0.07 -> 0.04 over 30
+    assert cls[30] == cls[99] == sch.at(10**6).teacher_temp == pytest.approx(0.04)
+    assert 0.04 < cls[15] < 0.07
+    assert patch[0] == pytest.approx(0.04) and patch[29] == patch[99] == pytest.approx(0.07)  # patch 0.04 -> 0.07
+    assert len(set(sch.teacher_temp[150:160])) == 1  # constant within an epoch, as in the original
+    assert len(set(sch.teacher_temp[150:161])) == 2
+    short = IBOTSchedules.build(IBOTRecipe(epochs=3, warmup_teacher_temp_epochs=5), iters_per_epoch=2, total_batch=8)
+    assert len(short.teacher_temp) == len(short.patch_teacher_temp) == 6
 
 
 def test_teacher_temp_schedule():

@@ -8,16 +8,7 @@ import pytest
 import torch
 from ignite.engine import Events
 
-from visionfm_core.ssl import (
-    BlockMaskGenerator,
-    DINOClsLoss,
-    IBOTPatchLoss,
-    IBOTSchedules,
-    IBOTTrainer,
-    MultiCropAugmentation,
-    build_ibot_models,
-    param_groups,
-)
+from visionfm_core.ssl import BlockMaskGenerator, IBOTRecipe, IBOTTrainer, build_ibot_trainer
 
 OUT_DIM = 64
 BATCH = 4
@@ -40,36 +31,31 @@ def _data(n_batches=2, seed=0):
 def make_trainer(
     data=None, epochs=2, lr=1e-3, momentum=0.996, warmup_epochs=0, n_local=1, drop_path=0.0, **kw
 ) -> IBOTTrainer:
+    """A ViT-Tiny trainer at 32 px with a constant lr, through the one builder; `kw` are recipe fields or
+    builder options."""
     torch.manual_seed(0)
     data = _data() if data is None else data
-    student, teacher = build_ibot_models(
-        "vit_tiny", 16, 32, out_dim=OUT_DIM, hidden_dim=64, bottleneck_dim=32, drop_path_rate=drop_path
-    )
-    sched = IBOTSchedules.build(
-        epochs,
-        len(data),
-        total_batch=BATCH,
+    settings = dict(
+        arch="vit_tiny",
+        image_size=32,
+        local_size=16,
+        n_local=n_local,
+        out_dim=OUT_DIM,
+        hidden_dim=64,
+        bottleneck_dim=32,
+        drop_path_rate=drop_path,
+        batch_size=BATCH,
         base_lr=lr * 256 / BATCH,
         min_lr=lr,
         warmup_epochs=warmup_epochs,
-        momentum=momentum,
-        momentum_end=momentum if momentum == 1.0 else 1.0,
+        momentum_teacher=momentum,
+        momentum_teacher_end=momentum if momentum == 1.0 else 1.0,
+        warmup_teacher_temp_epochs=1,
+        freeze_last_layer_epochs=0,
+        mask_min_num_patches=1,
+        prob_no_mask=0.25,
     )
-    kw.setdefault("freeze_last_layer_epochs", 0)
-    kw.setdefault("cls_loss", DINOClsLoss(OUT_DIM, epochs=epochs, warmup_teacher_temp_epochs=1))
-    kw.setdefault("patch_loss", IBOTPatchLoss(OUT_DIM, epochs=epochs, warmup_teacher_temp_epochs=1))
-    return IBOTTrainer(
-        device="cpu",
-        max_epochs=epochs,
-        train_data_loader=data,
-        student=student,
-        teacher=teacher,
-        optimizer=torch.optim.AdamW(param_groups(student)),
-        augmentation=MultiCropAugmentation("Fundus", global_size=32, local_size=16, n_local=n_local),
-        mask_generator=BlockMaskGenerator(2, min_num_patches=1, prob_no_mask=0.25),
-        schedules=sched,
-        **kw,
-    )
+    return build_ibot_trainer(data, "Fundus", max_epochs=epochs, **{**settings, **kw})
 
 
 def _record(trainer):
@@ -87,8 +73,9 @@ def test_iterations_output_and_schedules():
     assert expected_keys | {"kl_teacher_student"} <= set(outputs[0])
     for i, out in enumerate(outputs):
         assert all(math.isfinite(v) for v in out.values())
-        lr, wd, m = trainer.schedules.at(i)
-        assert (out["lr"], out["wd"], out["momentum"]) == (lr, wd, m)
+        at = trainer.schedules.at(i)
+        assert (out["lr"], out["wd"], out["momentum"]) == (at.lr, at.weight_decay, at.momentum)
+        assert (out["teacher_temp"], out["patch_teacher_temp"]) == (at.teacher_temp, at.patch_teacher_temp)
         assert out["loss"] == pytest.approx(out["cls_loss"] + out["patch_loss"], rel=1e-5)
         assert out["kl_teacher_student"] >= -1e-4
     assert trainer.optimizer.param_groups[0]["weight_decay"] == outputs[-1]["wd"]
@@ -107,8 +94,11 @@ def test_loss_falls_on_a_fixed_batch():
         lr=3e-4,
         n_local=0,
         momentum=1.0,
-        cls_loss=DINOClsLoss(OUT_DIM, warmup_teacher_temp=0.04, teacher_temp=0.04, center_momentum=1.0),
-        patch_loss=IBOTPatchLoss(OUT_DIM, warmup_teacher_temp=0.07, teacher_temp=0.07, center_momentum=1.0),
+        warmup_teacher_temp=0.04,
+        teacher_temp=0.04,
+        warmup_teacher_patch_temp=0.07,
+        teacher_patch_temp=0.07,
+        center_momentum=1.0,
     )
     fixed_crops = trainer.augmentation(data[0]["image"], generator=0)
     fixed_masks = trainer.mask_generator.batch(2 * BATCH, np.random.default_rng(0))
@@ -254,7 +244,7 @@ def test_resume_continues_schedules_and_matches_uninterrupted_run(tmp_path):
     outputs = _record(resumed)
     resumed.run()
     assert resumed.state.iteration == 4 and len(outputs) == 2
-    assert outputs[0]["lr"] == resumed.schedules.at(2)[0] and outputs[0]["momentum"] == resumed.schedules.at(2)[2]
+    assert outputs[0]["lr"] == resumed.schedules.at(2).lr and outputs[0]["momentum"] == resumed.schedules.at(2).momentum
     for a, b in ((straight.student, resumed.student), (straight.teacher, resumed.teacher)):
         for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()):
             torch.testing.assert_close(v, w, atol=1e-6, rtol=1e-5, msg=k)
@@ -306,15 +296,37 @@ def test_mask_grid_mismatch_is_explained():
 def test_build_ibot_trainer_from_a_data_loader():
     from torch.utils.data import DataLoader
 
-    from visionfm_core.ssl import build_ibot_trainer
-
     loader = DataLoader([{"image": torch.rand(3, 40, 40)} for _ in range(4)], batch_size=2)
     trainer = build_ibot_trainer(
-        loader, "OCT", epochs=1, arch="vit_tiny", global_size=32, local_size=16, n_local=1, out_dim=OUT_DIM,
+        loader, "OCT", max_epochs=1, arch="vit_tiny", image_size=32, local_size=16, n_local=1, out_dim=OUT_DIM,
         warmup_epochs=0,
     )  # fmt: skip
     assert trainer.schedules.lr[0] == pytest.approx(7.5e-5 * 2 / 256)  # batch size read from the loader
     assert trainer.mask_generator.num_patches == 4
+    assert trainer.recipe == IBOTRecipe(arch="vit_tiny", image_size=32, local_size=16, n_local=1, out_dim=OUT_DIM,
+                                        warmup_epochs=0, epochs=1)
+    assert trainer.state.max_epochs == 1 and trainer.modality == "OCT"
     outputs = _record(trainer)
     trainer.run()
     assert len(outputs) == 2 and all(math.isfinite(o["loss"]) for o in outputs)
+
+
+def test_every_part_is_made_from_the_recipe():
+    trainer = make_trainer(epochs=3, student_temp=0.2, center_momentum=0.8, mask_ratio_range=[0.2, 0.4])
+    r = trainer.recipe
+    assert r.mask_ratio_range == (0.2, 0.4)  # a JSON list becomes the recipe's pair
+    assert trainer.state.max_epochs == r.epochs == 3 and len(trainer.schedules) == 3 * 2
+    for loss in (trainer.cls_loss, trainer.patch_loss):
+        assert (loss.out_dim, loss.student_temp, loss.center_momentum) == (OUT_DIM, 0.2, 0.8)
+    m = trainer.mask_generator
+    assert (m.height, m.ratio_range, m.prob_no_mask, m.min_num_patches) == (2, (0.2, 0.4), 0.25, 1)
+    assert trainer.augmentation.n_local == 1 and trainer.augmentation.views[2].size == 16
+    assert trainer.student.head.last_layer.weight_v.shape == (OUT_DIM, 32)
+    assert trainer.amp_dtype is None and trainer.scaler is None  # amp "auto" is fp32 on the CPU
+
+
+def test_builder_refuses_unknown_settings():
+    with pytest.raises(ValueError, match="unknown iBOT recipe setting.*'learning_rate'"):
+        make_trainer(learning_rate=1e-3)
+    with pytest.raises(ValueError, match="max_epochs=2 and epochs=3"):
+        build_ibot_trainer(_data(), "Fundus", max_epochs=2, epochs=3)

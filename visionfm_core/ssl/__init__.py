@@ -1,20 +1,27 @@
 """iBOT self-supervised pretraining for VisionFM encoders (masked image modelling + self-distillation).
 
+The recipe: `IBOTRecipe` holds every pretraining default (VisionFM's values), `build_ibot_trainer` makes the
+trainer from it; bundles, tests and the benchmark go through both.
+
 Pieces, each small and tested on its own:
 - `masking`: BEiT-style block masks for the global crops.
 - `augment`: batched multi-crop augmentation (CPU or GPU) with the modality normalisation.
 - `head`: the shared projection head (original `head.*` key names) and the backbone+head model.
-- `loss`: `DINOClsLoss` and `IBOTPatchLoss` (masked tokens only), centres in buffers.
-- `schedules`: per-iteration lr / weight decay / momentum arrays, parameter groups, clipping.
-- `trainer`: `IBOTTrainer`, a MONAI engine running one iBOT iteration per batch.
+- `loss`: `DINOClsLoss` and `IBOTPatchLoss` (masked tokens only), centres in buffers; the teacher temperature
+  is given per call.
+- `schedules`: per-iteration lr / weight decay / momentum / teacher temperature arrays, parameter groups,
+  clipping.
+- `trainer`: `IBOTTrainer`, a MONAI engine running one iBOT iteration per batch, and `build_ibot_trainer`.
 """
 
 from visionfm_core.ssl.augment import MultiCropAugmentation
 from visionfm_core.ssl.head import IBOTHead, IBOTModel, WeightNormLinear, build_ibot_models, masked_patch_index
 from visionfm_core.ssl.loss import DINOClsLoss, IBOTPatchLoss, entropy, patch_weights
 from visionfm_core.ssl.masking import BlockMaskGenerator, random_mask
+from visionfm_core.ssl.recipe import DEFAULT_RECIPE, IBOTRecipe
 from visionfm_core.ssl.schedules import (
     IBOTSchedules,
+    ScheduleValues,
     cancel_last_layer_gradients,
     clip_gradients,
     cosine_schedule,
@@ -27,6 +34,8 @@ from visionfm_core.ssl.checkpoint import PretrainingCheckpoint
 from visionfm_core.ssl.monitor import EpochAverages, KNNProbe, knn_accuracy, load_initial_weights
 
 __all__ = [
+    "IBOTRecipe",
+    "DEFAULT_RECIPE",
     "BlockMaskGenerator",
     "random_mask",
     "MultiCropAugmentation",
@@ -40,6 +49,7 @@ __all__ = [
     "entropy",
     "patch_weights",
     "IBOTSchedules",
+    "ScheduleValues",
     "cosine_schedule",
     "teacher_temp_schedule",
     "scaled_lr",

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from visionfm_core.modalities import Modality, get_modality
+from visionfm_core.ssl.recipe import DEFAULT_RECIPE
 
 __all__ = [
     "MultiCropAugmentation",
@@ -224,11 +225,11 @@ class MultiCropAugmentation(nn.Module):
     def __init__(
         self,
         modality: str | Modality,
-        global_size: int = 224,
-        local_size: int = 96,
-        n_local: int = 0,
-        global_scale: tuple[float, float] = (0.32, 1.0),
-        local_scale: tuple[float, float] = (0.05, 0.4),
+        global_size: int = DEFAULT_RECIPE.image_size,
+        local_size: int = DEFAULT_RECIPE.local_size,
+        n_local: int = DEFAULT_RECIPE.n_local,
+        global_scale: tuple[float, float] = DEFAULT_RECIPE.global_crops_scale,
+        local_scale: tuple[float, float] = DEFAULT_RECIPE.local_crops_scale,
         ratio: tuple[float, float] = (0.8, 1.2),
         flip_p: float = 0.5,
         jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1),

@@ -27,28 +27,44 @@ logger = logging.getLogger(__name__)
 class PretrainingCheckpoint:
     """Args:
         ckpt_dir: folder of `checkpoint.pt`, numbered copies and `encoder.pt`.
-        modality / arch / patch_size: written into the exported encoder's header.
         resume: True to continue from `ckpt_dir/checkpoint.pt` (an error if it is missing), "auto" to continue
             only when it exists, False to start afresh, or a path to a specific checkpoint.
         save_every_iterations: also save within an epoch every N iterations (0: only at epoch ends).
-        keep_every_epochs: keep `checkpoint_<epoch>.pt` every this many epochs (VisionFM: 40).
+        keep_every_epochs: keep `checkpoint_<epoch>.pt` every this many epochs; default: the trainer's
+            `recipe.keep_every_epochs` (VisionFM: 40).
         save: False on the processes that must not write (rank > 0); they still resume.
+        modality / arch / patch_size: written into the exported encoder's header; default: the trainer's
+            (`trainer.modality`, `trainer.recipe`), so a bundle states them once.
+
+    The checkpoint also records the trainer's recipe (`visionfm_pretraining["recipe"]`).
     """
 
-    def __init__(self, ckpt_dir: str, modality: str, arch: str, patch_size: int = 16, resume: bool | str = "auto",
-                 save_every_iterations: int = 0, keep_every_epochs: int = 40, save: bool = True):
+    def __init__(self, ckpt_dir: str, resume: bool | str = "auto", save_every_iterations: int = 0,
+                 keep_every_epochs: int | None = None, save: bool = True, modality: str | None = None,
+                 arch: str | None = None, patch_size: int | None = None):
         self.ckpt_dir = ckpt_dir
         self.header = {"modality": modality, "arch": arch, "patch_size": patch_size}
         self.resume = resume
         self.save_every_iterations = save_every_iterations
         self.keep_every_epochs = keep_every_epochs
         self.save = save
+        self.recipe: dict | None = None
 
     @property
     def path(self) -> str:
         return os.path.join(self.ckpt_dir, "checkpoint.pt")
 
     def attach(self, engine: Engine) -> None:
+        recipe = getattr(engine, "recipe", None)
+        defaults = {"modality": getattr(engine, "modality", None), "arch": getattr(recipe, "arch", None),
+                    "patch_size": getattr(recipe, "patch_size", None)}
+        self.header = {k: defaults[k] if v is None else v for k, v in self.header.items()}
+        missing = [k for k, v in self.header.items() if v is None]
+        if missing:
+            raise ValueError(f"PretrainingCheckpoint needs {missing}: the trainer has no recipe/modality, pass them")
+        if self.keep_every_epochs is None:
+            self.keep_every_epochs = getattr(recipe, "keep_every_epochs", 0)
+        self.recipe = recipe.as_dict() if hasattr(recipe, "as_dict") else None
         engine.add_event_handler(Events.STARTED, self._resume)
         if self.save:
             engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
@@ -61,7 +77,8 @@ class PretrainingCheckpoint:
 
     def _write(self, engine: Engine, path: str | None = None) -> None:
         state = {name: obj.state_dict() for name, obj in self._objects(engine).items()}
-        state["visionfm_pretraining"] = dict(self.header, epoch=engine.state.epoch, iteration=engine.state.iteration)
+        state["visionfm_pretraining"] = dict(self.header, epoch=engine.state.epoch, iteration=engine.state.iteration,
+                                             recipe=self.recipe)
         atomic_torch_save(state, path or self.path)
 
     def _epoch_completed(self, engine: Engine) -> None:
@@ -94,7 +111,8 @@ class PretrainingCheckpoint:
             try:
                 obj.load_state_dict(ckpt[name])
             except (RuntimeError, KeyError, ValueError) as e:
-                raise WeightsError(f"cannot resume from {path}: '{name}' does not fit ({str(e).splitlines()[0]})") from None
+                reason = str(e).splitlines()[0]
+                raise WeightsError(f"cannot resume from {path}: '{name}' does not fit ({reason})") from None
         engine.state.max_epochs = max_epochs  # the run's own max_epochs wins over the checkpoint's
         logger.info("resumed from %s at epoch %d, iteration %d", path, engine.state.epoch, engine.state.iteration)
         if engine.state.epoch >= max_epochs:

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from visionfm_core.ssl.recipe import DEFAULT_RECIPE
+
 __all__ = ["WeightNormLinear", "IBOTHead", "IBOTModel", "build_ibot_models", "masked_patch_index"]
 
 # names the torch parametrization API gives a weight-normed Linear's gain (g) and direction (v)
@@ -63,9 +65,9 @@ class IBOTHead(nn.Module):
     def __init__(
         self,
         in_dim: int = 768,
-        out_dim: int = 8192,
-        hidden_dim: int = 2048,
-        bottleneck_dim: int = 256,
+        out_dim: int = DEFAULT_RECIPE.out_dim,
+        hidden_dim: int = DEFAULT_RECIPE.hidden_dim,
+        bottleneck_dim: int = DEFAULT_RECIPE.bottleneck_dim,
         norm_last_layer: bool = True,
     ):
         super().__init__()
@@ -150,13 +152,13 @@ class IBOTModel(nn.Module):
 
 
 def build_ibot_models(
-    arch: str = "vit_base",
-    patch_size: int = 16,
-    img_size: int = 224,
-    out_dim: int = 8192,
-    hidden_dim: int = 2048,
-    bottleneck_dim: int = 256,
-    drop_path_rate: float = 0.1,
+    arch: str = DEFAULT_RECIPE.arch,
+    patch_size: int = DEFAULT_RECIPE.patch_size,
+    img_size: int = DEFAULT_RECIPE.image_size,
+    out_dim: int = DEFAULT_RECIPE.out_dim,
+    hidden_dim: int = DEFAULT_RECIPE.hidden_dim,
+    bottleneck_dim: int = DEFAULT_RECIPE.bottleneck_dim,
+    drop_path_rate: float = DEFAULT_RECIPE.drop_path_rate,
     norm_last_layer: bool = True,
 ) -> tuple[IBOTModel, IBOTModel]:
     """(student, teacher) for iBOT pretraining; the teacher starts as an exact copy of the student.

@@ -12,6 +12,9 @@ are what keep self-distillation from collapsing: centring alone drifts to a unif
 alone to a one-hot output. The centre is updated with momentum 0.9 from the batch mean of the teacher
 logits; under torch.distributed the sum and count are all-reduced asynchronously (started by
 `update_center`, finished by `apply_center_update`), so the reduction overlaps the student's pass.
+
+The losses own no schedule: the teacher temperature of the step is an argument of `softmax_center_teacher`
+(as in DINOv2); the trainer reads it from `IBOTSchedules` for the current iteration.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from visionfm_core.ssl.schedules import teacher_temp_schedule
+from visionfm_core.ssl.recipe import DEFAULT_RECIPE
 
 __all__ = ["DINOClsLoss", "IBOTPatchLoss", "patch_weights", "entropy"]
 
@@ -56,28 +59,18 @@ class _CenteredDistillLoss(nn.Module):
         center_shape: tuple[int, ...],
         student_temp: float,
         center_momentum: float,
-        warmup_teacher_temp: float,
-        teacher_temp: float,
-        warmup_teacher_temp_epochs: int,
-        epochs: int,
     ):
         super().__init__()
         self.out_dim = out_dim
         self.student_temp = student_temp
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(center_shape))
-        self.teacher_temp_schedule = teacher_temp_schedule(
-            warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, epochs
-        )
         self._pending: tuple[torch.Tensor, object] | None = None
-
-    def teacher_temp(self, epoch: int) -> float:
-        """Teacher temperature for a 0-based epoch (the last value holds beyond the schedule)."""
-        return float(self.teacher_temp_schedule[min(max(epoch, 0), len(self.teacher_temp_schedule) - 1)])
 
     @torch.no_grad()
     def softmax_center_teacher(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
-        """softmax((t - centre) / T_teacher) in float32, over the last dimension."""
+        """softmax((t - centre) / teacher_temp) in float32, over the last dimension; `teacher_temp` is this
+        step's value (`IBOTSchedules.at(iteration).teacher_temp` or `.patch_teacher_temp`)."""
         return F.softmax((teacher_logits.float() - self.center.reshape(1, -1)) / teacher_temp, dim=-1)
 
     @torch.no_grad()
@@ -116,40 +109,19 @@ class _CenteredDistillLoss(nn.Module):
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def extra_repr(self) -> str:
-        t = self.teacher_temp_schedule
-        return (
-            f"out_dim={self.out_dim}, student_temp={self.student_temp}, center_momentum={self.center_momentum}, "
-            f"teacher_temp={t[0]:.3g}->{t[-1]:.3g}"
-        )
+        return f"out_dim={self.out_dim}, student_temp={self.student_temp}, center_momentum={self.center_momentum}"
 
 
 class DINOClsLoss(_CenteredDistillLoss):
-    """CLS-token self-distillation loss (centre shape (1, out_dim)).
-
-    Teacher temperature: linear `warmup_teacher_temp` -> `teacher_temp` over the first
-    `warmup_teacher_temp_epochs` epochs, then constant (VisionFM: 0.07 -> 0.04 over 30).
-    """
+    """CLS-token self-distillation loss (centre shape (1, out_dim))."""
 
     def __init__(
         self,
-        out_dim: int = 8192,
-        student_temp: float = 0.1,
-        center_momentum: float = 0.9,
-        warmup_teacher_temp: float = 0.07,
-        teacher_temp: float = 0.04,
-        warmup_teacher_temp_epochs: int = 30,
-        epochs: int = 100,
+        out_dim: int = DEFAULT_RECIPE.out_dim,
+        student_temp: float = DEFAULT_RECIPE.student_temp,
+        center_momentum: float = DEFAULT_RECIPE.center_momentum,
     ):
-        super().__init__(
-            out_dim,
-            (1, out_dim),
-            student_temp,
-            center_momentum,
-            warmup_teacher_temp,
-            teacher_temp,
-            warmup_teacher_temp_epochs,
-            epochs,
-        )
+        super().__init__(out_dim, (1, out_dim), student_temp, center_momentum)
 
     def forward(
         self,
@@ -173,31 +145,15 @@ class DINOClsLoss(_CenteredDistillLoss):
 
 
 class IBOTPatchLoss(_CenteredDistillLoss):
-    """Masked-patch self-distillation loss (centre shape (1, 1, out_dim)).
-
-    Teacher temperature: 0.04 -> 0.07 over the first 30 epochs, then 0.07 (VisionFM's patch schedule).
-    """
+    """Masked-patch self-distillation loss (centre shape (1, 1, out_dim))."""
 
     def __init__(
         self,
-        patch_out_dim: int = 8192,
-        student_temp: float = 0.1,
-        center_momentum: float = 0.9,
-        warmup_teacher_temp: float = 0.04,
-        teacher_temp: float = 0.07,
-        warmup_teacher_temp_epochs: int = 30,
-        epochs: int = 100,
+        patch_out_dim: int = DEFAULT_RECIPE.out_dim,
+        student_temp: float = DEFAULT_RECIPE.student_temp,
+        center_momentum: float = DEFAULT_RECIPE.center_momentum,
     ):
-        super().__init__(
-            patch_out_dim,
-            (1, 1, patch_out_dim),
-            student_temp,
-            center_momentum,
-            warmup_teacher_temp,
-            teacher_temp,
-            warmup_teacher_temp_epochs,
-            epochs,
-        )
+        super().__init__(patch_out_dim, (1, 1, patch_out_dim), student_temp, center_momentum)
 
     def forward(
         self,

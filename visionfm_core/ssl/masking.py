@@ -17,6 +17,8 @@ from typing import Union
 import numpy as np
 import torch
 
+from visionfm_core.ssl.recipe import DEFAULT_RECIPE
+
 __all__ = ["BlockMaskGenerator", "random_mask", "as_generator"]
 
 SeedLike = Union[np.random.Generator, int, None]
@@ -53,10 +55,10 @@ class BlockMaskGenerator:
 
     def __init__(
         self,
-        grid: int | tuple[int, int] = 14,
-        ratio_range: tuple[float, float] = (0.1, 0.5),
-        prob_no_mask: float = 0.5,
-        min_num_patches: int = 16,
+        grid: int | tuple[int, int] = DEFAULT_RECIPE.image_size // DEFAULT_RECIPE.patch_size,
+        ratio_range: tuple[float, float] = DEFAULT_RECIPE.mask_ratio_range,
+        prob_no_mask: float = DEFAULT_RECIPE.prob_no_mask,
+        min_num_patches: int = DEFAULT_RECIPE.mask_min_num_patches,
         aspect_range: tuple[float, float] = (0.3, 1 / 0.3),
         max_attempts: int = 10,
         seed: SeedLike = None,

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from ignite.engine import Engine, Events
 
+from visionfm_core.ssl.recipe import DEFAULT_RECIPE
+
 __all__ = ["EpochAverages", "KNNProbe", "knn_accuracy", "load_initial_weights"]
 logger = logging.getLogger(__name__)
 
@@ -63,20 +65,19 @@ class KNNProbe:
     "validation" images the queries. With `datalist=None` the probe is off.
     """
 
-    def __init__(self, datalist: str | None, modality: str, image_size: int = 224, k: int = 20, interval: int = 1,
-                 batch_size: int = 32, name: str = "knn_top1"):
+    def __init__(self, datalist: str | None, modality: str, image_size: int = DEFAULT_RECIPE.image_size, k: int = 20,
+                 interval: int = 1, batch_size: int = 32, name: str = "knn_top1"):
         self.datalist, self.modality, self.image_size = datalist, modality, image_size
         self.k, self.interval, self.batch_size, self.name = k, interval, batch_size, name
 
     def _loader(self, split: str):
         from monai.data import DataLoader, Dataset
-        from monai.transforms import Compose, Resized
+        from monai.transforms import Compose
 
-        from ..data import LoadEyeImaged, ModalityNormalized, ValidateLabeld, load_datalist
+        from ..data import ValidateLabeld, eval_transforms, load_datalist
 
-        transform = Compose([LoadEyeImaged("image", self.modality),
-                             Resized("image", (self.image_size, self.image_size), anti_aliasing=True),
-                             ModalityNormalized("image", self.modality), ValidateLabeld("label", 10**6)])
+        # the evaluation preprocessing of every VisionFM pipeline: same reader, same resize as pretraining
+        transform = Compose([eval_transforms(self.modality, self.image_size), ValidateLabeld("label", 10**6)])
         return DataLoader(Dataset(load_datalist(self.datalist, split), transform), batch_size=self.batch_size)
 
     def attach(self, engine: Engine) -> None:

@@ -1,27 +1,34 @@
 """Per-iteration schedules and optimiser-side helpers for iBOT pretraining.
 
-Schedules are plain numpy arrays indexed by the global iteration (0-based), so a resumed run picks
-up exactly where it stopped from `engine.state.iteration` alone.
+Schedules are plain numpy arrays indexed by the global iteration (0-based), built once from the recipe
+(`IBOTSchedules.build(recipe, ...)`, as DINOv2 builds its schedules once in train.py), so a resumed run picks
+up exactly where it stopped from `engine.state.iteration` alone. The trainer reads every value of an
+iteration from them, the teacher temperatures included, and hands the temperature to the losses.
 
-VisionFM's recipe: lr = 7.5e-5 x total_batch / 256, linear warm-up then cosine to 2e-6; weight
-decay cosine 0.04 -> 0.4; teacher EMA momentum cosine 0.996 -> 1.0; gradients clipped to norm 3.0
-per parameter tensor; the head's last layer frozen for the first 3 epochs (it is the layer that can
-lock into a collapsed solution before the rest of the network has learned anything).
+VisionFM's recipe (values in `IBOTRecipe`): lr = base x total_batch / 256, linear warm-up then cosine to the
+minimum; weight decay and teacher EMA momentum cosine; teacher temperatures linear over the first epochs,
+constant within an epoch; gradients clipped per parameter tensor; the head's last layer frozen for the first
+epochs (it is the layer that can lock into a collapsed solution before the rest of the network has learned
+anything).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
+
+from visionfm_core.ssl.recipe import DEFAULT_RECIPE, IBOTRecipe
 
 __all__ = [
     "cosine_schedule",
     "teacher_temp_schedule",
     "scaled_lr",
     "IBOTSchedules",
+    "ScheduleValues",
     "param_groups",
     "clip_gradients",
     "cancel_last_layer_gradients",
@@ -54,44 +61,60 @@ def teacher_temp_schedule(start: float, end: float, warmup_epochs: int, epochs: 
     return np.concatenate([np.linspace(start, end, warm), np.full(epochs - warm, end)]).astype(np.float64)
 
 
-def scaled_lr(total_batch: int, base: float = 7.5e-5, reference_batch: int = 256) -> float:
+def scaled_lr(
+    total_batch: int, base: float = DEFAULT_RECIPE.base_lr, reference_batch: int = DEFAULT_RECIPE.lr_reference_batch
+) -> float:
     """Linear scaling rule: base x total_batch / reference_batch (total over all processes)."""
     return base * total_batch / reference_batch
 
 
+class ScheduleValues(NamedTuple):
+    """The scheduled values of one iteration."""
+
+    lr: float
+    weight_decay: float
+    momentum: float
+    teacher_temp: float
+    patch_teacher_temp: float
+
+
 @dataclass
 class IBOTSchedules:
-    """Per-iteration lr, weight decay and teacher momentum; see `build` for VisionFM's defaults."""
+    """Per-iteration lr, weight decay, teacher momentum and teacher temperatures (CLS and patch)."""
 
     lr: np.ndarray
     weight_decay: np.ndarray
     momentum: np.ndarray
+    teacher_temp: np.ndarray
+    patch_teacher_temp: np.ndarray
     iters_per_epoch: int
     warmup_epochs: float = 0.0
 
     @classmethod
-    def build(
-        cls,
-        epochs: int,
-        iters_per_epoch: int,
-        total_batch: int,
-        base_lr: float = 7.5e-5,
-        min_lr: float = 2e-6,
-        warmup_epochs: float = 50,
-        weight_decay: float = 0.04,
-        weight_decay_end: float = 0.4,
-        momentum: float = 0.996,
-        momentum_end: float = 1.0,
-    ) -> "IBOTSchedules":
-        """`base_lr` is per 256 images (scaled by `total_batch`); a warm-up longer than the run is cut."""
+    def build(cls, recipe: IBOTRecipe, iters_per_epoch: int, total_batch: int) -> "IBOTSchedules":
+        """`recipe.epochs * iters_per_epoch` values of each schedule. The lr peak is `recipe.base_lr` scaled to
+        `total_batch` (images per optimizer step over all processes); a warm-up longer than the run is cut. The
+        teacher temperatures change per epoch (constant within one), as in the original."""
+        r, epochs = recipe, recipe.epochs
         if epochs < 1 or iters_per_epoch < 1:
             raise ValueError(f"need at least one epoch and one iteration per epoch, got {epochs} x {iters_per_epoch}")
-        warmup_epochs = min(warmup_epochs, epochs)
-        peak = scaled_lr(total_batch, base_lr)
+        warmup_epochs = min(r.warmup_epochs, epochs)
+
+        def per_iteration(per_epoch: np.ndarray) -> np.ndarray:
+            return np.repeat(per_epoch, iters_per_epoch)
+
         return cls(
-            lr=cosine_schedule(peak, min_lr, epochs, iters_per_epoch, warmup_epochs),
-            weight_decay=cosine_schedule(weight_decay, weight_decay_end, epochs, iters_per_epoch),
-            momentum=cosine_schedule(momentum, momentum_end, epochs, iters_per_epoch),
+            lr=cosine_schedule(r.total_lr(total_batch), r.min_lr, epochs, iters_per_epoch, warmup_epochs),
+            weight_decay=cosine_schedule(r.weight_decay, r.weight_decay_end, epochs, iters_per_epoch),
+            momentum=cosine_schedule(r.momentum_teacher, r.momentum_teacher_end, epochs, iters_per_epoch),
+            teacher_temp=per_iteration(
+                teacher_temp_schedule(r.warmup_teacher_temp, r.teacher_temp, r.warmup_teacher_temp_epochs, epochs)
+            ),
+            patch_teacher_temp=per_iteration(
+                teacher_temp_schedule(
+                    r.warmup_teacher_patch_temp, r.teacher_patch_temp, r.warmup_teacher_temp_epochs, epochs
+                )
+            ),
             iters_per_epoch=iters_per_epoch,
             warmup_epochs=warmup_epochs,
         )
@@ -99,10 +122,16 @@ class IBOTSchedules:
     def __len__(self) -> int:
         return len(self.lr)
 
-    def at(self, iteration: int) -> tuple[float, float, float]:
-        """(lr, weight decay, momentum) at a 0-based global iteration; the last values hold beyond the end."""
+    def at(self, iteration: int) -> ScheduleValues:
+        """The values at a 0-based global iteration; the last values hold beyond the end."""
         i = min(max(int(iteration), 0), len(self.lr) - 1)
-        return float(self.lr[i]), float(self.weight_decay[i]), float(self.momentum[i])
+        return ScheduleValues(
+            float(self.lr[i]),
+            float(self.weight_decay[i]),
+            float(self.momentum[i]),
+            float(self.teacher_temp[i]),
+            float(self.patch_teacher_temp[i]),
+        )
 
 
 def _no_weight_decay_names(model: nn.Module) -> set[str]:
@@ -135,7 +164,7 @@ def param_groups(model: nn.Module) -> list[dict]:
 
 
 @torch.no_grad()
-def clip_gradients(model: nn.Module, clip: float = 3.0) -> torch.Tensor:
+def clip_gradients(model: nn.Module, clip: float = DEFAULT_RECIPE.clip_grad) -> torch.Tensor:
     """Scale each parameter's gradient so that its own L2 norm is at most `clip` (not one global
     norm: a single exploding tensor does not shrink everyone else's update).
 
@@ -151,7 +180,9 @@ def clip_gradients(model: nn.Module, clip: float = 3.0) -> torch.Tensor:
     return norms
 
 
-def cancel_last_layer_gradients(model: nn.Module, epoch: int, freeze_epochs: int = 3) -> None:
+def cancel_last_layer_gradients(
+    model: nn.Module, epoch: int, freeze_epochs: int = DEFAULT_RECIPE.freeze_last_layer_epochs
+) -> None:
     """Drop the gradients of the head's `last_layer` during the first `freeze_epochs` (0-based `epoch`).
 
     Setting them to None (not zero) also keeps AdamW from applying momentum or weight decay to them.

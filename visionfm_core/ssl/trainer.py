@@ -1,4 +1,5 @@
-"""`IBOTTrainer`: iBOT self-supervised pretraining as a MONAI engine.
+"""`IBOTTrainer`: iBOT self-supervised pretraining as a MONAI engine, and `build_ibot_trainer`, the one way it is
+assembled (bundles, tests and the benchmark all call it) from a data loader, a modality and an `IBOTRecipe`.
 
 Being a `monai.engines.Trainer` (an ignite `Engine`), it takes `train_handlers` and works with
 StatsHandler, TensorBoardStatsHandler, CheckpointSaver/CheckpointLoader, LR/metric handlers and
@@ -13,6 +14,9 @@ multi-GPU configs like any MONAI trainer; only `_iteration` is iBOT-specific:
 5. backward (optional bf16 autocast, or fp16 with a GradScaler), per-parameter gradient clipping,
    last-layer freeze in the first epochs, optimizer step with this iteration's lr and weight decay;
 6. teacher EMA with this iteration's momentum; finish the centre updates.
+
+Every scheduled value of an iteration (lr, weight decay, momentum, both teacher temperatures) comes from
+`IBOTSchedules`; the other settings (amp, clipping, freeze, loss weights, seed) from the recipe.
 
 All schedules are indexed by `engine.state.iteration`, which ignite restores with the engine's
 state dict, so put the trainer in CheckpointSaver/CheckpointLoader's dict (`checkpoint_dict()`).
@@ -41,6 +45,7 @@ from torch import nn
 from visionfm_core.ssl.head import IBOTModel, masked_patch_index
 from visionfm_core.ssl.loss import DINOClsLoss, IBOTPatchLoss, entropy, patch_weights
 from visionfm_core.ssl.masking import BlockMaskGenerator
+from visionfm_core.ssl.recipe import IBOTRecipe
 from visionfm_core.ssl.schedules import IBOTSchedules, cancel_last_layer_gradients, clip_gradients
 
 __all__ = ["IBOTTrainer", "build_ibot_trainer", "iteration_generators", "unwrap", "OUTPUT_KEYS"]
@@ -77,21 +82,24 @@ def iteration_generators(seed: int, rank: int, iteration: int) -> tuple[torch.Ge
 def _amp_dtype(amp: str | bool | None, device: torch.device) -> torch.dtype | None:
     if amp in (None, False, "none", "fp32"):
         return None
+    if amp == "auto":  # VisionFM's fp16 + grad scaler where it pays (CUDA); fp32 elsewhere
+        return torch.float16 if device.type == "cuda" else None
     if amp is True:  # fp16 where a GradScaler matters (CUDA), else bf16
         return torch.float16 if device.type == "cuda" else torch.bfloat16
     if amp in ("bf16", "bfloat16"):
         return torch.bfloat16
     if amp in ("fp16", "float16", "half"):
         return torch.float16
-    raise ValueError(f"amp must be None, True, 'bf16' or 'fp16', got {amp!r}")
+    raise ValueError(f"amp must be None, 'auto', True, 'bf16' or 'fp16', got {amp!r}")
 
 
 class IBOTTrainer(Trainer):
-    """iBOT pretraining engine.
+    """iBOT pretraining engine; build it with `build_ibot_trainer`, which makes every part from the recipe.
 
     Args:
+        recipe: the `IBOTRecipe`: `epochs` is the engine's max_epochs; amp, clip_grad, freeze_last_layer_epochs,
+            lambda_cls, lambda_patch and seed are read from it.
         device: where the models, augmentation and losses run.
-        max_epochs: epochs to train (the schedules should cover at least this many).
         train_data_loader: yields image batches: a tensor (B, 3, H, W) in [0, 1] (or uint8), a dict
             with `image_key`, or a tuple/list whose first item is the images.
         student / teacher: `IBOTModel`s (see `build_ibot_models`); the student may be DDP-wrapped.
@@ -101,23 +109,22 @@ class IBOTTrainer(Trainer):
             the first two being the global crops).
         mask_generator: `BlockMaskGenerator` on the global crops' patch grid (or any object with
             `batch(n, generator) -> (n, h, w) bool`).
-        cls_loss / patch_loss: the loss modules (they hold the centres and temperature schedules).
-        schedules: per-iteration lr / weight decay / momentum (`IBOTSchedules.build`).
-        amp: None (fp32), 'bf16' (autocast) or 'fp16' (autocast + GradScaler, `self.scaler`).
-        clip_grad: per-parameter gradient norm limit (None or 0 disables).
-        freeze_last_layer_epochs: epochs during which the head's last layer is not updated.
-        lambda_cls / lambda_patch: loss weights (1.0 and 1.0 in VisionFM).
+        cls_loss / patch_loss: the loss modules (they hold the centres).
+        schedules: per-iteration lr / weight decay / momentum / teacher temperatures (`IBOTSchedules.build`).
+        modality: the modality being pretrained (read by handlers, e.g. the encoder export).
         stop_on_collapse: terminate the run when a collapse is detected (else only warn).
         collapse_check_from_epoch: first 0-based epoch checked for uniform collapse; default: the end
             of the lr warm-up (the loss legitimately stays near ln(out_dim) while the lr is tiny).
-        seed: base seed of the per-iteration crop and mask randomness.
         train_handlers: MONAI/ignite handlers to attach.
+
+    amp: recipe.amp None (fp32), 'auto' (fp16 on CUDA, else fp32), 'bf16' (autocast) or 'fp16' (autocast +
+    GradScaler, `self.scaler`); a recipe.clip_grad of 0 disables clipping.
     """
 
     def __init__(
         self,
+        recipe: IBOTRecipe,
         device: str | torch.device,
-        max_epochs: int,
         train_data_loader: Iterable,
         student: nn.Module,
         teacher: IBOTModel,
@@ -127,24 +134,19 @@ class IBOTTrainer(Trainer):
         cls_loss: DINOClsLoss,
         patch_loss: IBOTPatchLoss,
         schedules: IBOTSchedules,
+        modality: str | None = None,
         epoch_length: int | None = None,
         non_blocking: bool = True,
         image_key: str = "image",
-        amp: str | bool | None = None,
-        clip_grad: float | None = 3.0,
-        freeze_last_layer_epochs: int = 3,
-        lambda_cls: float = 1.0,
-        lambda_patch: float = 1.0,
         stop_on_collapse: bool = True,
         collapse_check_from_epoch: int | None = None,
-        seed: int = 0,
         train_handlers: Sequence | None = None,
         event_names: list | None = None,
         event_to_attr: dict | None = None,
     ):
         super().__init__(
             device=device,
-            max_epochs=max_epochs,
+            max_epochs=recipe.epochs,
             data_loader=train_data_loader,
             epoch_length=epoch_length,
             non_blocking=non_blocking,
@@ -155,6 +157,8 @@ class IBOTTrainer(Trainer):
             decollate=False,  # the output is already a list with one dict of floats
         )
         device = self.state.device
+        self.recipe = recipe
+        self.modality = modality
         self.student = student.to(device)
         self.teacher = teacher.to(device).eval()
         self.teacher.requires_grad_(False)
@@ -165,16 +169,12 @@ class IBOTTrainer(Trainer):
         self.patch_loss = patch_loss.to(device)
         self.schedules = schedules
         self.image_key = image_key
-        self.amp_dtype = _amp_dtype(amp, device)
+        self.amp_dtype = _amp_dtype(recipe.amp, device)
         self.scaler = torch.amp.GradScaler(device.type) if self.amp_dtype == torch.float16 else None
-        self.clip_grad = clip_grad
-        self.freeze_last_layer_epochs = freeze_last_layer_epochs
-        self.lambda_cls, self.lambda_patch = lambda_cls, lambda_patch
         self.stop_on_collapse = stop_on_collapse
         if collapse_check_from_epoch is None:
             collapse_check_from_epoch = math.ceil(schedules.warmup_epochs)
         self.collapse_check_from_epoch = collapse_check_from_epoch
-        self.seed = seed
         self._student_params, self._teacher_params = self._ema_pairs()
         self.state.collapse = None
         self._epoch_sums = np.zeros(3)  # cls loss, teacher entropy, iterations
@@ -243,7 +243,8 @@ class IBOTTrainer(Trainer):
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         it, epoch = engine.state.iteration - 1, engine.state.epoch - 1  # 0-based global iteration / epoch
-        lr, wd, momentum = engine.schedules.at(it)
+        recipe = engine.recipe
+        lr, wd, momentum, temp_cls, temp_patch = engine.schedules.at(it)
         for group in engine.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
             if group.get("apply_wd", group.get("weight_decay", 0.0) > 0):
@@ -251,7 +252,7 @@ class IBOTTrainer(Trainer):
         engine.student.train()
 
         images = engine._images(batchdata)
-        tgen, ngen = iteration_generators(engine.seed, engine.state.rank, it)
+        tgen, ngen = iteration_generators(recipe.seed, engine.state.rank, it)
         crops = engine.augmentation(images, generator=tgen)
         global_crops, local_crops = list(crops[:2]), list(crops[2:])
         n_images = 2 * global_crops[0].shape[0]
@@ -264,7 +265,6 @@ class IBOTTrainer(Trainer):
                 "build the BlockMaskGenerator with grid = global crop size // patch size"
             )
         patch_index, weights = masked_patch_index(masks), patch_weights(masks)
-        temp_cls, temp_patch = engine.cls_loss.teacher_temp(epoch), engine.patch_loss.teacher_temp(epoch)
 
         with torch.no_grad(), engine._autocast():
             t_cls, t_patch = engine.teacher(global_crops, masks=masks, mask_input=False, patch_index=patch_index)
@@ -278,7 +278,7 @@ class IBOTTrainer(Trainer):
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         cls = engine.cls_loss(s_cls, t_cls_probs)
         patch = engine.patch_loss(s_patch, t_patch_probs, weights, n_images)
-        loss = engine.lambda_cls * cls + engine.lambda_patch * patch
+        loss = recipe.lambda_cls * cls + recipe.lambda_patch * patch
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
         with torch.no_grad():
@@ -298,9 +298,9 @@ class IBOTTrainer(Trainer):
             loss.backward()
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
         student = unwrap(engine.student)
-        if engine.clip_grad:
-            clip_gradients(student, engine.clip_grad)
-        cancel_last_layer_gradients(student, epoch, engine.freeze_last_layer_epochs)
+        if recipe.clip_grad:
+            clip_gradients(student, recipe.clip_grad)
+        cancel_last_layer_gradients(student, epoch, recipe.freeze_last_layer_epochs)
         if engine.scaler is not None:
             engine.scaler.step(engine.optimizer)
             engine.scaler.update()
@@ -391,58 +391,100 @@ def build_ibot_trainer(
     train_data_loader: Iterable,
     modality: str,
     device: str | torch.device = "cpu",
-    epochs: int = 100,
-    arch: str = "vit_base",
-    patch_size: int = 16,
-    global_size: int = 224,
-    local_size: int = 96,
-    n_local: int = 0,
-    out_dim: int = 8192,
-    drop_path_rate: float = 0.1,
+    recipe: IBOTRecipe | None = None,
+    max_epochs: int | None = None,
+    *,
     total_batch: int | None = None,
-    base_lr: float = 7.5e-5,
-    min_lr: float = 2e-6,
-    warmup_epochs: float = 50,
     epoch_length: int | None = None,
-    **trainer_kwargs: Any,
+    init_weights: str | None = None,
+    init_checkpoint_key: str = "teacher",
+    ddp: bool = False,
+    stop_on_collapse: bool = True,
+    collapse_check_from_epoch: int | None = None,
+    image_key: str = "image",
+    train_handlers: Sequence | None = None,
+    **overrides: Any,
 ) -> IBOTTrainer:
-    """An `IBOTTrainer` with VisionFM's recipe, built from a data loader and a modality.
+    """The `IBOTTrainer` of a recipe: models, optimizer, augmentation, masks, losses and schedules all made from it.
 
-    `total_batch` (images per optimizer step over all processes, for the lr scaling rule) defaults to
-    the loader's `batch_size` times the world size. Other `IBOTTrainer` arguments (amp, seed,
-    train_handlers, ...) pass through; the parts are reachable as trainer attributes.
+    Args:
+        train_data_loader: batches of images (see `IBOTTrainer`); its length is the epoch length.
+        modality: the VisionFM modality (its normalisation; written into the exported encoder).
+        recipe: an `IBOTRecipe` (default: VisionFM's, `IBOTRecipe()`); `overrides` change any of its fields
+            (e.g. `arch="vit_small", base_lr=1e-4`), an unknown name is an error.
+        max_epochs: the recipe's `epochs`, under the name MONAI bundles use (`train::trainer::max_epochs`).
+        total_batch: images per optimizer step over all processes, for the lr scaling rule; default: the loader's
+            `batch_size` (`recipe.batch_size` for a loader without one) times the number of processes.
+        epoch_length: iterations per epoch, for loaders without a length.
+        init_weights / init_checkpoint_key: start both backbones from existing encoder weights (the original
+            VisionFM or ImageNet DINO weights, a local file; see `load_initial_weights`).
+        ddp: wrap the student in DistributedDataParallel (multi-process runs under torchrun).
+        stop_on_collapse / collapse_check_from_epoch / image_key / train_handlers: passed to `IBOTTrainer`.
+
+    The trainer keeps the recipe as `trainer.recipe` and every part as an attribute (student, teacher, optimizer,
+    augmentation, mask_generator, cls_loss, patch_loss, schedules).
     """
-    import torch.distributed as dist
-
+    from visionfm_core import distributed
     from visionfm_core.ssl.augment import MultiCropAugmentation
     from visionfm_core.ssl.head import build_ibot_models
+    from visionfm_core.ssl.monitor import load_initial_weights
     from visionfm_core.ssl.schedules import param_groups
 
+    if max_epochs is not None:
+        if overrides.get("epochs", max_epochs) != max_epochs:
+            raise ValueError(f"max_epochs={max_epochs} and epochs={overrides['epochs']} disagree: give one of them")
+        overrides["epochs"] = max_epochs
+    recipe = (recipe or IBOTRecipe()).replace(**overrides)
     if epoch_length is None:
         try:
             epoch_length = len(train_data_loader)  # type: ignore[arg-type]
         except TypeError:
             raise ValueError("the data loader has no length: pass epoch_length") from None
     if total_batch is None:
-        batch = getattr(train_data_loader, "batch_size", None)
-        if batch is None:
-            raise ValueError("cannot infer the batch size from the data loader: pass total_batch")
-        total_batch = batch * (dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1)
-    student, teacher = build_ibot_models(arch, patch_size, global_size, out_dim=out_dim, drop_path_rate=drop_path_rate)
+        batch = getattr(train_data_loader, "batch_size", None) or recipe.batch_size
+        total_batch = batch * distributed.world_size()
+
+    student, teacher = build_ibot_models(
+        recipe.arch,
+        recipe.patch_size,
+        recipe.image_size,
+        out_dim=recipe.out_dim,
+        hidden_dim=recipe.hidden_dim,
+        bottleneck_dim=recipe.bottleneck_dim,
+        drop_path_rate=recipe.drop_path_rate,
+    )
+    load_initial_weights((student, teacher), init_weights, init_checkpoint_key)
+    optimizer = torch.optim.AdamW(param_groups(student))
+    if ddp:  # iBOT's mask token gets no gradient in a batch where no crop is masked
+        student = distributed.wrap_ddp(student, torch.device(device), find_unused_parameters=True)
     return IBOTTrainer(
+        recipe=recipe,
         device=device,
-        max_epochs=epochs,
         train_data_loader=train_data_loader,
         student=student,
         teacher=teacher,
-        optimizer=torch.optim.AdamW(param_groups(student)),
-        augmentation=MultiCropAugmentation(modality, global_size, local_size, n_local),
-        mask_generator=BlockMaskGenerator(global_size // patch_size),
-        cls_loss=DINOClsLoss(out_dim, epochs=epochs),
-        patch_loss=IBOTPatchLoss(out_dim, epochs=epochs),
-        schedules=IBOTSchedules.build(
-            epochs, epoch_length, total_batch, base_lr=base_lr, min_lr=min_lr, warmup_epochs=warmup_epochs
+        optimizer=optimizer,
+        augmentation=MultiCropAugmentation(
+            modality,
+            recipe.image_size,
+            recipe.local_size,
+            recipe.n_local,
+            global_scale=recipe.global_crops_scale,
+            local_scale=recipe.local_crops_scale,
         ),
+        mask_generator=BlockMaskGenerator(
+            recipe.image_size // recipe.patch_size,
+            ratio_range=recipe.mask_ratio_range,
+            prob_no_mask=recipe.prob_no_mask,
+            min_num_patches=recipe.mask_min_num_patches,
+        ),
+        cls_loss=DINOClsLoss(recipe.out_dim, recipe.student_temp, recipe.center_momentum),
+        patch_loss=IBOTPatchLoss(recipe.out_dim, recipe.student_temp, recipe.center_momentum),
+        schedules=IBOTSchedules.build(recipe, epoch_length, total_batch),
+        modality=modality,
         epoch_length=epoch_length,
-        **trainer_kwargs,
+        image_key=image_key,
+        stop_on_collapse=stop_on_collapse,
+        collapse_check_from_epoch=collapse_check_from_epoch,
+        train_handlers=train_handlers,
     )

@@ -28,6 +28,60 @@ class PrepareData:
         counts = {k: len(v) for k, v in datalist.items() if isinstance(v, list) and k != "class_names"}
         print(f"wrote {out}: {counts}, classes {datalist['class_names']}")
 
+    def drive(self, root: str, out: str = "datalist.json", val_fraction: float = 0.2, seed: int = 0) -> None:
+        """DRIVE ROOT/{training,test}/{images,1st_manual,mask}/ -> vessel datalist (validation carved from training)."""
+        from .data.converters import drive_to_datalist
+
+        _report(out, drive_to_datalist(root, out=out, val_fraction=val_fraction, seed=seed))
+
+    def stare(self, root: str, out: str = "datalist.json", val_fraction: float = 0.2, test_fraction: float = 0.3,
+              seed: int = 0) -> None:
+        """STARE ROOT/{stare-images,labels-ah}/ -> vessel datalist of the annotated photos (splits carved)."""
+        from .data.converters import stare_to_datalist
+
+        _report(out, stare_to_datalist(root, out=out, val_fraction=val_fraction, test_fraction=test_fraction,
+                                       seed=seed))
+
+    def chase(self, root: str, out: str = "datalist.json", val_fraction: float = 0.2, test_fraction: float = 0.3,
+              seed: int = 0) -> None:
+        """CHASE_DB1 ROOT/Image_NN[LR].jpg + _1stHO.png -> vessel datalist (splits carved per child)."""
+        from .data.converters import chase_to_datalist
+
+        _report(out, chase_to_datalist(root, out=out, val_fraction=val_fraction, test_fraction=test_fraction,
+                                       seed=seed))
+
+    def hrf(self, root: str, out: str = "datalist.json", val_fraction: float = 0.2, test_fraction: float = 0.3,
+            seed: int = 0) -> None:
+        """HRF ROOT/{images,manual1,mask}/ -> vessel datalist (splits carved)."""
+        from .data.converters import hrf_to_datalist
+
+        _report(out, hrf_to_datalist(root, out=out, val_fraction=val_fraction, test_fraction=test_fraction,
+                                     seed=seed))
+
+    def idrid_landmarks(self, root: str, out: str = "datalist.json", val_fraction: float = 0.2, seed: int = 0) -> None:
+        """IDRiD 'C. Localization' (ROOT is it or its parent) -> optic disc + fovea landmark datalist."""
+        from .data.converters import idrid_landmarks_to_datalist
+
+        _report(out, idrid_landmarks_to_datalist(root, out=out, val_fraction=val_fraction, seed=seed))
+
+    def landmark_csv(self, csv: str, image_dir: str | None = None, out: str = "datalist.json",
+                     names: list[str] | None = None, val_fraction: float = 0.2, test_fraction: float = 0.2,
+                     seed: int = 0) -> None:
+        """A CSV image,<name>_x,<name>_y,... (optional split column) -> landmark datalist; images relative to
+        IMAGE_DIR (default: the CSV's folder)."""
+        from .data.converters import landmark_csv_to_datalist
+
+        if isinstance(names, str):  # fire passes --names od as a string and --names od,fovea as a tuple
+            names = names.split(",")
+        _report(out, landmark_csv_to_datalist(csv, image_dir=image_dir, out=out, names=names,
+                                              val_fraction=val_fraction, test_fraction=test_fraction, seed=seed))
+
+
+def _report(out: str, datalist: dict) -> None:
+    counts = {k: len(datalist[k]) for k in ("training", "validation", "test")}
+    names = f", landmarks {datalist['landmark_names']}" if "landmark_names" in datalist else ""
+    print(f"wrote {out}: {counts}{names}")
+
 
 class Commands:
     """VisionFM ophthalmic foundation models for MONAI."""

@@ -1,4 +1,8 @@
-"""Ignite/MONAI handlers: per-image prediction tables and metric reports for classification bundles."""
+"""Ignite/MONAI handlers: per-image outputs (tables, masks, overlays) and metric reports for the task bundles.
+
+Per-image files are written as each batch completes; tables and metrics only once the run has COMPLETED, so an
+interrupted run never leaves a partial table behind. Every file is written atomically.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +17,9 @@ import torch
 from ignite.engine import Engine, Events
 
 from .io import atomic_write_bytes, atomic_write_text
-from .metrics import classification_metrics
+from .metrics import SEGMENTATION_METRIC_NAMES, classification_metrics, mean_radial_error, segmentation_metrics
 
-__all__ = ["ClassificationWriter", "EmbeddingWriter", "stack_pred_label"]
+__all__ = ["ClassificationWriter", "EmbeddingWriter", "SegmentationWriter", "LandmarkWriter", "stack_pred_label"]
 
 
 def stack_pred_label(output) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,3 +125,270 @@ class EmbeddingWriter:
         writer.writerows(self.rows)
         atomic_write_text(os.path.join(self.output_dir, "embeddings.csv"), text.getvalue())
         engine.logger.info("wrote %d embeddings to %s", len(self.rows), self.output_dir)
+
+
+# --- dense tasks --------------------------------------------------------------------------------------------------
+
+
+def _samples(output) -> list[dict]:
+    return output if isinstance(output, list) else [output]
+
+
+def _array(x) -> np.ndarray:
+    return x.detach().as_subclass(torch.Tensor).float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _png_bytes(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _read_photo(image: str) -> np.ndarray:
+    """The original image as (H, W, 3) uint8, read with the project's reader."""
+    from .data.readers import read_image
+
+    return np.round(read_image(image).transpose(1, 2, 0) * 255).astype(np.uint8)
+
+
+class _OutputNames:
+    """Unique output stems per run: the file name without extension, or with ``root`` the path relative to it."""
+
+    def __init__(self, root: str | None):
+        self.root = root
+        self.seen: dict[str, str] = {}
+
+    def clear(self) -> None:
+        self.seen.clear()
+
+    def __call__(self, image: str) -> str:
+        if not image:
+            raise ValueError("An output sample has no image file name (meta 'filename_or_obj' of its image): "
+                             "load images with LoadImaged so outputs can be named and checked.")
+        rel = os.path.relpath(image, self.root) if self.root and os.path.isabs(image) else os.path.basename(image)
+        for ext in (".nii.gz", os.path.splitext(rel)[1]):
+            if ext and rel.endswith(ext):
+                rel = rel[: -len(ext)]
+                break
+        stem = rel.replace(os.sep, "__")
+        if self.seen.setdefault(stem, image) != image:
+            raise ValueError(f"Images {self.seen[stem]} and {image} would both be written as {stem}_*; "
+                             "give the writer root=<common folder> to name outputs by relative path.")
+        return stem
+
+
+def _plane(x, image: str, what: str) -> np.ndarray:
+    """(H, W) from a (1, H, W) or (H, W) array."""
+    a = _array(x)
+    if a.ndim == 3 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim != 2:
+        raise ValueError(f"{what} for image {image} must be (1, H, W) or (H, W), got shape {a.shape}.")
+    return a
+
+
+class SegmentationWriter:
+    """Write binary segmentation outputs of an evaluator or inference run at the ORIGINAL image resolution.
+
+    For every decollated output sample, ``pred`` holds foreground probabilities (1, H, W), or softmax probabilities
+    (C, H, W) with background in channel 0 (foreground = 1 - background), already on the original image grid.
+    As each batch completes, the writer saves ``<stem>_mask.png`` (0/255), ``<stem>_prob.png`` (probability x 255)
+    and ``<stem>_overlay.png`` (the original photo, read again from the image meta ``filename_or_obj``, with the
+    predicted vessels tinted ``overlay_colour``). When the run completes: ``segmentation.csv`` (per image: files
+    and, when the sample has a ``label``, the metrics of :func:`visionfm_core.metrics.segmentation_metrics`, inside
+    ``fov_key``'s mask when present) and, when labels exist, ``metrics.json`` (mean over labelled images).
+
+    Labels and FOV masks must be loaded arrays at the original size (a file path string is ignored).
+
+    Raises:
+        ValueError: a prediction (or label) whose size differs from the original image's, naming the file.
+    """
+
+    def __init__(self, output_dir: str, threshold: float = 0.5, overlay_colour: Sequence[int] = (0, 255, 0),
+                 fov_key: str = "fov", label_key: str = "label", pred_key: str = "pred", overlay_alpha: float = 0.6,
+                 root: str | None = None):
+        self.output_dir = output_dir
+        self.threshold = float(threshold)
+        self.colour = np.asarray(overlay_colour, dtype=np.float32).reshape(3)
+        self.alpha = float(overlay_alpha)
+        self.fov_key, self.label_key, self.pred_key = fov_key, label_key, pred_key
+        self.names = _OutputNames(root)
+        self.rows: list[dict] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._write_batch)
+        engine.add_event_handler(Events.COMPLETED, self._write_tables)
+
+    def _reset(self, _engine=None) -> None:
+        self.rows.clear()
+        self.names.clear()
+
+    def _foreground(self, pred, image: str) -> np.ndarray:
+        p = _array(pred).astype(np.float32)
+        if p.ndim == 2:
+            p = p[None]
+        if p.ndim != 3:
+            raise ValueError(f"pred for image {image} must be (C, H, W) probabilities, got shape {p.shape}.")
+        if p.size and not (np.isfinite(p).all() and p.min() >= 0.0 and p.max() <= 1.0):
+            raise ValueError(f"pred for image {image} holds values in [{np.nanmin(p):g}, {np.nanmax(p):g}]; "
+                             "probabilities in [0, 1] are expected (apply a sigmoid/softmax in postprocessing).")
+        return p[0] if p.shape[0] == 1 else 1.0 - p[0]
+
+    def _write_batch(self, engine: Engine) -> None:
+        for sample in _samples(engine.state.output):
+            image = _filename(sample)
+            stem = self.names(image)
+            prob = self._foreground(sample[self.pred_key], image)
+            photo = _read_photo(image)
+            if prob.shape != photo.shape[:2]:
+                raise ValueError(f"The prediction for {image} is {prob.shape[0]}x{prob.shape[1]} (H x W) but the "
+                                 f"image is {photo.shape[0]}x{photo.shape[1]}: postprocessing must bring predictions "
+                                 "back to the original image grid (e.g. Invertd) before SegmentationWriter.")
+            mask = prob >= self.threshold
+            overlay = photo.astype(np.float32)
+            overlay[mask] = (1 - self.alpha) * overlay[mask] + self.alpha * self.colour
+            files = {"mask": f"{stem}_mask.png", "prob": f"{stem}_prob.png", "overlay": f"{stem}_overlay.png"}
+            arrays = {"mask": mask.astype(np.uint8) * 255, "prob": np.round(prob * 255).astype(np.uint8),
+                      "overlay": np.round(overlay).clip(0, 255).astype(np.uint8)}
+            for kind, name in files.items():
+                atomic_write_bytes(os.path.join(self.output_dir, name), _png_bytes(arrays[kind]))
+            row = {"image": image, **files}
+            label = sample.get(self.label_key)
+            if label is not None and not isinstance(label, (str, os.PathLike)):
+                label = _plane(label, image, "label")
+                fov = sample.get(self.fov_key)
+                fov = _plane(fov, image, "FOV mask") if fov is not None and not isinstance(fov, (str, os.PathLike)) \
+                    else None
+                for what, other in (("label", label), ("FOV mask", fov)):
+                    if other is not None and other.shape != prob.shape:
+                        raise ValueError(f"The {what} for {image} is {other.shape[0]}x{other.shape[1]} but the "
+                                         f"prediction and image are {prob.shape[0]}x{prob.shape[1]}.")
+                row.update(segmentation_metrics(prob, label, fov, self.threshold))
+            self.rows.append(row)
+
+    def _write_tables(self, engine: Engine) -> None:
+        labelled = [r for r in self.rows if "dice" in r]
+        text = io.StringIO()
+        writer = csv.writer(text)
+        metric_cols = list(SEGMENTATION_METRIC_NAMES) if labelled else []
+        writer.writerow(["image", "mask", "prob", "overlay", *metric_cols])
+        for r in self.rows:
+            writer.writerow([r["image"], r["mask"], r["prob"], r["overlay"]]
+                            + [f"{r[m]:.6f}" if m in r else "" for m in metric_cols])
+        atomic_write_text(os.path.join(self.output_dir, "segmentation.csv"), text.getvalue())
+        if labelled:
+            metrics = {m: _nanmean([r[m] for r in labelled]) for m in SEGMENTATION_METRIC_NAMES}
+            metrics.update(num_images=len(labelled), threshold=self.threshold)
+            atomic_write_text(os.path.join(self.output_dir, "metrics.json"), json.dumps(metrics, indent=1))
+        engine.logger.info("wrote %d segmentations to %s", len(self.rows), self.output_dir)
+
+
+def _nanmean(values: list[float]) -> float | None:
+    """Mean over the defined values; None (JSON null) when none is defined."""
+    defined = [v for v in values if not np.isnan(v)]
+    return float(np.mean(defined)) if defined else None
+
+
+class LandmarkWriter:
+    """Write landmark predictions of an evaluator or inference run, in pixels of the ORIGINAL images.
+
+    Each decollated output sample carries ``points_key`` ((L, 2) as (x, y) original pixels, e.g. from
+    :class:`visionfm_core.data.dense.HeatmapsToLandmarksd`) and the image meta ``filename_or_obj``. As each batch
+    completes, ``<stem>_overlay.png`` is saved: the original photo with numbered markers (predictions in
+    ``colour``; ground truth, when known, as rings in ``target_colour``). When the run completes: ``landmarks.csv``
+    (image, ``<name>_x``, ``<name>_y`` ...), ``landmarks.json`` and, when samples carry ``target_key`` (the true
+    landmarks in ORIGINAL pixels: keep an unscaled copy if the pipeline scales ``landmarks`` for training),
+    ``metrics.json`` from :func:`visionfm_core.metrics.mean_radial_error` (in mm too when ``pixel_size_mm`` is set).
+    """
+
+    def __init__(self, output_dir: str, landmark_names: Sequence[str], pixel_size_mm: float | None = None,
+                 points_key: str = "points", target_key: str = "landmarks", colour: Sequence[int] = (255, 255, 0),
+                 target_colour: Sequence[int] = (0, 255, 0), root: str | None = None):
+        self.output_dir = output_dir
+        self.landmark_names = [str(n) for n in landmark_names]
+        self.pixel_size_mm = pixel_size_mm
+        self.points_key, self.target_key = points_key, target_key
+        self.colour, self.target_colour = tuple(colour), tuple(target_colour)
+        self.names = _OutputNames(root)
+        self.rows: list[dict] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._write_batch)
+        engine.add_event_handler(Events.COMPLETED, self._write_tables)
+
+    def _reset(self, _engine=None) -> None:
+        self.rows.clear()
+        self.names.clear()
+
+    def _points(self, value, image: str, what: str) -> np.ndarray:
+        pts = _array(value).astype(np.float64)
+        if pts.shape != (len(self.landmark_names), 2):
+            raise ValueError(f"{what} for image {image} have shape {pts.shape}; expected ({len(self.landmark_names)}, "
+                             f"2) for landmarks {self.landmark_names}.")
+        return pts
+
+    def _overlay(self, photo: np.ndarray, points: np.ndarray, target: np.ndarray | None) -> np.ndarray:
+        from PIL import Image, ImageDraw, ImageFont
+
+        im = Image.fromarray(photo)
+        draw = ImageDraw.Draw(im)
+        r = max(3, round(0.008 * max(photo.shape[:2])))
+        font = ImageFont.load_default(size=max(10, 3 * r))
+        if target is not None:
+            for x, y in target:
+                draw.ellipse([x - 2 * r, y - 2 * r, x + 2 * r, y + 2 * r], outline=self.target_colour,
+                             width=max(1, r // 2))
+        for i, (x, y) in enumerate(points, start=1):
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=self.colour)
+            draw.text((x + 1.5 * r, y - 1.5 * r), str(i), fill=self.colour, font=font)
+        return np.asarray(im)
+
+    def _write_batch(self, engine: Engine) -> None:
+        for sample in _samples(engine.state.output):
+            image = _filename(sample)
+            stem = self.names(image)
+            points = self._points(sample[self.points_key], image, "Predicted landmarks")
+            target = sample.get(self.target_key)
+            target = self._points(target, image, "True landmarks") if target is not None else None
+            photo = _read_photo(image)
+            overlay = f"{stem}_overlay.png"
+            atomic_write_bytes(os.path.join(self.output_dir, overlay), _png_bytes(self._overlay(photo, points, target)))
+            self.rows.append({"image": image, "points": points, "target": target, "overlay": overlay})
+
+    def _write_tables(self, engine: Engine) -> None:
+        text = io.StringIO()
+        writer = csv.writer(text)
+        writer.writerow(["image", *[f"{n}_{axis}" for n in self.landmark_names for axis in "xy"], "overlay"])
+        for r in self.rows:
+            writer.writerow([r["image"], *[f"{v:.3f}" for v in r["points"].reshape(-1)], r["overlay"]])
+        atomic_write_text(os.path.join(self.output_dir, "landmarks.csv"), text.getvalue())
+
+        labelled = [r for r in self.rows if r["target"] is not None]
+        records = []
+        for r in self.rows:
+            record = {"image": r["image"], "overlay": r["overlay"],
+                      "landmarks": {n: p.tolist() for n, p in zip(self.landmark_names, r["points"])}}
+            if r["target"] is not None:
+                record["target"] = {n: p.tolist() for n, p in zip(self.landmark_names, r["target"])}
+                errors = np.hypot(*(r["points"] - r["target"]).T)
+                record["radial_error_px"] = dict(zip(self.landmark_names, errors.tolist()))
+            records.append(record)
+        atomic_write_text(os.path.join(self.output_dir, "landmarks.json"), json.dumps(records, indent=1))
+
+        if labelled:
+            mre = mean_radial_error(np.stack([r["points"] for r in labelled]),
+                                    np.stack([r["target"] for r in labelled]), self.pixel_size_mm)
+            metrics = {"mre_px": mre["mre_px"],
+                       **{f"mre_px_{n}": v for n, v in zip(self.landmark_names, mre["mre_px_per_landmark"])}}
+            if "mre_mm" in mre:
+                metrics["mre_mm"] = mre["mre_mm"]
+                metrics.update({f"mre_mm_{n}": v for n, v in zip(self.landmark_names, mre["mre_mm_per_landmark"])})
+                metrics.update({k: v for k, v in mre.items() if k.startswith("sdr_")})
+                metrics["pixel_size_mm"] = self.pixel_size_mm
+            metrics["num_images"] = mre["num_images"]
+            atomic_write_text(os.path.join(self.output_dir, "metrics.json"), json.dumps(metrics, indent=1))
+        engine.logger.info("wrote %d landmark predictions to %s", len(self.rows), self.output_dir)

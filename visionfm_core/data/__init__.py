@@ -1,30 +1,96 @@
-"""Data loading for VisionFM: image readers, MONAI transforms, datalists and built-in demo data."""
+"""Data loading for VisionFM: the MONAI image reader and transforms, the one resize, datalists and built-in data."""
 
 from visionfm_core.data.datalist import folder_to_datalist, inference_datalist, load_datalist, retfound_to_datalist
-from visionfm_core.data.readers import IMAGE_EXTENSIONS, ImageReadError, count_slices, list_images, read_image
+from visionfm_core.data.readers import (
+    IMAGE_EXTENSIONS,
+    LABEL_EXTENSIONS,
+    EyeImageReader,
+    ImageReadError,
+    count_slices,
+    list_images,
+    read_image,
+)
+from visionfm_core.data.resize import EyeResize, EyeResized, EyeResizeShortSided, resize
 from visionfm_core.data.samples import make_fundus_phantom, real_fundus_photo, write_demo_dataset
-from visionfm_core.data.transforms import LoadEyeImaged, ModalityNormalized, ValidateLabeld
+from visionfm_core.data.transforms import (
+    EyeChannelsd,
+    LabelMapd,
+    LoadEyeImaged,
+    ModalityNormalized,
+    ValidateLabeld,
+    eval_transforms,
+)
 from visionfm_core.data.phantoms import make_phantom, write_phantom_folder
+from visionfm_core.data.converters import (
+    chase_to_datalist,
+    drive_to_datalist,
+    hrf_to_datalist,
+    idrid_landmarks_to_datalist,
+    landmark_csv_to_datalist,
+    split_train_val_test,
+    stare_to_datalist,
+)
+from visionfm_core.data.dense import HeatmapsToLandmarksd, ScaleLandmarksd, ValidateLandmarksd, ValidateMaskd, scale_points
+from visionfm_core.data.dense_samples import (
+    LANDMARK_NAMES,
+    make_landmark_phantom,
+    make_vessel_phantom,
+    write_landmark_dataset,
+    write_vessel_dataset,
+)
 from visionfm_core.data.unlabelled import SkippedImagesReport, UnlabelledImageDataset, check_modality_of_images
 
 __all__ = [
+    # reading (EyeImageReader is also registered with MONAI as reader="EyeImageReader")
     "IMAGE_EXTENSIONS",
+    "LABEL_EXTENSIONS",
     "ImageReadError",
+    "EyeImageReader",
     "read_image",
     "list_images",
     "count_slices",
+    # transforms after LoadImaged, and the evaluation preprocessing
+    "EyeChannelsd",
+    "LabelMapd",
     "LoadEyeImaged",
     "ModalityNormalized",
     "ValidateLabeld",
+    "eval_transforms",
+    # the one resize
+    "resize",
+    "EyeResize",
+    "EyeResized",
+    "EyeResizeShortSided",
+    # datalists
     "load_datalist",
     "retfound_to_datalist",
     "folder_to_datalist",
     "inference_datalist",
+    # built-in data
     "real_fundus_photo",
     "make_fundus_phantom",
     "write_demo_dataset",
     "make_phantom",
     "write_phantom_folder",
+    # dense tasks: masks, landmarks, public-dataset converters, synthetic data
+    "ValidateMaskd",
+    "ValidateLandmarksd",
+    "ScaleLandmarksd",
+    "HeatmapsToLandmarksd",
+    "scale_points",
+    "drive_to_datalist",
+    "stare_to_datalist",
+    "chase_to_datalist",
+    "hrf_to_datalist",
+    "idrid_landmarks_to_datalist",
+    "landmark_csv_to_datalist",
+    "split_train_val_test",
+    "make_vessel_phantom",
+    "make_landmark_phantom",
+    "write_vessel_dataset",
+    "write_landmark_dataset",
+    "LANDMARK_NAMES",
+    # pretraining folders
     "UnlabelledImageDataset",
     "SkippedImagesReport",
     "check_modality_of_images",

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from visionfm_core import build_encoder
-from visionfm_core.models import ARCHS
+from visionfm_core.models import ARCHS, resample_pos_embed
 
 BACKBONE_KEYS = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight",
                  "norm.bias"}
@@ -102,3 +102,69 @@ def test_drop_path_only_in_training():
     a = enc(x)
     torch.manual_seed(2)
     assert not torch.allclose(a, enc(x))
+
+
+def test_forward_intermediates_maps_and_tokens():
+    torch.manual_seed(0)
+    enc = build_encoder("vit_tiny", img_size=32).eval()
+    x = torch.randn(2, 3, 32, 48)  # non-square and not the built size: a 2 x 3 patch grid
+    with torch.no_grad():
+        maps = enc.forward_intermediates(x, 4)
+        tokens = enc.forward_intermediates(x, 4, output_fmt="NLC")
+        layers = enc.get_intermediate_layers(x, 4)
+        picked = enc.forward_intermediates(x, [-1, 3, 5], output_fmt="NLC")  # negatives count from the end
+        raw = enc.forward_intermediates(x, [11], output_fmt="NLC", norm=False)[0]
+    assert [tuple(m.shape) for m in maps] == [(2, 192, 2, 3)] * 4
+    assert [tuple(t.shape) for t in tokens] == [(2, 6, 192)] * 4
+    for m, t, full in zip(maps, tokens, layers):
+        assert torch.equal(t, full[:, 1:])  # the patch tokens of get_intermediate_layers, CLS left out
+        assert torch.equal(m.flatten(2).transpose(1, 2), t)  # row-major grid: token r * 3 + c is map[:, :, r, c]
+    assert torch.equal(picked[-1], tokens[-1])  # shallow to deep, whatever the order asked
+    assert torch.equal(picked[0], enc.get_intermediate_layers(x, [3])[0][:, 1:])
+    assert torch.allclose(enc.norm(raw), tokens[-1], atol=1e-6) and not torch.allclose(raw, tokens[-1], atol=1e-3)
+    with pytest.raises(ValueError, match="out of range"):
+        enc.forward_intermediates(x, [12])
+    with pytest.raises(ValueError, match="last 13 blocks"):
+        enc.forward_intermediates(x, 13)
+    with pytest.raises(ValueError, match="output_fmt"):
+        enc.forward_intermediates(x, 1, output_fmt="NHWC")
+
+
+def test_encoder_scripts_with_the_same_outputs():
+    torch.manual_seed(0)
+    enc = build_encoder("vit_tiny", img_size=32, masked_im_modeling=True).eval()
+    scripted = torch.jit.script(enc)
+    x = torch.randn(1, 3, 48, 32)
+    mask = torch.zeros(1, 6, dtype=torch.bool)
+    mask[0, 2] = True
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), enc(x), atol=1e-5)
+        assert torch.allclose(scripted.forward_features(x, mask), enc.forward_features(x, mask), atol=1e-5)
+        indices = [3, 5, 7, 11]
+        for ours, ref in zip(scripted.forward_intermediates(x, indices), enc.forward_intermediates(x, indices)):
+            assert torch.allclose(ours, ref, atol=1e-5)
+        for ours, ref in zip(scripted.get_intermediate_layers(x, 2), enc.get_intermediate_layers(x, 2)):
+            assert torch.allclose(ours, ref, atol=1e-5)
+    resample = torch.jit.script(resample_pos_embed)
+    assert torch.equal(resample(enc.pos_embed, (3, 5), 1), resample_pos_embed(enc.pos_embed, (3, 5)))
+    assert torch.equal(resample(enc.pos_embed, (2, 2), 1), enc.pos_embed)  # the built grid: unchanged
+    assert resample_pos_embed(enc.pos_embed, (2, 2)) is enc.pos_embed
+
+
+def test_forward_intermediates_same_as_timm(timm):
+    torch.manual_seed(0)
+    ours = build_encoder("vit_tiny", img_size=32).eval()
+    # timm built for the non-square size, holding our position embeddings resampled to its grid
+    ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=(32, 48)).eval()
+    state = dict(ours.state_dict(), pos_embed=resample_pos_embed(ours.pos_embed.detach(), (2, 3)))
+    ref.load_state_dict(state, strict=True)
+    x = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        for indices in (4, [3, 5, 7, 11], [0, -1]):
+            for fmt in ("NCHW", "NLC"):
+                for norm in (True, False):
+                    got = ours.forward_intermediates(x, indices, output_fmt=fmt, norm=norm)
+                    want = ref.forward_intermediates(x, indices=indices, norm=norm, output_fmt=fmt,
+                                                     intermediates_only=True)
+                    assert len(got) == len(want)
+                    assert all(a.shape == b.shape and (a - b).abs().max() < 1e-4 for a, b in zip(got, want))

@@ -5,7 +5,7 @@ import pickle
 import pytest
 import torch
 
-from visionfm_core import WeightsError, build_encoder, load_encoder_weights
+from visionfm_core import WeightsError, build_encoder, load_encoder_weights, save_encoder_weights
 from visionfm_core.cli import main as cli_main
 from visionfm_core.weights import ORIGINAL_LICENCE, read_checkpoint
 
@@ -139,3 +139,41 @@ def test_import_weights_command_writes_a_backbone_with_header(tmp_path, capsys):
     with pytest.raises(ValueError, match="Unknown modality"):
         cli_main(["import-weights", str(src), "--modality", "xray", "--out", str(tmp_path / "x.pt")])
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_modality_in_the_header_is_checked(tmp_path, caplog):
+    torch.manual_seed(0)
+    src = build_encoder("vit_tiny", img_size=32)
+    path = tmp_path / "oct_encoder.pt"
+    save_encoder_weights(src, path, modality="OCT")
+    enc = build_encoder("vit_tiny", img_size=32)
+    with pytest.raises(WeightsError) as info:
+        load_encoder_weights(enc, path, expected_modality="fundus")
+    message = str(info.value)
+    assert "oct_encoder.pt" in message and "OCT" in message and "Fundus" in message
+    assert "allow_modality_mismatch" in message
+    assert not torch.equal(enc.pos_embed, src.pos_embed)  # refused before anything was loaded
+    with caplog.at_level("WARNING", logger="visionfm_core.weights"):
+        report = load_encoder_weights(enc, path, expected_modality="Fundus", allow_modality_mismatch=True)
+    assert report.modality == "OCT" and "using it anyway" in caplog.text.lower()
+    assert torch.equal(enc.pos_embed, src.pos_embed)
+    # the same modality under an alias, no expectation, or a file that declares nothing: accepted
+    assert load_encoder_weights(enc, path, expected_modality="oct_bscan").modality == "OCT"
+    assert "(OCT encoder)" in str(load_encoder_weights(enc, path))
+    assert load_encoder_weights(enc, src.state_dict(), expected_modality="Fundus").modality is None
+    with pytest.raises(ValueError, match="Unknown modality 'xray'"):
+        load_encoder_weights(enc, path, expected_modality="xray")
+
+
+def test_modality_of_pretraining_checkpoints_and_original_release_names(tmp_path):
+    ckpt, _, _ = original_pretraining_checkpoint("vit_tiny", img_size=32)
+    enc = build_encoder("vit_tiny", img_size=32)
+    # an original release file says its modality only through its name
+    torch.save(ckpt, tmp_path / "VFM_OCT_weights.pth")
+    with pytest.raises(WeightsError, match=r"VFM_OCT_weights.pth holds an encoder for OCT.*modality is Fundus"):
+        load_encoder_weights(enc, tmp_path / "VFM_OCT_weights.pth", expected_modality="Fundus")
+    assert load_encoder_weights(enc, tmp_path / "VFM_OCT_weights.pth", expected_modality="OCT").modality == "OCT"
+    # this project's pretraining checkpoints carry a header of their own
+    ours = dict(ckpt, visionfm_pretraining={"modality": "UBM", "arch": "vit_tiny", "epoch": 3})
+    with pytest.raises(WeightsError, match="encoder for UBM images.*modality is Ultrasound"):
+        load_encoder_weights(enc, ours, expected_modality="ultrasound")

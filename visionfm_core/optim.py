@@ -25,7 +25,10 @@ def finetune_param_groups(
     layer_decay: float | None = None,
 ) -> list[dict]:
     """AdamW groups: head at `lr`; encoder at `lr * encoder_lr_scale`, times `layer_decay ** (depth + 1 - layer)`
-    when layer-wise decay is on. No weight decay on biases, norms and tokens. Frozen parameters are left out."""
+    when layer-wise decay is on. No weight decay on biases, norms and tokens. Frozen parameters are left out.
+
+    Works for every `VisionFMTaskModel` head: whatever is not under `encoder.` (an MLP head, a UNETR decoder)
+    is head and trains at `lr`."""
     network = getattr(network, "module", network)  # unwrap DistributedDataParallel
     encoder = getattr(network, "encoder", None)
     depth = len(encoder.blocks) if encoder is not None else 0

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -23,12 +25,17 @@ import torch
 from torch import nn
 
 from .io import atomic_torch_save
+from .modalities import get_modality
 from .models.vit import resample_pos_embed
 
-__all__ = ["WeightsError", "LoadReport", "read_checkpoint", "extract_backbone", "load_encoder_weights", "load_bundle_encoder",
-           "save_encoder_weights", "sha256sum", "require_checkpoint"]
+__all__ = ["WeightsError", "LoadReport", "read_checkpoint", "extract_backbone", "load_encoder_weights",
+           "load_bundle_encoder", "save_encoder_weights", "sha256sum", "require_checkpoint", "declared_modality",
+           "check_modality"]
 
+logger = logging.getLogger(__name__)
 ORIGINAL_LICENCE = "CC BY-NC 4.0, from the original release"
+_HEADER_KEYS = ("visionfm_encoder", "visionfm_pretraining")  # headers of save_encoder_weights / ssl checkpoints
+_ORIGINAL_NAME = re.compile(r"VFM_([A-Za-z\-]+)_weights", re.IGNORECASE)  # e.g. VFM_Fundus_weights.pth
 _PREFIXES = ("module.", "backbone.", "encoder.")
 _NESTED_KEYS = ("visionfm_state_dict", "state_dict", "model", "encoder")
 
@@ -45,9 +52,11 @@ class LoadReport:
     ignored: list[str] = field(default_factory=list)  # keys in the file that are not part of the encoder
     kept_initial: list[str] = field(default_factory=list)  # encoder keys absent from the file by design
     resized: dict[str, tuple] = field(default_factory=dict)
+    modality: str | None = None  # the modality the file declares (header, or an original release's name)
 
     def __str__(self) -> str:
-        lines = [f"loaded {len(self.loaded)} tensors from {self.source} [{self.entry}]"]
+        lines = [f"loaded {len(self.loaded)} tensors from {self.source} [{self.entry}]"
+                 + (f" ({self.modality} encoder)" if self.modality else "")]
         if self.resized:
             lines += [f"  resized {k}: {old} -> {new}" for k, (old, new) in self.resized.items()]
         if self.ignored:
@@ -117,19 +126,70 @@ def extract_backbone(obj: Any, checkpoint_key: str = "teacher") -> tuple[dict[st
     return state, entry
 
 
+def declared_modality(raw: Any, name: str = "") -> str | None:
+    """The modality a checkpoint declares: its header (`save_encoder_weights`, pretraining checkpoints), else the
+    name of an original release file (`VFM_<Modality>_weights.pth`); None when it says nothing."""
+    if isinstance(raw, Mapping):
+        for key in _HEADER_KEYS:
+            header = raw.get(key)
+            if isinstance(header, Mapping) and header.get("modality"):
+                return str(header["modality"])
+    match = _ORIGINAL_NAME.search(os.path.basename(name))
+    if match:
+        try:
+            return get_modality(match.group(1)).name
+        except ValueError:
+            return None
+    return None
+
+
+def _same_modality(a: str, b: str) -> bool:
+    try:
+        return get_modality(a).name == get_modality(b).name
+    except ValueError:  # a name outside the known modalities: compare it as written
+        return a.strip().lower() == b.strip().lower()
+
+
+def check_modality(raw: Any, name: str, expected_modality: str | None, allow_modality_mismatch: bool = False
+                   ) -> str | None:
+    """Return the modality `raw` declares; raise `WeightsError` if it is not `expected_modality` (unless allowed)."""
+    found = declared_modality(raw, name)
+    if expected_modality is None or found is None or _same_modality(found, expected_modality):
+        return found
+    expected = get_modality(expected_modality).name
+    message = (f"{name} holds an encoder for {found} images, but this task's modality is {expected}: its features "
+               f"were learnt on {found}, not {expected}.")
+    if allow_modality_mismatch:
+        logger.warning("%s Using it anyway (allow_modality_mismatch=True).", message)
+        return found
+    raise WeightsError(f"{message} Pass the {expected} encoder, or allow_modality_mismatch=True "
+                       "(bundles: --allow_modality_mismatch true) to use it anyway, e.g. to start from another "
+                       "modality's weights on purpose.")
+
+
 def load_encoder_weights(
-    encoder: nn.Module, source: str | os.PathLike | Mapping, checkpoint_key: str = "teacher"
+    encoder: nn.Module,
+    source: str | os.PathLike | Mapping,
+    checkpoint_key: str = "teacher",
+    expected_modality: str | None = None,
+    allow_modality_mismatch: bool = False,
 ) -> LoadReport:
     """Load encoder weights from a path or dict, resizing `pos_embed`; raise `WeightsError` on any mismatch.
 
     Keys outside the encoder (`head.*`, optimiser state, ...) are ignored and reported. The only encoder key
     allowed to be absent is `masked_embed` (the teacher and ImageNet DINO weights have none).
+    With `expected_modality`, a file that declares another modality (its header, or an original release named
+    `VFM_<Modality>_weights.pth`) is refused, naming both, unless `allow_modality_mismatch`; a file that
+    declares none is accepted.
     """
     name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<state dict>"
+    if expected_modality is not None:
+        get_modality(expected_modality)  # an unknown expected modality is a configuration error: say so first
     raw = read_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
+    modality = check_modality(raw, name, expected_modality, allow_modality_mismatch)
     state, entry = extract_backbone(raw, checkpoint_key)
     target = encoder.state_dict()
-    report = LoadReport(source=name, entry=entry)
+    report = LoadReport(source=name, entry=entry, modality=modality)
 
     if "pos_embed" in state and "pos_embed" in target and state["pos_embed"].shape != target["pos_embed"].shape:
         old = state["pos_embed"]
@@ -164,7 +224,9 @@ def load_encoder_weights(
 
 
 def save_encoder_weights(encoder_or_state: nn.Module | Mapping, path: str | os.PathLike, **header: Any) -> None:
-    """Write a bare backbone with a small header (modality, source, sha256, licence), atomically."""
+    """Write a bare backbone with a small header (modality, source, sha256, licence), atomically.
+
+    The header's `modality` is what `load_encoder_weights(..., expected_modality=...)` checks later."""
     state = encoder_or_state.state_dict() if isinstance(encoder_or_state, nn.Module) else dict(encoder_or_state)
     payload = {"visionfm_encoder": {str(k): v for k, v in header.items() if v is not None}, "state_dict": state}
     atomic_torch_save(payload, path)
@@ -177,9 +239,10 @@ def require_checkpoint(path: str | os.PathLike, hint: str = "train the bundle fi
     return os.fspath(path)
 
 
-def load_bundle_encoder(encoder: nn.Module, path: str | os.PathLike, checkpoint_key: str = "teacher") -> LoadReport:
+def load_bundle_encoder(encoder: nn.Module, path: str | os.PathLike, checkpoint_key: str = "teacher",
+                        expected_modality: str | None = None, allow_modality_mismatch: bool = False) -> LoadReport:
     """The encoder weights of an embedding bundle: its pretrained `models/encoder.pt`, an original VisionFM file
     or any other form `load_encoder_weights` reads; a missing file gets a sentence saying how to get one."""
     require_checkpoint(path, "pretrain first (configs/train.json), or convert released weights with "
                              "`visionfm import-weights` and pass --ckpt_path")
-    return load_encoder_weights(encoder, path, checkpoint_key)
+    return load_encoder_weights(encoder, path, checkpoint_key, expected_modality, allow_modality_mismatch)

@@ -1,11 +1,55 @@
-"""Task heads on top of the VisionFM encoder (the downstream protocols of the original paper)."""
+"""Task heads on top of the VisionFM encoder (the downstream protocols of the original paper) and their registry.
+
+A registered head is built as `HeadClass(encoder, num_outputs, **head_kwargs)` and says what it needs from the
+encoder through two attributes the task model reads once:
+- `block_indices`: the encoder blocks whose outputs it takes (0-based, shallow to deep);
+- `uses_patch_maps`: True for the patch maps (B, D, H/p, W/p) of those blocks (dense heads), False for their
+  CLS tokens (B, D).
+Its `forward(features: list[Tensor], image: Tensor)` gets those features and the network input (the dense heads
+take the raw image as their full-resolution skip connection). The encoder itself, frozen or not, is handled once
+by `VisionFMTaskModel`, never by a head.
+"""
 
 from __future__ import annotations
 
+import math
+from typing import Callable
+
 import torch
+from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 from torch import nn
 
-__all__ = ["ClassificationHead"]
+__all__ = ["HEADS", "register_head", "ClassificationHead", "CLSClassificationHead", "RegressionHead",
+           "UNETRDecoder2d", "SegmentationHead", "LandmarkHeatmapHead", "dense_block_indices"]
+
+HEADS: dict[str, type[nn.Module]] = {}
+
+
+def register_head(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator: make a head available to `VisionFMTaskModel(head=name, ...)`."""
+
+    def add(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in HEADS and HEADS[name] is not cls:
+            raise ValueError(f"a head named {name!r} is already registered ({HEADS[name].__name__})")
+        HEADS[name] = cls
+        return cls
+
+    return add
+
+
+def _last_blocks(encoder: nn.Module, n_last_blocks: int) -> list[int]:
+    depth = len(encoder.blocks)
+    if not 1 <= n_last_blocks <= depth:
+        raise ValueError(f"n_last_blocks must be between 1 and the encoder depth {depth}, not {n_last_blocks}")
+    return list(range(depth - n_last_blocks, depth))
+
+
+def _init_linear(layers: nn.Sequential) -> None:
+    # the original protocol: Linear weights N(0, 0.01), biases 0
+    for m in layers:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.01)
+            nn.init.zeros_(m.bias)
 
 
 class ClassificationHead(nn.Module):
@@ -28,10 +72,141 @@ class ClassificationHead(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(embed_dim, num_classes),
         )
-        for m in self.layers:
-            if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, std=0.01)
-                nn.init.zeros_(m.bias)
+        _init_linear(self.layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
+
+
+@register_head("classification")
+class CLSClassificationHead(ClassificationHead):
+    """Logits (B, K) from the CLS tokens of the last `n_last_blocks` blocks, concatenated (keys `layers.*`)."""
+
+    uses_patch_maps = False
+
+    def __init__(self, encoder: nn.Module, num_outputs: int, n_last_blocks: int = 4, dropout: float = 0.1):
+        super().__init__(n_last_blocks * encoder.embed_dim, num_outputs, encoder.embed_dim, dropout)
+        self.block_indices = _last_blocks(encoder, n_last_blocks)
+
+    def forward(self, features: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
+        return self.layers(torch.cat(features, dim=-1))
+
+
+@register_head("regression")
+class RegressionHead(nn.Module):
+    """Continuous outputs (B, K) from the last `n_last_blocks` CLS tokens, concatenated (4D for 4 blocks).
+
+    `hidden="mlp"`: BN -> Linear(4D, D) -> GELU -> Dropout -> Linear(D, K), the original biomarker head;
+    `hidden="linear"`: BN -> Linear(4D, K), a linear probe (BN at eval time is a fixed affine map).
+    """
+
+    uses_patch_maps = False
+
+    def __init__(self, encoder: nn.Module, num_outputs: int, hidden: str = "mlp", n_last_blocks: int = 4,
+                 dropout: float = 0.1):
+        super().__init__()
+        self.block_indices = _last_blocks(encoder, n_last_blocks)
+        dim = encoder.embed_dim
+        in_dim = n_last_blocks * dim
+        if hidden == "mlp":
+            layers = [nn.BatchNorm1d(in_dim), nn.Linear(in_dim, dim), nn.GELU(), nn.Dropout(dropout),
+                      nn.Linear(dim, num_outputs)]
+        elif hidden == "linear":
+            layers = [nn.BatchNorm1d(in_dim), nn.Linear(in_dim, num_outputs)]
+        else:
+            raise ValueError(f"regression head: hidden must be 'mlp' or 'linear', not {hidden!r}")
+        self.layers = nn.Sequential(*layers)
+        _init_linear(self.layers)
+
+    def forward(self, features: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
+        return self.layers(torch.cat(features, dim=-1))
+
+
+def dense_block_indices(depth: int) -> list[int]:
+    """Blocks (3, 5, 7, 11) of a 12-block encoder, spread in the same proportion over other depths."""
+    indices = [max(0, round((i + 1) * depth / 12) - 1) for i in (3, 5, 7, 11)]
+    if len(set(indices)) != 4:
+        raise ValueError(f"an encoder with {depth} blocks is too shallow for the 4-block UNETR decoder")
+    return indices
+
+
+def _up_projection(embed_dim: int, out_channels: int, factor: int, norm_name: str) -> nn.Module:
+    """Patch maps (B, D, h, w) -> (B, out, h * factor, w * factor): UNETR's transposed-conv projection."""
+    if factor == 1:
+        return UnetrBasicBlock(2, embed_dim, out_channels, kernel_size=3, stride=1, norm_name=norm_name, res_block=True)
+    return UnetrPrUpBlock(2, embed_dim, out_channels, num_layer=int(math.log2(factor)) - 1, kernel_size=3, stride=1,
+                          upsample_kernel_size=2, norm_name=norm_name, conv_block=True, res_block=True)
+
+
+class UNETRDecoder2d(nn.Module):
+    """MONAI's UNETR decoder in 2-D, on the patch maps of 4 encoder blocks plus the raw image.
+
+    With patch 16 the three shallower maps are projected up to 1/2, 1/4 and 1/8 of the input (transposed
+    convolutions then residual conv blocks, 2, 4 and 8 x `feature_size` channels), the raw image gives the
+    full-resolution skip (`feature_size` channels), and the deepest map is upsampled 1/16 -> 1/8 -> 1/4 -> 1/2 ->
+    full, merged with the skip of each scale. The output (B, out_channels, H, W) has exactly the input's size.
+    Patch sizes that are powers of 2 from 8 work (the first upsampling is then by patch / 8).
+    """
+
+    def __init__(self, embed_dim: int, out_channels: int, patch_size: int = 16, in_channels: int = 3,
+                 feature_size: int = 32, norm_name: str = "instance"):
+        super().__init__()
+        if patch_size < 8 or patch_size & (patch_size - 1):
+            raise ValueError(f"the UNETR decoder needs a patch size that is a power of 2 from 8, not {patch_size}")
+        fs = feature_size
+        self.encoder1 = UnetrBasicBlock(2, in_channels, fs, kernel_size=3, stride=1, norm_name=norm_name,
+                                        res_block=True)
+        self.encoder2 = _up_projection(embed_dim, fs * 2, patch_size // 2, norm_name)
+        self.encoder3 = _up_projection(embed_dim, fs * 4, patch_size // 4, norm_name)
+        self.encoder4 = _up_projection(embed_dim, fs * 8, patch_size // 8, norm_name)
+        self.decoder5 = UnetrUpBlock(2, embed_dim, fs * 8, kernel_size=3, upsample_kernel_size=patch_size // 8,
+                                     norm_name=norm_name, res_block=True)
+        self.decoder4 = UnetrUpBlock(2, fs * 8, fs * 4, kernel_size=3, upsample_kernel_size=2, norm_name=norm_name,
+                                     res_block=True)
+        self.decoder3 = UnetrUpBlock(2, fs * 4, fs * 2, kernel_size=3, upsample_kernel_size=2, norm_name=norm_name,
+                                     res_block=True)
+        self.decoder2 = UnetrUpBlock(2, fs * 2, fs, kernel_size=3, upsample_kernel_size=2, norm_name=norm_name,
+                                     res_block=True)
+        self.out = UnetOutBlock(2, fs, out_channels)
+
+    def forward(self, maps: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
+        if len(maps) != 4:
+            raise ValueError(f"the UNETR decoder takes 4 patch maps, got {len(maps)}")
+        skip_half = self.encoder2(maps[0])
+        skip_quarter = self.encoder3(maps[1])
+        skip_eighth = self.encoder4(maps[2])
+        x = self.decoder5(maps[3], skip_eighth)
+        x = self.decoder4(x, skip_quarter)
+        x = self.decoder3(x, skip_half)
+        x = self.decoder2(x, self.encoder1(image))
+        return self.out(x)
+
+
+class _DenseHead(nn.Module):
+    uses_patch_maps = True
+
+    def __init__(self, encoder: nn.Module, num_outputs: int, feature_size: int = 32,
+                 block_indices: list[int] | None = None, norm_name: str = "instance"):
+        super().__init__()
+        depth = len(encoder.blocks)
+        # negatives count from the end; the decoder takes the maps shallow to deep
+        self.block_indices = encoder._block_indices(list(block_indices)) if block_indices is not None \
+            else dense_block_indices(depth)
+        if len(self.block_indices) != 4:
+            raise ValueError(f"the UNETR decoder takes 4 encoder blocks, got block_indices={self.block_indices}")
+        self.decoder = UNETRDecoder2d(encoder.embed_dim, num_outputs, encoder.patch_size,
+                                      encoder.patch_embed.proj.in_channels, feature_size, norm_name)
+
+    def forward(self, features: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
+        return self.decoder(features, image)
+
+
+@register_head("segmentation")
+class SegmentationHead(_DenseHead):
+    """Segmentation logits (B, C, H, W) at the input resolution from a 2-D UNETR decoder."""
+
+
+@register_head("landmarks")
+class LandmarkHeatmapHead(_DenseHead):
+    """One heatmap of logits per landmark (B, L, H, W) at the input resolution, from the same UNETR decoder;
+    `soft_argmax_2d` turns them into (x, y) points and `HeatmapLandmarkLoss` trains them."""

@@ -10,7 +10,6 @@ against timm when timm is importable).
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,16 +28,20 @@ _PATCH_SIZES = {"vit_tiny": (16,), "vit_small": (16, 8), "vit_base": (16, 8), "v
 
 
 def resample_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int = 1) -> torch.Tensor:
-    """Bicubically resample the patch part of a (1, prefix + g*g, D) position embedding to `grid` (h, w)."""
+    """Bicubically resample the patch part of a (1, prefix + g*g, D) position embedding to `grid` (h, w).
+
+    TorchScript-compatible: the encoder calls it on every forward pass, also inside scripted task models.
+    """
     prefix, patch = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     old = int(math.sqrt(patch.shape[1]))
     if old * old != patch.shape[1]:
         raise ValueError(f"position embedding with {patch.shape[1]} patch tokens is not a square grid")
-    if (old, old) == tuple(grid):
+    if old == grid[0] and old == grid[1]:
         return pos_embed
     dim = patch.shape[-1]
     patch = patch.reshape(1, old, old, dim).permute(0, 3, 1, 2)
-    patch = F.interpolate(patch.float(), size=tuple(grid), mode="bicubic", align_corners=False).to(pos_embed.dtype)
+    patch = F.interpolate(patch.float(), size=[grid[0], grid[1]], mode="bicubic", align_corners=False)
+    patch = patch.to(pos_embed.dtype)
     return torch.cat([prefix, patch.permute(0, 2, 3, 1).reshape(1, -1, dim)], dim=1)
 
 
@@ -53,7 +56,7 @@ class DropPath(nn.Module):
         if self.rate == 0.0 or not self.training:
             return x
         keep = 1.0 - self.rate
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        mask = x.new_empty([x.shape[0]] + [1] * (x.dim() - 1)).bernoulli_(keep)
         return x * mask / keep
 
 
@@ -64,7 +67,7 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
+        h, w = x.shape[-2], x.shape[-1]
         if h % self.patch_size or w % self.patch_size:
             raise ValueError(f"image size {h}x{w} is not divisible by the patch size {self.patch_size}")
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
@@ -116,10 +119,9 @@ class VisionTransformer(nn.Module):
     - `forward_features(x, mask=None)` -> all normalised tokens (B, 1 + N, D); `mask` (B, N) bool marks
       the patches replaced by `masked_embed` (iBOT masked image modelling)
     - `get_intermediate_layers(x, n)` -> the last n block outputs, each passed through the final norm
+    - `forward_intermediates(x, indices, output_fmt, norm)` -> patch maps (NCHW) or patch tokens (NLC), as timm
     Any input whose sides are multiples of the patch size works: position embeddings are resampled.
     """
-
-    num_prefix_tokens = 1
 
     def __init__(
         self,
@@ -134,6 +136,7 @@ class VisionTransformer(nn.Module):
         masked_im_modeling: bool = False,
     ):
         super().__init__()
+        self.num_prefix_tokens = 1  # the CLS token (an instance attribute so TorchScript sees it)
         self.patch_size = patch_size
         self.embed_dim = self.num_features = embed_dim
         self.grid_size = (img_size // patch_size, img_size // patch_size)
@@ -180,19 +183,67 @@ class VisionTransformer(nn.Module):
             x = block(x)
         return self.norm(x)
 
-    def get_intermediate_layers(
-        self, x: torch.Tensor, n: int | Sequence[int] = 1, mask: torch.Tensor | None = None
+    def _block_indices(self, indices: int | list[int]) -> list[int]:
+        """timm's reading of `indices`: an int n is the last n blocks; a list holds block indices, negatives
+        counting from the end. Returned sorted and without repeats, the order in which the blocks run."""
+        depth = len(self.blocks)
+        if isinstance(indices, int):
+            if indices < 1 or indices > depth:
+                raise ValueError(f"cannot take the last {indices} blocks of an encoder with {depth} blocks")
+            return list(range(depth - indices, depth))
+        if len(indices) == 0:
+            raise ValueError("no block indices given")
+        taken: list[int] = []
+        for i in indices:
+            block = i + depth if i < 0 else i
+            if block < 0 or block >= depth:
+                raise ValueError(f"block index {i} is out of range for an encoder with {depth} blocks")
+            if block not in taken:
+                taken.append(block)
+        taken.sort()
+        return taken
+
+    def _block_outputs(
+        self, x: torch.Tensor, indices: int | list[int], norm: bool, mask: torch.Tensor | None = None
     ) -> list[torch.Tensor]:
-        """Normalised outputs of the last `n` blocks (or of the block indices in `n`), shallow to deep."""
-        wanted = set(range(len(self.blocks) - n, len(self.blocks))) if isinstance(n, int) else set(n)
+        """All tokens (B, 1 + N, D) after each wanted block, shallow to deep; blocks past the last one are skipped."""
+        wanted = self._block_indices(indices)
+        last = wanted[-1]
         x = self.prepare_tokens(x, mask)
-        outputs = []
+        outputs: list[torch.Tensor] = []
         for i, block in enumerate(self.blocks):
-            x = block(x)
-            if i in wanted:
-                outputs.append(self.norm(x))
-            if i >= max(wanted):
-                break
+            if i <= last:
+                x = block(x)
+                if i in wanted:
+                    outputs.append(self.norm(x) if norm else x)
+        return outputs
+
+    @torch.jit.export
+    def get_intermediate_layers(
+        self, x: torch.Tensor, n: int | list[int] = 1, mask: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """Normalised outputs (B, 1 + N, D) of the last `n` blocks (or of the block indices in `n`), shallow to deep."""
+        return self._block_outputs(x, n, True, mask)
+
+    @torch.jit.export
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: int | list[int] = 1, output_fmt: str = "NCHW", norm: bool = True
+    ) -> list[torch.Tensor]:
+        """Patch features of some blocks, as timm's `forward_intermediates(..., intermediates_only=True)`.
+
+        `indices`: an int n takes the last n blocks, a list takes those block indices (negatives from the end);
+        outputs come shallow to deep. `output_fmt="NCHW"` gives maps (B, D, H/p, W/p), `"NLC"` the patch tokens
+        (B, N, D); the CLS token is left out of both. `norm` passes each through the final norm.
+        """
+        if output_fmt != "NCHW" and output_fmt != "NLC":
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', not '{output_fmt}'")
+        h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
+        outputs: list[torch.Tensor] = []
+        for tokens in self._block_outputs(x, indices, norm):
+            patches = tokens[:, self.num_prefix_tokens:]
+            if output_fmt == "NCHW":
+                patches = patches.reshape(patches.shape[0], h, w, -1).permute(0, 3, 1, 2).contiguous()
+            outputs.append(patches)
         return outputs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,8 @@ BUNDLES = sorted(p.parent.parent for p in (REPO / "bundles").glob("*/configs/met
 SCHEMA = REPO / "tests" / "data" / "meta_schema_20240725.json"
 # shrink every bundle to seconds: ViT-Tiny at 32 px, no worker processes
 TINY = {"arch": "vit_tiny", "image_size": 32, "batch_size": 4, "num_workers": 0}
+# dense bundles also shrink the photo scale their sliding window runs at and the decoder width
+DENSE = {"working_size": 48, "feature_size": 8}
 
 
 def task_of(bundle: Path) -> str:
@@ -30,7 +32,7 @@ def metadata(bundle: Path) -> dict:
 
 def make_data(bundle: Path, root: Path) -> dict:
     """Small data for one bundle: {"train": overrides for train.json, "infer_dir": images for inference.json,
-    "trained": the file training leaves in ckpt_dir for inference}."""
+    "trained": the file training leaves in ckpt_dir for inference, "infer": extra overrides for inference.json}."""
     from visionfm_core.data import write_demo_dataset, write_phantom_folder
 
     task = task_of(bundle)
@@ -44,6 +46,21 @@ def make_data(bundle: Path, root: Path) -> dict:
         folder = write_phantom_folder(root / "unlabelled", modality, count=8, size=48)
         return {"train": {"dataset_dir": folder, "out_dim": 64, "warmup_epochs": 0}, "infer_dir": folder,
                 "trained": "encoder.pt"}
+    if task == "segmentation":  # phantoms with a vessel tree drawn in, masks and field-of-view masks
+        from visionfm_core.data.dense_samples import write_vessel_dataset
+
+        datalist = write_vessel_dataset(root / "data", n=6, size=64)
+        return {"train": {"dataset_dir": str(root / "data"), "datalist": datalist, **DENSE},
+                "infer_dir": str(root / "data" / "images"), "trained": "model.pt", "infer": DENSE}
+    if task == "detection":  # landmark bundles: images with the landmarks drawn in at known points
+        from visionfm_core.data.dense_samples import write_landmark_dataset
+
+        meta = metadata(bundle)
+        names = list(meta["network_data_format"]["outputs"]["pred"]["channel_def"].values())
+        modality = json.loads((bundle / "configs" / "train.json").read_text())["modality"]
+        datalist = write_landmark_dataset(root / "data", n=6, size=64, modality=modality, names=names)
+        return {"train": {"dataset_dir": str(root / "data"), "datalist": datalist},
+                "infer_dir": str(root / "data" / "images"), "trained": "model.pt"}
     raise NotImplementedError(f"no test data builder for {task} bundles ({bundle.name}): add one in {__file__}")
 
 

@@ -25,7 +25,7 @@ def tiny_network(bundle, **overrides):
 def test_layout_and_metadata(bundle):
     missing = [f for f in REQUIRED if not (bundle / f).is_file()]
     assert not missing, f"{bundle.name} lacks {missing}"
-    assert re.fullmatch(r"[a-z]+_[a-z0-9]+_[a-z]+", bundle.name), "folder must be <modality>_<target>_<task>"
+    assert re.fullmatch(r"[a-z]+_[a-z0-9_]+_[a-z]+", bundle.name), "folder must be <modality>_<target>_<task>"
     meta = metadata(bundle)
     assert meta["version"] in meta["changelog"]
     assert meta["required_packages_version"]["visionfm-core"] == visionfm_core.__version__
@@ -41,19 +41,24 @@ def test_network_input_output(bundle, tmp_path):
 
 
 def test_torchscript_and_onnx_export(bundle, tmp_path):
+    """model-zoo's verifier scripts the network (torch.jit.script, not trace); the scripted file must also take an
+    input size it was not exported at. ONNX is the path for runtimes without TorchScript."""
     torch.manual_seed(0)
     net = tiny_network(bundle).eval()
     ckpt = tmp_path / "model.pt"
     torch.save(net.state_dict(), ckpt)
     x = torch.rand(1, 3, 32, 32)
     common = dict(net_id="network_def", ckpt_file=str(ckpt), meta_file=str(bundle / "configs" / "metadata.json"),
-                  config_file=config(bundle, "inference"), input_shape=[1, 3, 32, 32], use_trace=True, **TINY)
-    ckpt_export(filepath=str(tmp_path / "model.ts"), **common)
+                  config_file=config(bundle, "inference"), **TINY)
+    ckpt_export(filepath=str(tmp_path / "model.ts"), use_trace=False, **common)
     scripted = torch.jit.load(str(tmp_path / "model.ts"))
+    assert isinstance(scripted, torch.jit.ScriptModule)
     with torch.no_grad():
+        for shape in ((1, 3, 32, 32), (2, 3, 48, 64)):
+            x_any = torch.rand(*shape)
+            assert torch.allclose(scripted(x_any), net(x_any), atol=1e-4), shape
         expected = net(x)
-        assert torch.allclose(scripted(x), expected, atol=1e-4)
-    onnx_export(filepath=str(tmp_path / "model.onnx"), **common)
+    onnx_export(filepath=str(tmp_path / "model.onnx"), input_shape=[1, 3, 32, 32], use_trace=True, **common)
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -82,7 +87,8 @@ def test_properties_train_evaluate_and_infer(bundle, tmp_path):
             ckpt_dir=str(tmp_path / "models"), eval_dir=str(tmp_path / "eval"))
         assert (tmp_path / "eval" / "metrics.json").is_file()
 
-    infer_overrides = dict(dataset_dir=infer_dir, ckpt_path=str(model), output_dir=str(tmp_path / "infer"), **TINY)
+    infer_overrides = dict(dataset_dir=infer_dir, ckpt_path=str(model), output_dir=str(tmp_path / "infer"), **TINY,
+                           **spec.get("infer", {}))
     infer = ConfigWorkflow(config_file=config(bundle, "inference"), meta_file=meta, logging_file=log,
                            workflow_type="infer", **infer_overrides)
     infer.initialize()

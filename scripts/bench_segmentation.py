@@ -1,0 +1,100 @@
+#!/usr/bin/env python
+"""Speed of fundus_vessel_segmentation inference on this machine (CPU threads = cores, or the GPU if present).
+
+    python scripts/bench_segmentation.py [--rounds 3] [--arch vit_base] [--batch 4] [--size 512]
+
+Reports, measured in one run with the two models alternating round by round:
+- images/s of the segmentation network (encoder + UNETR-style decoder) on `batch` images of `size` px;
+- images/s of the encoder alone (forward_intermediates of the 4 blocks the decoder reads) at the same size, and the
+  ratio segmentation / encoder (how much of the time the decoder adds);
+- seconds for the real 1411 x 1411 photo from scikit-image through the bundle's inference.json (read, rescale,
+  sliding window with Gaussian blending, back to the photo's grid, mask/probability/overlay PNGs written).
+Weights are random (speed does not depend on them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "bundles" / "fundus_vessel_segmentation" / "configs"
+
+
+def images_per_second(fn, x: torch.Tensor, repeats: int = 2) -> float:
+    with torch.inference_mode():
+        fn(x)  # warm-up (allocations, kernels)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn(x)
+        return repeats * x.shape[0] / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--arch", default="vit_base")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--size", type=int, default=512)
+    args = ap.parse_args()
+
+    from monai.bundle import ConfigParser, run
+    from PIL import Image
+
+    from visionfm_core.data import real_fundus_photo
+
+    threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.update({"arch": args.arch, "image_size": args.size, "device": f"$torch.device('{device}')"})
+    torch.manual_seed(0)
+    net = parser.get_parsed_content("network_def").eval().to(device)
+    indices = list(net.block_indices)  # the blocks the decoder reads (3, 5, 7, 11 for ViT-B)
+
+    def encoder_only(x):
+        return net.encoder.forward_intermediates(x, indices, output_fmt="NCHW")
+
+    x = torch.rand(args.batch, 3, args.size, args.size, device=device)
+    seg, enc = [], []
+    for r in range(args.rounds):  # alternate, so drifting clocks and caches hit both alike
+        seg.append(images_per_second(net, x))
+        enc.append(images_per_second(encoder_only, x))
+        print(f"round {r + 1}: segmentation {seg[-1]:.3f} img/s, encoder only {enc[-1]:.3f} img/s", flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "photos").mkdir()
+        photo = (real_fundus_photo().transpose(1, 2, 0) * 255).astype(np.uint8)
+        Image.fromarray(photo).save(tmp / "photos" / "retina.png")
+        torch.save(net.state_dict(), tmp / "model.pt")
+        photo_seconds = []
+        for _ in range(max(1, args.rounds - 1)):
+            start = time.perf_counter()
+            run(config_file=str(CONFIGS / "inference.json"), logging_file=str(CONFIGS / "logging.conf"),
+                dataset_dir=str(tmp / "photos"), ckpt_path=str(tmp / "model.pt"), output_dir=str(tmp / "out"),
+                arch=args.arch, image_size=args.size, num_workers=0)
+            photo_seconds.append(time.perf_counter() - start)
+        assert Image.open(tmp / "out" / "retina_mask.png").size == photo.shape[1::-1]
+
+    s, e = statistics.median(seg), statistics.median(enc)
+    print(f"\n{args.arch}/16 at {args.size} px, batch {args.batch}, {device.type}, {threads} threads, "
+          f"{args.rounds} alternating rounds (median):")
+    print(f"  segmentation network : {s:.3f} images/s")
+    print(f"  encoder only         : {e:.3f} images/s")
+    print(f"  ratio seg / encoder  : {s / e:.3f}  (decoder share of the time: {1 - s / e:.1%})")
+    print(f"  1411 px photo, whole bundle inference (read, sliding window, invert, PNGs): "
+          f"{statistics.median(photo_seconds):.2f} s (median of {len(photo_seconds)})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

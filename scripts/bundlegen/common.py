@@ -1,0 +1,153 @@
+"""What every bundle family shares: JSON formatting, metadata, config blocks and the wording of modalities."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from visionfm_core import __version__  # noqa: E402
+from visionfm_core.modalities import get_modality  # noqa: E402
+
+BUNDLE_DIR = REPO / "bundles"
+SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
+VERSIONS = {"monai_version": "1.6.1", "pytorch_version": "2.13.0", "numpy_version": "2.4.6"}
+AUTHORS = "VisionFM-MONAI contributors"
+VISIONFM_REFERENCE = ("Qiu J. et al. VisionFM: a Multi-Modal Multi-Task Vision Foundation Model for Generalist "
+                      "Ophthalmic Artificial Intelligence. NEJM AI 2024; doi:10.1056/AIoa2300221")
+DEVICE = "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')"
+AMP = "$torch.cuda.is_available()"
+
+# How the images of each modality are named in prose (plural, singular): one place, so no bundle says
+# "angiographys" or "a External encoder".
+IMAGES = {
+    "Fundus": ("colour fundus photographs", "colour fundus photograph"),
+    "OCT": ("OCT B-scans", "OCT B-scan"),
+    "FFA": ("fluorescein angiography images", "fluorescein angiography image"),
+    "SlitLamp": ("slit-lamp photographs", "slit-lamp photograph"),
+    "External": ("external eye photographs", "external eye photograph"),
+    "Ultrasound": ("ocular B-scan ultrasound images", "ocular B-scan ultrasound image"),
+    "UBM": ("ultrasound biomicroscopy (UBM) images", "ultrasound biomicroscopy (UBM) image"),
+    "MRI": ("orbital MRI slices", "orbital MRI slice"),
+}
+
+
+def images(modality: str, plural: bool = True) -> str:
+    return IMAGES[get_modality(modality).name][0 if plural else 1]
+
+
+def a(word: str) -> str:
+    """'a' or 'an' + word, by the sound of its first letter (good enough for our vocabulary: an MRI, a UBM)."""
+    first = word.split()[0]
+    vowel_sound = (word[0].lower() in "aeiou" and first not in {"UBM", "US"}) or first in {"MRI", "MR", "FFA"}
+    return f"{'an' if vowel_sound else 'a'} {word}"
+
+
+def dump_json(obj) -> str:
+    """The layout model-zoo's pretty-format-json pre-commit hook enforces: indent 4, keys in order, ASCII."""
+    return json.dumps(obj, indent=4, ensure_ascii=True) + "\n"
+
+
+def channel_def(modality: str) -> dict:
+    return {"0": "grey", "1": "grey", "2": "grey"} if get_modality(modality).grey else {"0": "R", "1": "G", "2": "B"}
+
+
+def image_input(modality: str) -> dict:
+    """network_data_format.inputs.image: 3 channels in [0, 1] before normalisation, any multiple of 16."""
+    return {
+        "type": "image",
+        "format": "magnitude",
+        "modality": images(modality, plural=False),
+        "num_channels": 3,
+        "spatial_shape": ["16*n", "16*n"],
+        "dtype": "float32",
+        "value_range": [0, 1],
+        "is_patch_data": False,
+        "channel_def": channel_def(modality),
+    }
+
+
+def metadata(*, name: str, task: str, description: str, changelog: str, modality: str, data_source: str,
+             image_classes: str, label_classes: str, pred_classes: str, outputs: dict, references: list[str] = (),
+             extra_packages: dict | None = None, eval_metrics: dict | None = None, data_type: str = "png, jpeg, tiff, bmp, dicom") -> dict:
+    return {
+        "schema": SCHEMA_URL,
+        "version": "0.1.0",
+        "changelog": {"0.1.0": changelog},
+        **VERSIONS,
+        "required_packages_version": {"visionfm-core": __version__, "pytorch-ignite": "0.5.5", **(extra_packages or {})},
+        "supported_apps": {},
+        "name": name,
+        "task": task,
+        "description": description,
+        "authors": AUTHORS,
+        "copyright": f"Copyright (c) {AUTHORS}",
+        "data_source": data_source,
+        "data_type": data_type,
+        "image_classes": image_classes,
+        "label_classes": label_classes,
+        "pred_classes": pred_classes,
+        "eval_metrics": eval_metrics or {},
+        "intended_use": "Research only. Not a medical device; not for clinical decisions.",
+        "references": [VISIONFM_REFERENCE, *references],
+        "network_data_format": {"inputs": {"image": image_input(modality)}, "outputs": {"pred": outputs}},
+    }
+
+
+def static_files(data_licence: str) -> dict[str, str]:
+    """Files that are the same in every bundle (LICENSE, logging.conf) plus the data licence note."""
+    return {
+        "configs/logging.conf": (Path(__file__).with_name("logging.conf")).read_text(),
+        "docs/data_license.txt": data_licence,
+        "LICENSE": (REPO / "LICENSE").read_text(),
+    }
+
+
+def render(files: dict[str, object]) -> dict[str, str]:
+    """JSON objects -> formatted text; text stays text."""
+    return {rel: content if isinstance(content, str) else dump_json(content) for rel, content in files.items()}
+
+
+# ---- config blocks shared by the task families (classification, segmentation, landmarks, regression) ----
+
+def dataloader(dataset: str, batch_size: str = "@batch_size", shuffle: bool = False, drop_last=False) -> dict:
+    block = {"_target_": "DataLoader", "dataset": dataset, "batch_size": batch_size, "shuffle": shuffle,
+             "num_workers": "@num_workers"}
+    if drop_last:
+        block["drop_last"] = drop_last
+    return block
+
+
+def evaluator(loader: str, network: str, inferer: str, postprocessing: str, handlers: str,
+              key_metric: str | None = None, additional_metrics: str | None = None) -> dict:
+    block = {"_target_": "SupervisedEvaluator", "device": "@device", "val_data_loader": loader, "network": network,
+             "inferer": inferer, "postprocessing": postprocessing}
+    if key_metric:
+        block["key_val_metric"] = key_metric
+    if additional_metrics:
+        block["additional_metrics"] = additional_metrics
+    block.update({"val_handlers": handlers, "amp": AMP})
+    return block
+
+
+MULTI_GPU_TASK = {
+    "device": "$visionfm_core.distributed.local_device()",
+    "network": "$visionfm_core.distributed.wrap_ddp(@network_def, @device)",
+    "train::sampler": {"_target_": "DistributedSampler", "dataset": "@train::dataset", "even_divisible": True,
+                       "shuffle": True},
+    "train::dataloader::sampler": "@train::sampler",
+    "train::dataloader::shuffle": False,
+    "train::dataloader::drop_last": "$len(@train::sampler) % @batch_size == 1",
+    "train::trainer::train_handlers": "$visionfm_core.distributed.main_process_handlers(@train::handlers)",
+    "validate::sampler": {"_target_": "DistributedSampler", "dataset": "@validate::dataset", "even_divisible": True,
+                          "shuffle": False},
+    "validate::dataloader::sampler": "@validate::sampler",
+    "validate::evaluator::val_handlers": "$visionfm_core.distributed.main_process_handlers(@validate::handlers)",
+    "initialize": ["$visionfm_core.distributed.init_distributed()", "$monai.utils.set_determinism(seed=0)"],
+    "run": ["$@train::trainer.run()"],
+    "finalize": ["$visionfm_core.distributed.destroy_distributed()"],
+}

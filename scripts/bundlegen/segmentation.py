@@ -1,0 +1,258 @@
+"""The 2-D segmentation family: encoder + the UNETR-style decoder on 4 intermediate blocks and the image.
+
+Photos are rescaled so their short side is `working_size`; training takes random `image_size` crops of that, and
+validation, evaluation and inference slide an `image_size` window over the whole photo (Gaussian blending) and put
+the probabilities back on the photo's own grid (`Invertd`).
+"""
+
+from __future__ import annotations
+
+from visionfm_core.modalities import get_modality
+
+from .common import images, metadata, render, static_files
+from .task import (TaskParts, evaluate_config, inference_config, load_image, load_label_map, multi_gpu_config,
+                   normalise, train_config)
+
+DESCRIPTIONS = {
+    "fundus_vessel_segmentation": {
+        "modality": "Fundus",
+        "title": "fundus retinal vessel segmentation",
+        "target": "retinal vessels",
+        "classes": ["vessel"],
+        "datasets": "DRIVE, STARE, CHASE_DB1, HRF",
+        "converters": ("drive", "stare", "chase", "hrf"),
+        "dataset_dir": "/workspace/data/drive",
+        "infer_dir": "/workspace/data/fundus_images",
+        "working_size": 576,
+        "data_licences": ["DRIVE (research use; registration at the Grand Challenge site)",
+                          "STARE (free for research use, cite Hoover et al.)",
+                          "CHASE_DB1 (CC BY 4.0)", "HRF (CC BY 4.0)"],
+    },
+}
+
+MASKS = ["label", "fov"]  # the field-of-view mask is optional: datasets without one are scored on the whole image
+
+
+def resize_short(keys, mode: str) -> dict:
+    block = {"_target_": "visionfm_core.data.EyeResizeShortSided", "keys": keys, "short_side": "@working_size",
+             "mode": mode}
+    if keys == MASKS:
+        block["allow_missing_keys"] = True
+    return block
+
+
+def validate_masks() -> dict:
+    return {"_target_": "visionfm_core.data.ValidateMaskd", "keys": MASKS, "image_key": "image",
+            "allow_missing_keys": True}
+
+
+def sliding_window() -> dict:
+    return {"_target_": "SlidingWindowInferer", "roi_size": ["@image_size", "@image_size"],
+            "sw_batch_size": "@sw_batch_size", "overlap": "@sw_overlap", "mode": "@sw_mode"}
+
+
+def to_probabilities() -> dict:
+    return {"_target_": "Activationsd", "keys": "pred", "sigmoid": "$@num_classes == 1",
+            "softmax": "$@num_classes > 1"}
+
+
+def back_to_input_grid(transform: str) -> dict:
+    return {"_target_": "Invertd", "keys": "pred", "transform": transform, "orig_keys": "image",
+            "nearest_interp": False, "to_tensor": True}
+
+
+def writer(output_dir: str) -> dict:
+    return {"_target_": "visionfm_core.handlers.SegmentationWriter", "output_dir": output_dir,
+            "threshold": "@threshold"}
+
+
+def parts(d: dict) -> TaskParts:
+    image_in = [*load_image(), resize_short("image", "bilinear"), *normalise()]
+    with_masks = [*load_image(), *load_label_map(MASKS, allow_missing=True), validate_masks(),
+                  resize_short("image", "bilinear"), resize_short(MASKS, "nearest"), *normalise()]
+    # evaluation scores at the photo's own resolution: the masks are not resized, the prediction is put back
+    eval_in = [*load_image(), *load_label_map(MASKS, allow_missing=True), validate_masks(),
+               resize_short("image", "bilinear"), *normalise()]
+    binarise = {"_target_": "AsDiscreted", "keys": "pred", "threshold": "@threshold"}
+    dice = {"_target_": "MeanDice", "include_background": True,
+            "output_transform": "$monai.handlers.from_engine(['pred', 'label'])"}
+    return TaskParts(
+        head="segmentation",
+        num_outputs="@num_classes",
+        head_kwargs={"feature_size": "@feature_size"},
+        ids={"image_size": 512, "working_size": d["working_size"], "num_classes": len(d["classes"]),
+             "class_names": d["classes"], "feature_size": 32, "threshold": 0.5, "sw_batch_size": 4,
+             "sw_overlap": 0.25, "sw_mode": "gaussian"},
+        dataset_dir=d["dataset_dir"],
+        train_transforms=with_masks,
+        random_transforms=[
+            {"_target_": "RandSpatialCropd", "keys": MASKS + ["image"], "roi_size": ["@image_size", "@image_size"],
+             "random_size": False, "allow_missing_keys": True},
+            {"_target_": "RandFlipd", "keys": ["image"] + MASKS, "prob": 0.5, "spatial_axis": 1,
+             "allow_missing_keys": True},
+            {"_target_": "RandFlipd", "keys": ["image"] + MASKS, "prob": 0.5, "spatial_axis": 0,
+             "allow_missing_keys": True},
+            {"_target_": "RandRotate90d", "keys": ["image"] + MASKS, "prob": 0.5, "allow_missing_keys": True},
+        ],
+        loss={"_target_": "DiceFocalLoss", "sigmoid": "$@num_classes == 1", "softmax": "$@num_classes > 1",
+              "to_onehot_y": "$@num_classes > 1"},
+        train_postprocessing=[to_probabilities(), binarise],
+        val_key_metric={"val_mean_dice": dice},
+        val_inferer=sliding_window(),
+        val_batch_size=1,
+        base_lr=1e-3,
+        weight_decay=0.05,
+        batch_size=4,
+        eval_overrides={
+            "validate::preprocessing::transforms": eval_in,
+            "validate::postprocessing": {"_target_": "Compose", "transforms": [
+                to_probabilities(), back_to_input_grid("@validate::preprocessing")]},
+            "validate::evaluator::key_val_metric": None,
+        },
+        eval_writer=writer("@eval_dir"),
+        infer_transforms=image_in,
+        infer_inferer=sliding_window(),
+        infer_postprocessing=[to_probabilities(), back_to_input_grid("@preprocessing")],
+        infer_writer=writer("@output_dir"),
+        infer_batch_size=1,
+    )
+
+
+def bundle_metadata(name: str, d: dict) -> dict:
+    m, classes = d["modality"], d["classes"]
+    return metadata(
+        name=f"VisionFM {d['title']}",
+        task=f"Segmentation of {d['target']} in {images(m)}",
+        description=f"A VisionFM ViT-B/16 {images(m, False)} encoder with a UNETR-style 2-D decoder (blocks 3, 5, 7 "
+                    f"and 11 plus the image, 32 base channels) segmenting {d['target']}. Trained on {d['image_size_text']} crops "
+                    "with the encoder frozen (or fine-tuned), applied to whole photos with a Gaussian-blended sliding "
+                    "window; masks, probability maps and overlays are written at the photo's own resolution. No "
+                    "trained weights ship with this bundle.",
+        changelog=f"first release: VisionFM encoder with a UNETR-style decoder for {d['target']}; generated from "
+                  "the segmentation template",
+        modality=m,
+        data_source=f"Any {images(m)} with {d['target']} masks, e.g. {d['datasets']} (converted by "
+                    "`visionfm prepare-data`)",
+        image_classes=f"3-channel {images(m, False)}, intensity in [0, 1] then normalised with the VisionFM {m} "
+                      "mean and std",
+        label_classes=f"binary mask of {d['target']} (0 background, 1 or 255 {classes[0]}), same size as the image",
+        pred_classes=f"probability of {classes[0]} per pixel",
+        outputs={"type": "probabilities", "format": "segmentation", "num_channels": len(classes),
+                 "spatial_shape": ["16*n", "16*n"], "dtype": "float32", "value_range": [0, 1],
+                 "is_patch_data": False, "channel_def": {str(i): c for i, c in enumerate(classes)}},
+        references=["Hatamizadeh A. et al. UNETR: Transformers for 3D Medical Image Segmentation. WACV 2022",
+                    "Shit S. et al. clDice - a Novel Topology-Preserving Loss Function for Tubular Structure "
+                    "Segmentation. CVPR 2021"],
+        extra_packages={"scikit-image": "0.26.0", "pillow": "13.0.0"},
+    )
+
+
+def readme(name: str, d: dict) -> str:
+    m = d["modality"]
+    mod = get_modality(m)
+    converters = " | ".join(d["converters"])
+    return f"""# {name}
+
+{d['title'][0].upper() + d['title'][1:]} with the VisionFM {m} encoder (ViT-B/16) and a UNETR-style 2-D decoder, as
+a MONAI bundle. Generated from the segmentation template (`scripts/bundlegen/segmentation.py`; edit that, not these
+files).
+
+## Model overview
+- **Encoder**: VisionFM ViT-B/16, frozen by default (`freeze_encoder`), position embeddings resampled to the
+  512 px input (32 x 32 patches) when the weights are loaded and on the fly for any other multiple of 16.
+- **Decoder**: `visionfm_core.models.VisionFMTaskModel(head="segmentation")`: the feature maps of blocks 3, 5, 7 and
+  11 (`forward_intermediates`, NCHW) are upsampled to 1/8, 1/4, 1/2 and full resolution and merged, UNETR-style, with
+  features of the image itself (`feature_size` 32 base channels); one output channel per class (sigmoid for one
+  class).
+- **Loss**: DiceFocal (sigmoid). AdamW, lr 1e-3 x batch / 256, weight decay 0.05, cosine schedule; fine-tuning
+  (`--freeze_encoder False`) gives the encoder 0.1 x the decoder's lr. The best epoch is chosen by mean Dice on the
+  **validation** split only (the test split is never looked at during training).
+
+## Data
+A MONAI datalist with `training`, `validation` and `test` lists of `{{"image": photo, "label": mask, "fov": field-of-view
+mask}}` (`fov` optional). The public vessel datasets convert with one command each:
+```
+visionfm prepare-data {converters} /data/DRIVE --out /data/DRIVE/datalist.json
+```
+(where a dataset has no validation split, a fixed, seeded part of its training images is set aside for model
+selection). Masks are read without intensity scaling (0/1 or 0/255, PNG, GIF, TIFF, PPM), must have exactly the
+photo's size and only those values: a mask of another size or with other values, or an empty folder, stops with a
+message naming the file; nothing partial is written.
+
+## Preprocessing
+Read to 3 channels in [0, 1] (MONAI `LoadImaged` with `visionfm_core.data.EyeImageReader`) -> rescale so the short
+side is `working_size` ({d['working_size']} px, about DRIVE's native scale; `EyeResizeShortSided`, the same anti-aliased
+resize as pretraining; masks nearest-neighbour) -> normalise with the VisionFM {m} mean
+{[round(v, 4) for v in mod.mean]} and std {[round(v, 4) for v in mod.std]}. Training: random `image_size` (512) crops,
+flips and 90-degree rotations.
+
+## Inference on whole photos
+`SlidingWindowInferer` with a 512 px window (`image_size`), `sw_overlap` 0.25 and Gaussian blending (`sw_mode`),
+`sw_batch_size` windows at a time; then `Invertd` puts the probabilities back on the input photo's grid, so every
+output has exactly the photo's size:
+- `<name>_mask.png` (0/255, threshold `threshold` 0.5), `<name>_prob.png` (probability x 255), `<name>_overlay.png`
+  (the photo with vessels tinted).
+With labels (evaluate.json), `segmentation.csv` (per image) and `metrics.json` (mean): Dice, clDice (topology),
+AUROC, sensitivity, specificity and accuracy, inside the field of view when a FOV mask is given.
+
+## Commands (from the bundle folder)
+```
+python -m monai.bundle run --config_file configs/train.json --dataset_dir /data/DRIVE \\
+    --pretrained_encoder /weights/fundus_encoder.pt
+python -m monai.bundle run --config_file "['configs/train.json','configs/evaluate.json']" --dataset_dir /data/DRIVE
+python -m monai.bundle run --config_file configs/inference.json --dataset_dir /data/new_photos
+torchrun --standalone --nnodes=1 --nproc_per_node=4 -m monai.bundle run \\
+    --config_file "['configs/train.json','configs/multi_gpu_train.json']" --dataset_dir /data/DRIVE
+```
+
+## Export
+`python -m monai.bundle ckpt_export network_def --filepath model.ts --ckpt_file models/model.pt --meta_file
+configs/metadata.json --config_file configs/inference.json` scripts the network (`torch.jit.script`, as model-zoo's
+verifier does); ONNX export is tested too. The scripted network takes any input whose sides are multiples of 16.
+
+## Performance
+No trained weights ship with this bundle and no public dataset could be used where it was built (no network):
+**no real-data performance is claimed**. The tests train it on synthetic phantoms with vessels drawn in and run it on
+the real 1411 x 1411 `skimage.data.retina()` photo, for correctness only. Speed on the build machine:
+`scripts/bench_segmentation.py`.
+
+## Limitations
+- Research use only; not a medical device.
+- One class (vessels); artery/vein separation would be `num_classes` 2 with softmax and labelled data.
+- The field-of-view mask is used for scoring, not in the loss.
+
+## Licence
+Code and configs: Apache-2.0 (see LICENSE). Weights imported from the original VisionFM release are CC BY-NC 4.0.
+See docs/data_license.txt for the datasets' own terms.
+"""
+
+
+def data_licence(d: dict) -> str:
+    lines = "\n".join(f"- {x}" for x in d["data_licences"])
+    return f"""Third-party data and weights referenced by this bundle
+
+No data and no trained weights ship with this bundle. The tests use synthetic phantoms with vessels drawn in
+(visionfm_core.data) and the CC0 photograph skimage.data.retina() from scikit-image.
+
+Public datasets you may train on carry their own terms; read them before use:
+{lines}
+
+The original VisionFM encoder weights are released under CC BY-NC 4.0: non-commercial use only.
+"""
+
+
+def bundles() -> dict[str, dict[str, str]]:
+    out = {}
+    for name, d in DESCRIPTIONS.items():
+        d = {**d, "image_size_text": "512 x 512"}
+        p = parts(d)
+        out[name] = render({
+            "configs/train.json": train_config(p, d["modality"]),
+            "configs/evaluate.json": evaluate_config(p),
+            "configs/inference.json": inference_config(p, d["modality"], d["infer_dir"]),
+            "configs/multi_gpu_train.json": multi_gpu_config(),
+            "configs/metadata.json": bundle_metadata(name, d),
+            "docs/README.md": readme(name, d),
+            **static_files(data_licence(d)),
+        })
+    return out

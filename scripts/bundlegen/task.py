@@ -1,0 +1,260 @@
+"""The supervised task skeleton every task family fills in: one train.json / evaluate.json / inference.json shape.
+
+A family (classification, segmentation, landmarks, ...) describes only what differs: its head, its extra ids,
+its transforms, loss, metrics, inferer, postprocessing and output writer (a `TaskParts`). Everything else
+(encoder ids, frozen vs fine-tuned, optimiser, schedule, handlers with their own ids, validation-only model
+selection, multi-GPU overrides) is written here once.
+
+Handlers that overrides touch have their own ids (`train::lr_schedule`, `validate::checkpoint_saver`, ...);
+`train::handlers` and `validate::handlers` only list them, so adding a handler never shifts another. The lists
+use `%` macros, not `@` references: MONAI's property check reads `_target_` from every listed handler config, and
+`%` copies the (already overridden) config into the list before parsing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .common import AMP, DEVICE, MULTI_GPU_TASK, dataloader, evaluator
+
+IMPORTS = ["$import os", "$import torch", "$import ignite", "$import monai", "$import visionfm_core",
+           "$import visionfm_core.models", "$import visionfm_core.data"]
+
+
+def load_image(keys="image", modality="@modality") -> list[dict]:
+    """Files -> (3, H, W) float32 in [0, 1] with their metadata: MONAI LoadImaged with our reader, then channels."""
+    return [
+        {"_target_": "LoadImaged", "keys": keys, "reader": "$visionfm_core.data.EyeImageReader()", "image_only": True},
+        {"_target_": "visionfm_core.data.EyeChannelsd", "keys": keys, "modality": modality},
+    ]
+
+
+def load_label_map(keys, allow_missing=False) -> list[dict]:
+    """Label maps: the same reader, no intensity scaling, no channel copying -> (1, H, W)."""
+    load = {"_target_": "LoadImaged", "keys": keys, "reader": "$visionfm_core.data.EyeImageReader()",
+            "image_only": True}
+    label = {"_target_": "visionfm_core.data.LabelMapd", "keys": keys}
+    if allow_missing:
+        load["allow_missing_keys"] = label["allow_missing_keys"] = True
+    return [load, label]
+
+
+def normalise(keys="image") -> list[dict]:
+    return [
+        {"_target_": "visionfm_core.data.ModalityNormalized", "keys": keys, "modality": "@modality"},
+        {"_target_": "EnsureTyped", "keys": keys, "dtype": "$torch.float32"},
+    ]
+
+
+def eval_image_transforms(size=("@image_size", "@image_size")) -> list[dict]:
+    """The evaluation preprocessing of an image for the square-input heads, written once for every family."""
+    return [*load_image(), {"_target_": "visionfm_core.data.EyeResized", "keys": "image", "spatial_size": list(size),
+                            "mode": "bilinear"}, *normalise()]
+
+
+@dataclass
+class TaskParts:
+    head: str                                  # a key of visionfm_core.models.HEADS
+    num_outputs: str                           # config expression for the head's output count
+    ids: dict                                  # family ids (classes, sizes, ...), placed after the common ids
+    head_kwargs: dict = field(default_factory=dict)
+    dataset_dir: str = "/workspace/data"
+    train_transforms: list = field(default_factory=list)       # deterministic part, shared with validation
+    random_transforms: list = field(default_factory=list)
+    loss: dict = field(default_factory=dict)
+    train_postprocessing: list = field(default_factory=list)
+    train_key_metric: dict | None = None
+    val_key_metric: dict = field(default_factory=dict)
+    val_additional_metrics: dict | None = None
+    lower_is_better: bool = False              # key metric direction (e.g. radial error)
+    val_inferer: dict | None = None            # None: SimpleInferer
+    val_transforms: list | None = None         # None: the train deterministic transforms
+    val_batch_size: object = "@batch_size"  # 1 where images differ in size (whole-photo validation)
+    base_lr: float = 1e-3
+    weight_decay: float = 0.05
+    epochs: int = 100
+    batch_size: int = 16
+    # evaluate.json: the test split through the writer, and inference.json
+    eval_overrides: dict = field(default_factory=dict)
+    eval_writer: dict = field(default_factory=dict)
+    infer_transforms: list = field(default_factory=list)
+    infer_inferer: dict = field(default_factory=lambda: {"_target_": "SimpleInferer"})
+    infer_postprocessing: list = field(default_factory=list)
+    infer_writer: dict = field(default_factory=dict)
+    infer_batch_size: int = 8
+    infer_ids: dict = field(default_factory=dict)
+    datalist_args: str = ""                    # extra arguments of visionfm_core.data.load_datalist
+
+
+def network_def(parts: TaskParts, training: bool) -> dict:
+    net = {"_target_": "visionfm_core.models.VisionFMTaskModel", "head": parts.head, "num_outputs": parts.num_outputs,
+           "arch": "@arch", "patch_size": "@patch_size", "img_size": "@image_size", "modality": "@modality"}
+    net.update(parts.head_kwargs)
+    if training:
+        net.update({"freeze_encoder": "@freeze_encoder", "drop_path_rate": "@drop_path_rate",
+                    "pretrained": "@pretrained_encoder", "checkpoint_key": "@checkpoint_key",
+                    "allow_modality_mismatch": "@allow_modality_mismatch"})
+    return net
+
+
+def encoder_ids(modality: str) -> dict:
+    return {"modality": modality, "arch": "vit_base", "patch_size": 16}
+
+
+def compact(**items) -> dict:
+    """A dict in the given order without the entries that are None (optional config ids)."""
+    return {k: v for k, v in items.items() if v is not None}
+
+
+def train_config(parts: TaskParts, modality: str) -> dict:
+    split = lambda name: f"$visionfm_core.data.load_datalist(@datalist, '{name}'{parts.datalist_args})"  # noqa: E731
+    metric_cmp = "$lambda current, prev: current < prev" if parts.lower_is_better else None
+    saver = {"_target_": "CheckpointSaver", "save_dir": "@ckpt_dir", "save_dict": {"model": "@network"},
+             "save_key_metric": True, "key_metric_filename": "model.pt"}
+    if parts.lower_is_better:
+        saver["key_metric_negative_sign"] = True
+    val_evaluator = evaluator("@validate::dataloader", "@network", "@validate::inferer", "@validate::postprocessing",
+                              "@validate::handlers", "@validate::key_metric",
+                              "@validate::additional_metrics" if parts.val_additional_metrics else None)
+    if metric_cmp:
+        val_evaluator["metric_cmp_fn"] = metric_cmp
+    trainer = {"_target_": "SupervisedTrainer", "max_epochs": parts.epochs, "device": "@device",
+               "train_data_loader": "@train::dataloader", "network": "@network", "loss_function": "@loss",
+               "optimizer": "@optimizer", "inferer": "@train::inferer", "postprocessing": "@train::postprocessing"}
+    if parts.train_key_metric:
+        trainer["key_train_metric"] = "@train::key_metric"
+    trainer.update({"train_handlers": "@train::handlers", "amp": AMP})
+    config = {
+        "imports": IMPORTS,
+        "bundle_root": ".",
+        "ckpt_dir": "$@bundle_root + '/models'",
+        "output_dir": "$@bundle_root + '/runs'",
+        "dataset_dir": parts.dataset_dir,
+        "datalist": "$@dataset_dir + '/datalist.json'",
+        "pretrained_encoder": None,
+        "checkpoint_key": "teacher",
+        "allow_modality_mismatch": False,
+        "freeze_encoder": True,
+        "layer_decay": None,
+        "device": DEVICE,
+        **encoder_ids(modality),
+        **parts.ids,
+        "batch_size": parts.batch_size,
+        "num_workers": 2,
+        "base_lr": parts.base_lr,
+        "learning_rate": "$@base_lr * @batch_size / 256",
+        "weight_decay": parts.weight_decay,
+        "encoder_lr_scale": 0.1,
+        "drop_path_rate": 0.1,
+        "val_interval": 1,
+        "network_def": network_def(parts, training=True),
+        "network": "$@network_def.to(@device)",
+        "loss": parts.loss,
+        "optimizer": "$visionfm_core.optim.build_optimizer(@network, @learning_rate, @weight_decay, "
+                     "@encoder_lr_scale, @layer_decay)",
+        "lr_scheduler": {"_target_": "torch.optim.lr_scheduler.CosineAnnealingLR", "optimizer": "@optimizer",
+                         "T_max": "@train::trainer::max_epochs"},
+        "train": {
+            "deterministic_transforms": parts.train_transforms,
+            "random_transforms": parts.random_transforms,
+            "preprocessing": {"_target_": "Compose",
+                              "transforms": "$@train::deterministic_transforms + @train::random_transforms"},
+            "dataset": {"_target_": "Dataset", "data": split("training"), "transform": "@train::preprocessing"},
+            "dataloader": dataloader("@train::dataset", shuffle=True,
+                                     drop_last="$len(@train::dataset) % @batch_size == 1"),
+            "inferer": {"_target_": "SimpleInferer"},
+            "postprocessing": {"_target_": "Compose", "transforms": parts.train_postprocessing},
+            "lr_schedule": {"_target_": "LrScheduleHandler", "lr_scheduler": "@lr_scheduler", "print_lr": True},
+            "validation": {"_target_": "ValidationHandler", "validator": "@validate::evaluator", "epoch_level": True,
+                           "interval": "@val_interval"},
+            "stats": {"_target_": "StatsHandler", "tag_name": "train_loss",
+                      "output_transform": "$monai.handlers.from_engine(['loss'], first=True)"},
+            "tensorboard": {"_target_": "TensorBoardStatsHandler", "log_dir": "@output_dir", "tag_name": "train_loss",
+                            "output_transform": "$monai.handlers.from_engine(['loss'], first=True)"},
+            "progress": {"_target_": "ignite.handlers.ProgressBar", "persist": False},
+            "handlers": ["%train::lr_schedule", "%train::validation", "%train::stats", "%train::tensorboard",
+                         "%train::progress"],
+            "key_metric": parts.train_key_metric,
+            "trainer": trainer,
+        },
+        "validate": {
+            "preprocessing": {"_target_": "Compose",
+                              "transforms": parts.val_transforms if parts.val_transforms is not None
+                              else "%train::deterministic_transforms"},
+            "dataset": {"_target_": "Dataset", "data": split("validation"), "transform": "@validate::preprocessing"},
+            "dataloader": dataloader("@validate::dataset", batch_size=parts.val_batch_size),
+            "inferer": parts.val_inferer or {"_target_": "SimpleInferer"},
+            "postprocessing": "%train::postprocessing",
+            "stats": {"_target_": "StatsHandler", "iteration_log": False},
+            "tensorboard": {"_target_": "TensorBoardStatsHandler", "log_dir": "@output_dir", "iteration_log": False},
+            "checkpoint_saver": saver,
+            "handlers": ["%validate::stats", "%validate::tensorboard", "%validate::checkpoint_saver"],
+            "key_metric": parts.val_key_metric,
+            "additional_metrics": parts.val_additional_metrics,
+            "evaluator": val_evaluator,
+        },
+        "initialize": ["$monai.utils.set_determinism(seed=0)"],
+        "run": ["$@train::trainer.run()"],
+    }
+    config["train"] = compact(**config["train"])
+    config["validate"] = compact(**config["validate"])
+    return config
+
+
+def evaluate_config(parts: TaskParts) -> dict:
+    """Override of train.json: models/model.pt on the test split (or `eval_split`), written by the family's writer."""
+    return {
+        "eval_split": "test",
+        "eval_dir": "$@bundle_root + '/eval'",
+        "validate::dataset::data": f"$visionfm_core.data.load_datalist(@datalist, @eval_split{parts.datalist_args})",
+        **parts.eval_overrides,
+        "validate::checkpoint_loader": {
+            "_target_": "CheckpointLoader",
+            "load_path": "$visionfm_core.weights.require_checkpoint(@ckpt_dir + '/model.pt')",
+            "load_dict": {"model": "@network"},
+            "map_location": "@device",
+        },
+        "validate::writer": parts.eval_writer,
+        "validate::handlers": ["%validate::checkpoint_loader", "%validate::stats", "%validate::writer"],
+        "initialize": ["$monai.utils.set_determinism(seed=0)"],
+        "run": ["$@validate::evaluator.run()"],
+    }
+
+
+def inference_config(parts: TaskParts, modality: str, dataset_dir: str) -> dict:
+    """One self-contained inference.json (MONAI Label reads exactly one file)."""
+    net = network_def(parts, training=False)
+    return {
+        "imports": IMPORTS,
+        "bundle_root": ".",
+        "output_dir": "$@bundle_root + '/eval'",
+        "ckpt_path": "$@bundle_root + '/models/model.pt'",
+        "dataset_dir": dataset_dir,
+        "datalist": "$visionfm_core.data.inference_datalist(@dataset_dir)",
+        "device": DEVICE,
+        **encoder_ids(modality),
+        **{k: v for k, v in parts.ids.items()},
+        **parts.infer_ids,
+        "batch_size": parts.infer_batch_size,
+        "num_workers": 2,
+        "network_def": net,
+        "network": "$@network_def.to(@device)",
+        "preprocessing": {"_target_": "Compose", "transforms": parts.infer_transforms},
+        "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
+        "dataloader": dataloader("@dataset"),
+        "inferer": parts.infer_inferer,
+        "postprocessing": {"_target_": "Compose", "transforms": parts.infer_postprocessing},
+        "stats": {"_target_": "StatsHandler", "iteration_log": False},
+        "writer": parts.infer_writer,
+        "handlers": ["@stats", "@writer"],
+        "evaluator": evaluator("@dataloader", "@network", "@inferer", "@postprocessing", "@handlers"),
+        "checkpointloader": {"_target_": "CheckpointLoader",
+                             "load_path": "$visionfm_core.weights.require_checkpoint(@ckpt_path)",
+                             "load_dict": {"model": "@network"}, "map_location": "@device"},
+        "initialize": ["$monai.utils.set_determinism(seed=0)", "$@checkpointloader(@evaluator)"],
+        "run": ["$@evaluator.run()"],
+    }
+
+
+def multi_gpu_config() -> dict:
+    return dict(MULTI_GPU_TASK)

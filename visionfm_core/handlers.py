@@ -189,7 +189,21 @@ def _plane(x, image: str, what: str) -> np.ndarray:
     return a
 
 
-class SegmentationWriter:
+class _PerImageWriter:
+    """Per-image files as each batch completes (`_write_batch`), tables once the run has finished
+    (`_write_tables`); subclasses set `self.rows` and `self.names` (an `_OutputNames`)."""
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._write_batch)
+        engine.add_event_handler(Events.COMPLETED, self._write_tables)
+
+    def _reset(self, _engine=None) -> None:
+        self.rows.clear()
+        self.names.clear()
+
+
+class SegmentationWriter(_PerImageWriter):
     """Write binary segmentation outputs of an evaluator or inference run at the ORIGINAL image resolution.
 
     For every decollated output sample, ``pred`` holds foreground probabilities (1, H, W), or softmax probabilities
@@ -216,15 +230,6 @@ class SegmentationWriter:
         self.fov_key, self.label_key, self.pred_key = fov_key, label_key, pred_key
         self.names = _OutputNames(root)
         self.rows: list[dict] = []
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self._reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._write_batch)
-        engine.add_event_handler(Events.COMPLETED, self._write_tables)
-
-    def _reset(self, _engine=None) -> None:
-        self.rows.clear()
-        self.names.clear()
 
     def _foreground(self, pred, image: str) -> np.ndarray:
         p = _array(pred).astype(np.float32)
@@ -292,7 +297,7 @@ def _nanmean(values: list[float]) -> float | None:
     return float(np.mean(defined)) if defined else None
 
 
-class LandmarkWriter:
+class LandmarkWriter(_PerImageWriter):
     """Write landmark predictions of an evaluator or inference run, in pixels of the ORIGINAL images.
 
     Each decollated output sample carries ``points_key`` ((L, 2) as (x, y) original pixels, e.g. from
@@ -314,15 +319,6 @@ class LandmarkWriter:
         self.colour, self.target_colour = tuple(colour), tuple(target_colour)
         self.names = _OutputNames(root)
         self.rows: list[dict] = []
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self._reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._write_batch)
-        engine.add_event_handler(Events.COMPLETED, self._write_tables)
-
-    def _reset(self, _engine=None) -> None:
-        self.rows.clear()
-        self.names.clear()
 
     def _points(self, value, image: str, what: str) -> np.ndarray:
         pts = _array(value).astype(np.float64)

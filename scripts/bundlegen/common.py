@@ -98,6 +98,23 @@ def metadata(*, name: str, task: str, description: str, changelog: str, modality
     }
 
 
+def data_licence(test_data: str, licences: list[str]) -> str:
+    """docs/data_license.txt: what the tests use, the terms of the datasets users may train on, the weights' licence."""
+    import textwrap
+
+    lines = "\n".join(f"- {x}" for x in licences)
+    return f"""Third-party data and weights referenced by this bundle
+
+{textwrap.fill("No data and no trained weights ship with this bundle. " + test_data, 115)}
+
+Datasets you may train on carry their own terms; read them before use:
+{lines}
+
+The original VisionFM encoder weights are released under CC BY-NC 4.0: non-commercial use only. A file imported
+with `visionfm import-weights` records this in its header, and so does every model trained from it.
+"""
+
+
 def static_files(data_licence: str) -> dict[str, str]:
     """Files that are the same in every bundle (LICENSE, logging.conf) plus the data licence note."""
     return {

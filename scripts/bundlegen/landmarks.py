@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from visionfm_core.modalities import get_modality
 
-from .common import images, metadata, render, static_files
-from .task import TaskParts, evaluate_config, inference_config, load_image, multi_gpu_config, normalise, train_config
+from .common import data_licence, images, metadata
+from .task import TaskParts, load_image, normalise, task_bundle
+
+TEST_DATA = "The tests use synthetic images with the landmarks drawn in (visionfm_core.data)."
 
 DESCRIPTIONS = {
     "fundus_landmark_detection": {
@@ -177,31 +179,7 @@ See docs/data_license.txt.
 """
 
 
-def data_licence(d: dict) -> str:
-    lines = "\n".join(f"- {x}" for x in d["data_licences"])
-    return f"""Third-party data and weights referenced by this bundle
-
-No data and no trained weights ship with this bundle. The tests use synthetic images with the landmarks drawn in
-(visionfm_core.data).
-
-Datasets you may train on carry their own terms; read them before use:
-{lines}
-
-The original VisionFM encoder weights are released under CC BY-NC 4.0: non-commercial use only.
-"""
-
-
 def bundles() -> dict[str, dict[str, str]]:
-    out = {}
-    for name, d in DESCRIPTIONS.items():
-        p = parts(d)
-        out[name] = render({
-            "configs/train.json": train_config(p, d["modality"]),
-            "configs/evaluate.json": evaluate_config(p),
-            "configs/inference.json": inference_config(p, d["modality"], d["infer_dir"]),
-            "configs/multi_gpu_train.json": multi_gpu_config(),
-            "configs/metadata.json": bundle_metadata(name, d),
-            "docs/README.md": readme(name, d),
-            **static_files(data_licence(d)),
-        })
-    return out
+    return {name: task_bundle(parts(d), d["modality"], d["infer_dir"], bundle_metadata(name, d), readme(name, d),
+                              data_licence(TEST_DATA, d["data_licences"]))
+            for name, d in DESCRIPTIONS.items()}

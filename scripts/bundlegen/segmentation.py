@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from visionfm_core.modalities import get_modality
 
-from .common import images, metadata, render, static_files
-from .task import (TaskParts, evaluate_config, inference_config, load_image, load_label_map, multi_gpu_config,
-                   normalise, train_config)
+from .common import data_licence, images, metadata
+from .task import TaskParts, load_image, load_label_map, normalise, task_bundle
+
+TEST_DATA = ("The tests use synthetic phantoms with vessels drawn in (visionfm_core.data) and the CC0 photograph "
+             "skimage.data.retina() from scikit-image.")
 
 DESCRIPTIONS = {
     "fundus_vessel_segmentation": {
@@ -124,7 +126,7 @@ def bundle_metadata(name: str, d: dict) -> dict:
         name=f"VisionFM {d['title']}",
         task=f"Segmentation of {d['target']} in {images(m)}",
         description=f"A VisionFM ViT-B/16 {images(m, False)} encoder with a UNETR-style 2-D decoder (blocks 3, 5, 7 "
-                    f"and 11 plus the image, 32 base channels) segmenting {d['target']}. Trained on {d['image_size_text']} crops "
+                    f"and 11 plus the image, 32 base channels) segmenting {d['target']}. Trained on 512 x 512 crops "
                     "with the encoder frozen (or fine-tuned), applied to whole photos with a Gaussian-blended sliding "
                     "window; masks, probability maps and overlays are written at the photo's own resolution. No "
                     "trained weights ship with this bundle.",
@@ -227,32 +229,7 @@ See docs/data_license.txt for the datasets' own terms.
 """
 
 
-def data_licence(d: dict) -> str:
-    lines = "\n".join(f"- {x}" for x in d["data_licences"])
-    return f"""Third-party data and weights referenced by this bundle
-
-No data and no trained weights ship with this bundle. The tests use synthetic phantoms with vessels drawn in
-(visionfm_core.data) and the CC0 photograph skimage.data.retina() from scikit-image.
-
-Public datasets you may train on carry their own terms; read them before use:
-{lines}
-
-The original VisionFM encoder weights are released under CC BY-NC 4.0: non-commercial use only.
-"""
-
-
 def bundles() -> dict[str, dict[str, str]]:
-    out = {}
-    for name, d in DESCRIPTIONS.items():
-        d = {**d, "image_size_text": "512 x 512"}
-        p = parts(d)
-        out[name] = render({
-            "configs/train.json": train_config(p, d["modality"]),
-            "configs/evaluate.json": evaluate_config(p),
-            "configs/inference.json": inference_config(p, d["modality"], d["infer_dir"]),
-            "configs/multi_gpu_train.json": multi_gpu_config(),
-            "configs/metadata.json": bundle_metadata(name, d),
-            "docs/README.md": readme(name, d),
-            **static_files(data_licence(d)),
-        })
-    return out
+    return {name: task_bundle(parts(d), d["modality"], d["infer_dir"], bundle_metadata(name, d), readme(name, d),
+                              data_licence(TEST_DATA, d["data_licences"]))
+            for name, d in DESCRIPTIONS.items()}

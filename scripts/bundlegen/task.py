@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .common import AMP, DEVICE, MULTI_GPU_TASK, dataloader, evaluator
+from .common import AMP, DEVICE, MULTI_GPU_TASK, dataloader, evaluator, render, static_files
 
 IMPORTS = ["$import os", "$import torch", "$import ignite", "$import monai", "$import visionfm_core",
            "$import visionfm_core.models", "$import visionfm_core.data"]
@@ -258,3 +258,16 @@ def inference_config(parts: TaskParts, modality: str, dataset_dir: str) -> dict:
 
 def multi_gpu_config() -> dict:
     return dict(MULTI_GPU_TASK)
+
+
+def task_bundle(parts: TaskParts, modality: str, infer_dir: str, meta: dict, readme: str, licence: str) -> dict:
+    """Every file of one task bundle, rendered: what each family's `bundles()` returns per bundle."""
+    return render({
+        "configs/train.json": train_config(parts, modality),
+        "configs/evaluate.json": evaluate_config(parts),
+        "configs/inference.json": inference_config(parts, modality, infer_dir),
+        "configs/multi_gpu_train.json": multi_gpu_config(),
+        "configs/metadata.json": meta,
+        "docs/README.md": readme,
+        **static_files(licence),
+    })

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from visionfm_core.data.phantoms import make_phantom
-from visionfm_core.data.samples import _trace_vessel
+from visionfm_core.data.samples import _trace_vessel, vessel_mask
 from visionfm_core.io import atomic_write_text
 from visionfm_core.modalities import get_modality
 
@@ -45,7 +45,6 @@ def _blob(size: int, x: float, y: float, radius: float, sharpness: float = 4.0) 
 
 def _vessel_tree(size: int, rng: np.random.Generator, start: np.ndarray, side: int, radius: float) -> np.ndarray:
     """Boolean mask of four branching arcades leaving ``start`` (row, col), traced like the DR phantoms' vessels."""
-    from scipy.ndimage import distance_transform_edt
 
     s = size / 224.0
     points: list[tuple[float, float, float]] = []
@@ -54,13 +53,7 @@ def _vessel_tree(size: int, rng: np.random.Generator, start: np.ndarray, side: i
         # half-width (px) at least 1 and steps of at least 0.7 px: the tree stays visible and connected at 64 px
         _trace_vessel(points, rng, start.astype(np.float64).copy(), direction, max(1.6 * s, 1.0), 0.9 * radius,
                       depth=0, step=max(1.5 * s, 0.7))
-    pts = np.array(points)
-    rows, cols = np.round(pts[:, 0]).astype(int), np.round(pts[:, 1]).astype(int)
-    ok = (rows >= 0) & (rows < size) & (cols >= 0) & (cols < size)
-    width_at = np.zeros((size, size))
-    np.maximum.at(width_at, (rows[ok], cols[ok]), pts[ok, 2])
-    dist, (iy, ix) = distance_transform_edt(width_at == 0, return_indices=True)
-    return dist <= width_at[iy, ix]
+    return vessel_mask(points, size)
 
 
 def _finish_photo(img: np.ndarray, fov: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:

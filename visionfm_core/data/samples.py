@@ -30,7 +30,6 @@ def make_fundus_phantom(grade: int, size: int = 224, seed: int = 0) -> np.ndarra
     Dark background, orange-red retina disc, bright optic disc, branching dark-red vessels, and red dots /
     yellow exudates whose number increases with ``grade`` (none at grade 0).
     """
-    from scipy.ndimage import distance_transform_edt
     from skimage.draw import disk
     from skimage.filters import gaussian
 
@@ -66,13 +65,7 @@ def make_fundus_phantom(grade: int, size: int = 224, seed: int = 0) -> np.ndarra
     for angle in (0.35, 0.85, -0.35, -0.85):
         direction = np.pi * (0.5 + 0.5 * side) + angle * np.pi / 2  # head away from the disc, across the retina
         _trace_vessel(points, rng, disc.copy(), direction, 2.6 * s, 0.9 * radius, depth=0, step=1.5 * s)
-    pts = np.array(points)
-    rows, cols = np.round(pts[:, 0]).astype(int), np.round(pts[:, 1]).astype(int)
-    ok = (rows >= 0) & (rows < size) & (cols >= 0) & (cols < size)
-    width_at = np.zeros((size, size))
-    np.maximum.at(width_at, (rows[ok], cols[ok]), pts[ok, 2])
-    dist, (iy, ix) = distance_transform_edt(width_at == 0, return_indices=True)
-    vessel = dist <= width_at[iy, ix]
+    vessel = vessel_mask(points, size)
     img[vessel] = np.array([125, 25, 15], np.float32)
 
     # Lesions, away from the optic disc.
@@ -95,6 +88,20 @@ def make_fundus_phantom(grade: int, size: int = 224, seed: int = 0) -> np.ndarra
     img = img + rng.normal(0, 3, img.shape).astype(np.float32)
     img = img * inside[..., None] + np.array([4, 2, 1], np.float32) * ~inside[..., None]
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def vessel_mask(points, size: int) -> np.ndarray:
+    """(size, size) bool mask of the vessels traced as (row, col, half-width) points: every pixel within the
+    half-width of its nearest traced point."""
+    from scipy.ndimage import distance_transform_edt
+
+    pts = np.array(points)
+    rows, cols = np.round(pts[:, 0]).astype(int), np.round(pts[:, 1]).astype(int)
+    ok = (rows >= 0) & (rows < size) & (cols >= 0) & (cols < size)
+    width_at = np.zeros((size, size))
+    np.maximum.at(width_at, (rows[ok], cols[ok]), pts[ok, 2])
+    dist, (iy, ix) = distance_transform_edt(width_at == 0, return_indices=True)
+    return dist <= width_at[iy, ix]
 
 
 def _trace_vessel(points, rng, pos, direction, width, length, depth, step) -> None:

@@ -178,3 +178,20 @@ def test_multi_process_training_with_torchrun_on_cpu(configs, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert any(k.startswith("encoder.blocks.") for k in state) and not any(k.startswith("module.") for k in state)
+
+
+def test_landmark_inference_on_the_real_photo(landmarks, tmp_path):
+    """The 1411 px photo: points come back in its own pixels, inside it, and the overlay has its size."""
+    root, _ = landmarks
+    photo = (real_fundus_photo().transpose(1, 2, 0) * 255).astype(np.uint8)
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(photo).save(tmp_path / "photos" / "retina.jpg")
+    run(config_file=str(LANDMARKS / "inference.json"), logging_file=LOG, dataset_dir=str(tmp_path / "photos"),
+        ckpt_path=str(root / "models" / "model.pt"), output_dir=str(tmp_path / "out"), feature_size=8, **TINY)
+    (row,) = json.loads((tmp_path / "out" / "landmarks.json").read_text())
+    text = json.dumps(row)
+    assert "optic_disc" in text and "fovea" in text
+    rows = list(csv.DictReader(open(tmp_path / "out" / "landmarks.csv")))
+    for name in ("optic_disc", "fovea"):
+        assert 0 <= float(rows[0][f"{name}_x"]) < 1411 and 0 <= float(rows[0][f"{name}_y"]) < 1411
+    assert Image.open(tmp_path / "out" / "retina_overlay.png").size == (1411, 1411)

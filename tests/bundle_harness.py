@@ -1,11 +1,15 @@
 """What the bundle checks need to know about each kind of bundle: tiny overrides and small generated data.
 
-Every bundle under bundles/ is checked; a bundle's kind is the last part of its folder name
-(`<modality>_<target>_<task>`), and each kind has a data builder below.
+Every bundle under bundles/ is checked. A bundle's kind (`kind_of`) is what its network is: the head of a
+`VisionFMTaskModel` ("classification", "segmentation", "landmarks", "regression", "multitask", ...), "fusion" or
+"forecasting" for the networks with extra inputs, "pretraining" for the bare encoder. Each kind has a data builder:
+the built-in kinds below, the others in `tests/harness_<kind>.py` modules exposing `make_data(bundle, root)` and,
+for networks that take more than the image, `forward_args(batch) -> {name: tensor}`.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -18,8 +22,27 @@ TINY = {"arch": "vit_tiny", "image_size": 32, "batch_size": 4, "num_workers": 0}
 DENSE = {"working_size": 48, "feature_size": 8}
 
 
-def task_of(bundle: Path) -> str:
-    return bundle.name.rsplit("_", 1)[-1]
+def kind_of(bundle: Path) -> str:
+    net = json.loads((bundle / "configs" / "inference.json").read_text())["network_def"]
+    target = net.get("_target_", "")
+    if target.endswith("FusionModel"):
+        return "fusion"
+    if target.endswith("ForecastingModel"):
+        return "forecasting"
+    return net.get("head") or "pretraining"
+
+
+def _plugin(kind: str):
+    """tests/harness_<kind>.py, or None for the kinds built in here."""
+    if not (REPO / "tests" / f"harness_{kind}.py").is_file():
+        return None
+    return importlib.import_module(f"harness_{kind}")
+
+
+def forward_args(bundle: Path, batch: int = 1) -> dict:
+    """Extra inputs the bundle's network takes besides the image, for a batch of `batch` (empty for most)."""
+    plugin = _plugin(kind_of(bundle))
+    return plugin.forward_args(batch) if plugin is not None and hasattr(plugin, "forward_args") else {}
 
 
 def config(bundle: Path, name: str) -> str:
@@ -35,7 +58,10 @@ def make_data(bundle: Path, root: Path) -> dict:
     "trained": the file training leaves in ckpt_dir for inference, "infer": extra overrides for inference.json}."""
     from visionfm_core.data import write_demo_dataset, write_phantom_folder
 
-    task = task_of(bundle)
+    task = kind_of(bundle)
+    plugin = _plugin(task)
+    if plugin is not None:
+        return plugin.make_data(bundle, root)
     if task == "classification":  # graded phantoms in the RETFound layout + datalist
         num_classes = metadata(bundle)["network_data_format"]["outputs"]["pred"]["num_channels"]
         datalist = write_demo_dataset(root / "data", per_class=2, size=48, num_classes=num_classes)
@@ -52,7 +78,7 @@ def make_data(bundle: Path, root: Path) -> dict:
         datalist = write_vessel_dataset(root / "data", n=6, size=64)
         return {"train": {"dataset_dir": str(root / "data"), "datalist": datalist, **DENSE},
                 "infer_dir": str(root / "data" / "images"), "trained": "model.pt", "infer": DENSE}
-    if task == "detection":  # landmark bundles: images with the landmarks drawn in at known points
+    if task == "landmarks":  # images with the landmarks drawn in at known points
         from visionfm_core.data.dense_samples import write_landmark_dataset
 
         meta = metadata(bundle)

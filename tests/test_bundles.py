@@ -8,7 +8,7 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, onnx_export, run, verify_metadata, verify_net_in_out
 
 import visionfm_core
-from bundle_harness import BUNDLES, SCHEMA, TINY, config, make_data, metadata, tiny_meta_file
+from bundle_harness import BUNDLES, SCHEMA, TINY, config, forward_args, make_data, metadata, tiny_meta_file
 
 pytestmark = pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
 REQUIRED = ["LICENSE", "configs/metadata.json", "configs/inference.json", "configs/train.json",
@@ -37,7 +37,8 @@ def test_layout_and_metadata(bundle):
 
 def test_network_input_output(bundle, tmp_path):
     verify_net_in_out(net_id="network_def", meta_file=tiny_meta_file(bundle, tmp_path),
-                      config_file=config(bundle, "inference"), device="cpu", n=2, p=1, any=32, **TINY)
+                      config_file=config(bundle, "inference"), device="cpu", n=2, p=1, any=32,
+                      extra_forward_args=forward_args(bundle, 1), **TINY)
 
 
 def test_torchscript_and_onnx_export(bundle, tmp_path):
@@ -47,22 +48,29 @@ def test_torchscript_and_onnx_export(bundle, tmp_path):
     net = tiny_network(bundle).eval()
     ckpt = tmp_path / "model.pt"
     torch.save(net.state_dict(), ckpt)
-    x = torch.rand(1, 3, 32, 32)
+    channels = metadata(bundle)["network_data_format"]["inputs"]["image"]["num_channels"]
+    x, extra = torch.rand(1, channels, 32, 32), forward_args(bundle, 1)
     common = dict(net_id="network_def", ckpt_file=str(ckpt), meta_file=str(bundle / "configs" / "metadata.json"),
                   config_file=config(bundle, "inference"), **TINY)
     ckpt_export(filepath=str(tmp_path / "model.ts"), use_trace=False, **common)
     scripted = torch.jit.load(str(tmp_path / "model.ts"))
     assert isinstance(scripted, torch.jit.ScriptModule)
     with torch.no_grad():
-        for shape in ((1, 3, 32, 32), (2, 3, 48, 64)):
-            x_any = torch.rand(*shape)
-            assert torch.allclose(scripted(x_any), net(x_any), atol=1e-4), shape
-        expected = net(x)
-    onnx_export(filepath=str(tmp_path / "model.onnx"), input_shape=[1, 3, 32, 32], use_trace=True, **common)
+        for shape in ((1, channels, 32, 32), (2, channels, 48, 64)):
+            x_any, extra_any = torch.rand(*shape), forward_args(bundle, shape[0])
+            assert torch.allclose(scripted(x_any, **extra_any), net(x_any, **extra_any), atol=1e-4), shape
+        expected = net(x, **extra)
+    if extra:  # MONAI's onnx_export feeds the image only: export the network's full signature directly
+        torch.onnx.export(net, (x, *extra.values()), str(tmp_path / "model.onnx"), dynamo=False,
+                          input_names=["image", *extra])
+    else:
+        onnx_export(filepath=str(tmp_path / "model.onnx"), input_shape=[1, channels, 32, 32], use_trace=True,
+                    **common)
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
-    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), (x, *extra.values()))}
+    out = session.run(None, feeds)[0]
     assert abs(out - expected.numpy()).max() < 1e-3
 
 

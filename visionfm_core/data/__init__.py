@@ -38,6 +38,7 @@ from visionfm_core.data.dense_samples import (
     write_landmark_dataset,
     write_vessel_dataset,
 )
+from visionfm_core.data.modality_check import ModalityCheckd, chroma, modality_mismatch
 from visionfm_core.data.unlabelled import SkippedImagesReport, UnlabelledImageDataset, check_modality_of_images
 
 __all__ = [
@@ -94,4 +95,8 @@ __all__ = [
     "UnlabelledImageDataset",
     "SkippedImagesReport",
     "check_modality_of_images",
+    # does an image look like the bundle's modality (inference: a per-image warning)
+    "ModalityCheckd",
+    "modality_mismatch",
+    "chroma",
 ]

@@ -16,6 +16,7 @@ from ignite.engine import Engine, Events
 from torch.utils.data import Dataset
 
 from ..modalities import get_modality
+from .modality_check import CHROMA_COLOUR, CHROMA_GREY, chroma
 from .readers import ImageReadError, count_slices, list_images, read_image
 from .resize import resize
 
@@ -35,16 +36,16 @@ def check_modality_of_images(files: list[str], modality: str, sample: int = 16) 
             img = read_image(path)
         except ImageReadError:
             continue
-        colour_scores.append(float(np.abs(img - img.mean(0, keepdims=True)).mean()))
+        colour_scores.append(chroma(img))
     if not colour_scores:
         return
     colourful = float(np.median(colour_scores))
-    if m.grey and colourful > 0.05:
+    if m.grey and colourful > CHROMA_COLOUR:
         raise ValueError(
             f"the images under {os.path.dirname(files[0])} look like colour photographs (mean chroma "
             f"{colourful:.3f}), but {m.name} ({m.description}) is a greyscale modality: check --modality / the folder"
         )
-    if not m.grey and colourful < 1e-3:
+    if not m.grey and colourful < CHROMA_GREY:
         raise ValueError(
             f"the images under {os.path.dirname(files[0])} are greyscale, but {m.name} ({m.description}) is a colour "
             "modality: check --modality / the folder"

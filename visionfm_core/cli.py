@@ -20,13 +20,96 @@ def _is_original_release(raw, source: str) -> bool:
 class PrepareData:
     """Turn a dataset layout into a MONAI datalist JSON."""
 
-    def retfound(self, root: str, out: str = "datalist.json") -> None:
-        """RETFound/VisionFM folders ROOT/{train,val,test}/<class>/ -> datalist with class indices."""
-        from .data import retfound_to_datalist
+    def retfound(self, root: str, out: str = "datalist.json", val_fraction: float = 0.2, seed: int = 0) -> None:
+        """RETFound/VisionFM folders ROOT/{train,val,test}/<class>/ -> datalist with class indices (validation
+        carved from train, stratified, when there is no val/)."""
+        from .data.classification_datasets import report_datalist, retfound_split_datalist
 
-        datalist = retfound_to_datalist(root, out=out)
-        counts = {k: len(v) for k, v in datalist.items() if isinstance(v, list) and k != "class_names"}
-        print(f"wrote {out}: {counts}, classes {datalist['class_names']}")
+        report_datalist(out, retfound_split_datalist(root, out=out, val_fraction=val_fraction, seed=seed))
+
+    # Classification datasets (see visionfm_core/data/classification_datasets.py for each expected layout).
+    # Carved splits are seeded, stratified by class and grouped by patient where the dataset has patient ids.
+
+    def idrid_grading(self, root: str, out: str = "datalist.json", val_fraction: float = 0.2, seed: int = 0,
+                      task: str = "dr") -> None:
+        """IDRiD 'B. Disease Grading' (ROOT is it or its parent) -> DR grade (--task dme: edema risk) datalist;
+        official test split, validation carved from training."""
+        from .data.classification_datasets import idrid_grading_to_datalist, report_datalist
+
+        report_datalist(out, idrid_grading_to_datalist(root, out=out, val_fraction=val_fraction, seed=seed, task=task))
+
+    def aptos(self, root: str, out: str = "datalist.json", val_fraction: float = 0.2, test_fraction: float = 0.2,
+              seed: int = 0) -> None:
+        """APTOS-2019 ROOT/train.csv (id_code,diagnosis) + ROOT/train_images/ -> DR grade datalist (splits carved)."""
+        from .data.classification_datasets import aptos_to_datalist, report_datalist
+
+        report_datalist(out, aptos_to_datalist(root, out=out, val_fraction=val_fraction, test_fraction=test_fraction,
+                                               seed=seed))
+
+    def messidor2(self, root: str, out: str = "datalist.json", val_fraction: float = 0.2, test_fraction: float = 0.2,
+                  seed: int = 0, csv_path: str | None = None, pairs_csv: str | None = None) -> None:
+        """MESSIDOR-2 images under ROOT + ROOT/messidor_data.csv (Kaggle adjudicated grades) -> DR grade datalist;
+        ungradable rows skipped; PAIRS_CSV (the ADCIS examination list as CSV) keeps both eyes in one split."""
+        from .data.classification_datasets import messidor2_to_datalist, report_datalist
+
+        report_datalist(out, messidor2_to_datalist(root, out=out, val_fraction=val_fraction,
+                                                   test_fraction=test_fraction, seed=seed, csv_path=csv_path,
+                                                   pairs_csv=pairs_csv))
+
+    def octid(self, root: str, out: str = "datalist.json", val_fraction: float = 0.2, test_fraction: float = 0.2,
+              seed: int = 0) -> None:
+        """OCTID ROOT/{AMD,CSR,DR,MH,NORMAL}/ -> 5-class OCT datalist (splits carved)."""
+        from .data.classification_datasets import octid_to_datalist, report_datalist
+
+        report_datalist(out, octid_to_datalist(root, out=out, val_fraction=val_fraction, test_fraction=test_fraction,
+                                               seed=seed))
+
+    def kermany(self, root: str, out: str = "datalist.json", val_fraction: float = 0.1, seed: int = 0) -> None:
+        """Kermany OCT2017 ROOT/{train,test,val?}/{CNV,DME,DRUSEN,NORMAL}/ -> datalist; validation carved from
+        train per patient when there is no val/."""
+        from .data.classification_datasets import kermany_to_datalist, report_datalist
+
+        report_datalist(out, kermany_to_datalist(root, out=out, val_fraction=val_fraction, seed=seed))
+
+    def refuge(self, root: str, out: str = "datalist.json", val_fraction: float = 0.2, test_fraction: float = 0.2,
+               seed: int = 0, val_images: str | None = None, val_labels: str | None = None,
+               test_images: str | None = None, test_labels: str | None = None) -> None:
+        """REFUGE ROOT[/Training400]/{Glaucoma,Non-Glaucoma}/ (+ optional image folder and label CSV per official
+        split) -> glaucoma datalist; splits not given are carved."""
+        from .data.classification_datasets import refuge_to_datalist, report_datalist
+
+        report_datalist(out, refuge_to_datalist(root, out=out, val_fraction=val_fraction, test_fraction=test_fraction,
+                                                seed=seed, val_images=val_images, val_labels=val_labels,
+                                                test_images=test_images, test_labels=test_labels))
+
+    def papila(self, root: str, out: str = "datalist.json", val_fraction: float = 0.2, test_fraction: float = 0.2,
+               seed: int = 0, suspect: str = "exclude") -> None:
+        """PAPILA ROOT/FundusImages/ + ROOT/ClinicalData/patient_data_{od,os}.csv -> glaucoma datalist, patients
+        kept whole; --suspect class keeps glaucoma suspects as a third class."""
+        from .data.classification_datasets import papila_to_datalist, report_datalist
+
+        report_datalist(out, papila_to_datalist(root, out=out, val_fraction=val_fraction, test_fraction=test_fraction,
+                                                seed=seed, suspect=suspect))
+
+    def jsiec(self, root: str, out: str = "datalist.json", val_fraction: float = 0.2, test_fraction: float = 0.2,
+              seed: int = 0) -> None:
+        """JSIEC ROOT/<n>.<m>.<class name>/ (39 classes) -> datalist (splits carved)."""
+        from .data.classification_datasets import jsiec_to_datalist, report_datalist
+
+        report_datalist(out, jsiec_to_datalist(root, out=out, val_fraction=val_fraction, test_fraction=test_fraction,
+                                               seed=seed))
+
+    def csv(self, csv_file: str, image_dir: str | None = None, out: str = "datalist.json", kind: str = "auto",
+            class_names: list[str] | None = None, val_fraction: float = 0.2, test_fraction: float = 0.2,
+            seed: int = 0) -> None:
+        """A CSV image,label | image,<target (unit)>,... | image,dr_grade,glaucoma,... (optional patient_id,
+        split) -> classification, regression or multi-task datalist; images relative to IMAGE_DIR (default: the
+        CSV's folder)."""
+        from .data.classification_datasets import csv_to_datalist, report_datalist
+
+        report_datalist(out, csv_to_datalist(csv_file, image_dir=image_dir, out=out, kind=kind,
+                                             class_names=class_names, val_fraction=val_fraction,
+                                             test_fraction=test_fraction, seed=seed))
 
     def drive(self, root: str, out: str = "datalist.json", val_fraction: float = 0.2, seed: int = 0) -> None:
         """DRIVE ROOT/{training,test}/{images,1st_manual,mask}/ -> vessel datalist (validation carved from training)."""

@@ -98,7 +98,7 @@ def test_segmentation_writer_without_labels_and_softmax_pred(tmp_path):
     run([[sample]], SegmentationWriter(str(out)))
     assert np.array_equal(np.asarray(Image.open(out / "a_mask.png")) > 0, foreground[0].numpy() >= 0.5)
     rows = read_csv(out / "segmentation.csv")
-    assert list(rows[0]) == ["image", "mask", "prob", "overlay"] and not (out / "metrics.json").exists()
+    assert list(rows[0]) == ["image", "mask", "prob", "overlay", "warning"] and not (out / "metrics.json").exists()
 
 
 def test_segmentation_writer_errors(tmp_path):
@@ -149,7 +149,7 @@ def test_landmark_writer(tmp_path):
     run([samples[:1], samples[1:]], LandmarkWriter(str(out), NAMES, pixel_size_mm=0.5))
 
     rows = read_csv(out / "landmarks.csv")
-    assert list(rows[0]) == ["image", "optic_disc_x", "optic_disc_y", "fovea_x", "fovea_y", "overlay"]
+    assert list(rows[0]) == ["image", "optic_disc_x", "optic_disc_y", "fovea_x", "fovea_y", "overlay", "warning"]
     assert [float(rows[1][c]) for c in ("optic_disc_x", "optic_disc_y", "fovea_x", "fovea_y")] == [10, 15, 25, 5]
     records = json.loads((out / "landmarks.json").read_text())
     assert records[0]["landmarks"] == {"optic_disc": [5.0, 4.0], "fovea": [20.0, 10.0]}

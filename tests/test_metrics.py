@@ -11,6 +11,7 @@ import torch
 from ignite.engine import Engine
 
 from visionfm_core.metrics import (
+    BINARY_METRIC_NAMES,
     METRIC_NAMES,
     SEGMENTATION_METRIC_NAMES,
     ClassificationMetric,
@@ -111,6 +112,68 @@ def test_ignite_metric_with_monai_style_outputs():
 def test_unknown_metric_name():
     with pytest.raises(ValueError, match="Unknown classification metric 'auc'.*accuracy, auroc, aupr, kappa, f1"):
         ClassificationMetric("auc")
+    with pytest.raises(ValueError, match="Unknown classification metric 'sensitivity_at_90_sensitivity'"):
+        ClassificationMetric("sensitivity_at_90_sensitivity")
+
+
+def binary_case(n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    score = np.clip(0.35 * y + 0.65 * rng.random(n), 0, 1)
+    score[:6] = 0.5  # ties
+    return np.stack([1 - score, score], axis=1), y, score
+
+
+def test_binary_metrics_against_scikit_learn():
+    from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+    probs, y, score = binary_case()
+    got = classification_metrics(probs, y)
+    assert set(got) == set(METRIC_NAMES) | set(BINARY_METRIC_NAMES)
+    assert got["auroc"] == pytest.approx(roc_auc_score(y, score))
+    # the positive class's average precision, not a macro over both classes
+    assert got["aupr"] == pytest.approx(average_precision_score(y, score))
+    macro = (average_precision_score(y, score) + average_precision_score(1 - y, 1 - score)) / 2
+    assert got["aupr"] != pytest.approx(macro)
+    fpr, tpr, _ = roc_curve(y, score)
+    assert got["sensitivity_at_90_specificity"] == pytest.approx(tpr[1 - fpr >= 0.9].max())
+    assert got["specificity_at_90_sensitivity"] == pytest.approx((1 - fpr)[tpr >= 0.9].max())
+    pred = probs.argmax(1) == 1
+    assert got["sensitivity"] == pytest.approx((pred & (y == 1)).sum() / (y == 1).sum())
+    assert got["specificity"] == pytest.approx((~pred & (y == 0)).sum() / (y == 0).sum())
+    other = classification_metrics(probs, y, fixed_specificity=0.8, fixed_sensitivity=0.95)
+    assert other["sensitivity_at_80_specificity"] == pytest.approx(tpr[1 - fpr >= 0.8].max())
+    assert other["specificity_at_95_sensitivity"] == pytest.approx((1 - fpr)[tpr >= 0.95].max())
+
+
+def test_binary_metrics_by_hand_and_undefined_cases():
+    # scores of positives 0.9, 0.6, 0.3 and negatives 0.7, 0.2, 0.1, 0.05, 0.01
+    score = np.array([0.9, 0.6, 0.3, 0.7, 0.2, 0.1, 0.05, 0.01])
+    y = np.array([1, 1, 1, 0, 0, 0, 0, 0])
+    got = classification_metrics(np.stack([1 - score, score], 1), y)
+    # specificity >= 0.9 allows no false positive (1 of 5 = 0.8): threshold 0.9 -> sensitivity 1/3
+    assert got["sensitivity_at_90_specificity"] == pytest.approx(1 / 3)
+    # sensitivity >= 0.9 needs all 3 positives: threshold 0.3 -> negatives above it: 0.7 -> specificity 4/5
+    assert got["specificity_at_90_sensitivity"] == pytest.approx(0.8)
+    assert got["sensitivity"] == pytest.approx(2 / 3) and got["specificity"] == pytest.approx(0.8)
+    only_negatives = classification_metrics(np.stack([1 - score, score], 1), np.zeros(8, int))
+    assert math.isnan(only_negatives["sensitivity"]) and math.isnan(only_negatives["sensitivity_at_90_specificity"])
+    assert only_negatives["specificity"] == pytest.approx(5 / 8)  # 0.9, 0.7, 0.6 are called positive
+    with pytest.raises(ValueError, match="fixed_specificity must be in"):
+        classification_metrics(np.stack([1 - score, score], 1), y, fixed_specificity=90)
+
+
+def test_ignite_metric_binary_names():
+    probs, y, _ = binary_case()
+    batches = [(torch.tensor(probs[:25], dtype=torch.float32), torch.tensor(y[:25])),
+               (torch.tensor(probs[25:], dtype=torch.float32), torch.tensor(y[25:]))]
+    names = ["auroc", "sensitivity", "specificity_at_90_sensitivity", "sensitivity_at_95_specificity"]
+    got = run_engine(batches, names=names)
+    expected = classification_metrics(probs.astype(np.float32), y, fixed_specificity=0.95)
+    for name in names:
+        assert got[name] == pytest.approx(expected[name], abs=1e-6), name
+    with pytest.raises(ValueError, match="binary tasks only"):  # a binary name on a 3-class task
+        run_engine([(torch.tensor(PROBS, dtype=torch.float32), torch.tensor(LABELS))], names=["sensitivity"])
 
 
 # --- segmentation metrics ------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from ignite.engine import Engine, Events
 from .io import atomic_write_bytes, atomic_write_text
 from .metrics import SEGMENTATION_METRIC_NAMES, classification_metrics, mean_radial_error, segmentation_metrics
 
-__all__ = ["ClassificationWriter", "EmbeddingWriter", "SegmentationWriter", "LandmarkWriter", "stack_pred_label"]
+__all__ = ["ClassificationWriter", "ClassNamesSaver", "EmbeddingWriter", "SegmentationWriter", "LandmarkWriter", "stack_pred_label"]
 
 
 def stack_pred_label(output) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,11 +37,29 @@ def _filename(sample: dict) -> str:
     return str(name[0] if isinstance(name, (list, tuple)) else name)
 
 
+def _warnings(engine: Engine, samples: list, key: str = "modality_warning") -> list[str]:
+    """Per output sample, the message `visionfm_core.data.ModalityCheckd` left ("" when the image looks fine or was
+    not checked). Postprocessing keeps keys it did not create in `engine.state.batch`, not in the output, so both
+    are looked at."""
+    batch = engine.state.batch
+    out = []
+    for i, sample in enumerate(samples):
+        message = sample.get(key) if isinstance(sample, dict) else None
+        if message is None and isinstance(batch, list) and i < len(batch) and isinstance(batch[i], dict):
+            message = batch[i].get(key)
+        if message is None and isinstance(batch, dict):
+            message = batch.get(key)
+            message = message[i] if isinstance(message, (list, tuple)) and i < len(message) else message
+        out.append(str(message or ""))
+    return out
+
+
 class ClassificationWriter:
     """Collect per-image class probabilities during an evaluator run and, when it completes, write
-    `predictions.csv` and `predictions.json` (image, probabilities, predicted class, label if known) and,
-    when labels are present, `metrics.json`. Files are written atomically, and only once the run has
-    finished, so an interrupted run never leaves a partial table behind."""
+    `predictions.csv` and `predictions.json` (image, probabilities, predicted class, label if known, and a
+    `warning`: why the image does not look like the bundle's modality, "" when it does) and, when labels are
+    present, `metrics.json` (:func:`visionfm_core.metrics.classification_metrics`). Files are written atomically,
+    and only once the run has finished, so an interrupted run never leaves a partial table behind."""
 
     def __init__(self, output_dir: str, class_names: Sequence[str], prefix: str = "predictions"):
         self.output_dir = output_dir
@@ -57,14 +75,16 @@ class ClassificationWriter:
     def _collect(self, engine: Engine) -> None:
         output = engine.state.output
         samples = output if isinstance(output, list) else [output]
-        for sample in samples:
+        for sample, warning in zip(samples, _warnings(engine, samples)):
             probs = torch.as_tensor(sample["pred"]).detach().float().cpu().reshape(-1).numpy()
             if probs.shape[0] != len(self.class_names):
-                raise ValueError(f"network gave {probs.shape[0]} outputs but {len(self.class_names)} classes are named")
+                raise ValueError(f"network gave {probs.shape[0]} outputs but {len(self.class_names)} classes are named "
+                                 f"({self.class_names}): the model was trained with another class list")
             row = {"image": _filename(sample), "probabilities": probs.tolist(), "pred": int(probs.argmax())}
             label = sample.get("label")
             if label is not None:
                 row["label"] = int(torch.as_tensor(label).reshape(-1)[0])
+            row["warning"] = warning
             self.rows.append(row)
 
     def _write(self, engine: Engine) -> None:
@@ -72,10 +92,10 @@ class ClassificationWriter:
         writer = csv.writer(csv_text)
         has_label = bool(self.rows) and all("label" in r for r in self.rows)
         writer.writerow(["image", *[f"prob_{c}" for c in self.class_names], "pred", "pred_name"]
-                        + (["label"] if has_label else []))
+                        + (["label"] if has_label else []) + ["warning"])
         for r in self.rows:
             writer.writerow([r["image"], *[f"{p:.6f}" for p in r["probabilities"]], r["pred"],
-                             self.class_names[r["pred"]]] + ([r["label"]] if has_label else []))
+                             self.class_names[r["pred"]]] + ([r["label"]] if has_label else []) + [r["warning"]])
         atomic_write_text(os.path.join(self.output_dir, f"{self.prefix}.csv"), csv_text.getvalue())
         records = [{**r, "pred_name": self.class_names[r["pred"]]} for r in self.rows]
         atomic_write_text(os.path.join(self.output_dir, f"{self.prefix}.json"), json.dumps(records, indent=1))
@@ -85,6 +105,24 @@ class ClassificationWriter:
             metrics["num_images"] = len(self.rows)
             atomic_write_text(os.path.join(self.output_dir, "metrics.json"), json.dumps(metrics, indent=1))
         engine.logger.info("wrote %d predictions to %s", len(self.rows), self.output_dir)
+
+
+class ClassNamesSaver:
+    """Write the class list a classifier trains on to ``<output_dir>/class_names.json`` (atomically) when training
+    starts, so evaluation and inference name (and count) the model's outputs as trained, whatever the defaults."""
+
+    def __init__(self, output_dir: str, class_names: Sequence[str]):
+        self.output_dir = output_dir
+        self.class_names = [str(c) for c in class_names]
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._save)
+
+    def _save(self, engine: Engine) -> None:
+        from .data.datalist import save_class_names
+
+        path = save_class_names(self.output_dir, self.class_names)
+        engine.logger.info("training on classes %s (saved to %s)", self.class_names, path)
 
 
 class EmbeddingWriter:
@@ -212,7 +250,8 @@ class SegmentationWriter(_PerImageWriter):
     and ``<stem>_overlay.png`` (the original photo, read again from the image meta ``filename_or_obj``, with the
     predicted vessels tinted ``overlay_colour``). When the run completes: ``segmentation.csv`` (per image: files
     and, when the sample has a ``label``, the metrics of :func:`visionfm_core.metrics.segmentation_metrics`, inside
-    ``fov_key``'s mask when present) and, when labels exist, ``metrics.json`` (mean over labelled images).
+    ``fov_key``'s mask when present; a ``warning`` column says why an image does not look like the bundle's modality,
+    "" when it does) and, when labels exist, ``metrics.json`` (mean over labelled images).
 
     Labels and FOV masks must be loaded arrays at the original size (a file path string is ignored).
 
@@ -243,7 +282,8 @@ class SegmentationWriter(_PerImageWriter):
         return p[0] if p.shape[0] == 1 else 1.0 - p[0]
 
     def _write_batch(self, engine: Engine) -> None:
-        for sample in _samples(engine.state.output):
+        samples = _samples(engine.state.output)
+        for sample, warning in zip(samples, _warnings(engine, samples)):
             image = _filename(sample)
             stem = self.names(image)
             prob = self._foreground(sample[self.pred_key], image)
@@ -260,7 +300,7 @@ class SegmentationWriter(_PerImageWriter):
                       "overlay": np.round(overlay).clip(0, 255).astype(np.uint8)}
             for kind, name in files.items():
                 atomic_write_bytes(os.path.join(self.output_dir, name), _png_bytes(arrays[kind]))
-            row = {"image": image, **files}
+            row = {"image": image, **files, "warning": warning}
             label = sample.get(self.label_key)
             if label is not None and not isinstance(label, (str, os.PathLike)):
                 label = _plane(label, image, "label")
@@ -279,10 +319,10 @@ class SegmentationWriter(_PerImageWriter):
         text = io.StringIO()
         writer = csv.writer(text)
         metric_cols = list(SEGMENTATION_METRIC_NAMES) if labelled else []
-        writer.writerow(["image", "mask", "prob", "overlay", *metric_cols])
+        writer.writerow(["image", "mask", "prob", "overlay", *metric_cols, "warning"])
         for r in self.rows:
             writer.writerow([r["image"], r["mask"], r["prob"], r["overlay"]]
-                            + [f"{r[m]:.6f}" if m in r else "" for m in metric_cols])
+                            + [f"{r[m]:.6f}" if m in r else "" for m in metric_cols] + [r["warning"]])
         atomic_write_text(os.path.join(self.output_dir, "segmentation.csv"), text.getvalue())
         if labelled:
             metrics = {m: _nanmean([r[m] for r in labelled]) for m in SEGMENTATION_METRIC_NAMES}
@@ -304,7 +344,8 @@ class LandmarkWriter(_PerImageWriter):
     :class:`visionfm_core.data.dense.HeatmapsToLandmarksd`) and the image meta ``filename_or_obj``. As each batch
     completes, ``<stem>_overlay.png`` is saved: the original photo with numbered markers (predictions in
     ``colour``; ground truth, when known, as rings in ``target_colour``). When the run completes: ``landmarks.csv``
-    (image, ``<name>_x``, ``<name>_y`` ...), ``landmarks.json`` and, when samples carry ``target_key`` (the true
+    (image, ``<name>_x``, ``<name>_y`` ..., overlay, and ``warning``: why the image does not look like the bundle's
+    modality, "" when it does), ``landmarks.json`` (the same per image) and, when samples carry ``target_key`` (the true
     landmarks in ORIGINAL pixels: keep an unscaled copy if the pipeline scales ``landmarks`` for training),
     ``metrics.json`` from :func:`visionfm_core.metrics.mean_radial_error` (in mm too when ``pixel_size_mm`` is set).
     """
@@ -344,7 +385,8 @@ class LandmarkWriter(_PerImageWriter):
         return np.asarray(im)
 
     def _write_batch(self, engine: Engine) -> None:
-        for sample in _samples(engine.state.output):
+        samples = _samples(engine.state.output)
+        for sample, warning in zip(samples, _warnings(engine, samples)):
             image = _filename(sample)
             stem = self.names(image)
             points = self._points(sample[self.points_key], image, "Predicted landmarks")
@@ -353,21 +395,23 @@ class LandmarkWriter(_PerImageWriter):
             photo = _read_photo(image)
             overlay = f"{stem}_overlay.png"
             atomic_write_bytes(os.path.join(self.output_dir, overlay), _png_bytes(self._overlay(photo, points, target)))
-            self.rows.append({"image": image, "points": points, "target": target, "overlay": overlay})
+            self.rows.append({"image": image, "points": points, "target": target, "overlay": overlay,
+                              "warning": warning})
 
     def _write_tables(self, engine: Engine) -> None:
         text = io.StringIO()
         writer = csv.writer(text)
-        writer.writerow(["image", *[f"{n}_{axis}" for n in self.landmark_names for axis in "xy"], "overlay"])
+        writer.writerow(["image", *[f"{n}_{axis}" for n in self.landmark_names for axis in "xy"], "overlay", "warning"])
         for r in self.rows:
-            writer.writerow([r["image"], *[f"{v:.3f}" for v in r["points"].reshape(-1)], r["overlay"]])
+            writer.writerow([r["image"], *[f"{v:.3f}" for v in r["points"].reshape(-1)], r["overlay"], r["warning"]])
         atomic_write_text(os.path.join(self.output_dir, "landmarks.csv"), text.getvalue())
 
         labelled = [r for r in self.rows if r["target"] is not None]
         records = []
         for r in self.rows:
             record = {"image": r["image"], "overlay": r["overlay"],
-                      "landmarks": {n: p.tolist() for n, p in zip(self.landmark_names, r["points"])}}
+                      "landmarks": {n: p.tolist() for n, p in zip(self.landmark_names, r["points"])},
+                      "warning": r["warning"]}
             if r["target"] is not None:
                 record["target"] = {n: p.tolist() for n, p in zip(self.landmark_names, r["target"])}
                 errors = np.hypot(*(r["points"] - r["target"]).T)
@@ -388,3 +432,325 @@ class LandmarkWriter(_PerImageWriter):
             metrics["num_images"] = mre["num_images"]
             atomic_write_text(os.path.join(self.output_dir, "metrics.json"), json.dumps(metrics, indent=1))
         engine.logger.info("wrote %d landmark predictions to %s", len(self.rows), self.output_dir)
+
+
+# --- multi-task classification and regression --------------------------------------------------------------------
+
+__all__ += ["MultiTaskWriter", "RegressionWriter", "TargetStatsHandler"]
+
+
+def _json_number(v):
+    """NaN -> None (JSON null): metrics.json stays valid JSON when a metric is undefined."""
+    return None if isinstance(v, float) and np.isnan(v) else v
+
+
+def _write_metrics(output_dir: str, metrics: dict) -> None:
+    atomic_write_text(os.path.join(output_dir, "metrics.json"),
+                      json.dumps({k: _json_number(v) for k, v in metrics.items()}, indent=1))
+
+
+class MultiTaskWriter:
+    """Tables of the multi-task head when the run completes: `predictions.csv` / `predictions.json` (image, the 13
+    probabilities named `prob_<output>`, the predicted label of each task `pred_<task>` (grade = argmax of the
+    grade probabilities, binary = probability >= `threshold`), the known labels `label_<task>` (empty / null where
+    unknown; only when the run has labels) and `warning` from `ModalityCheckd`) and, when any label is known,
+    `metrics.json` (:func:`visionfm_core.metrics.multitask_metrics`: per task and macro AUROC / F1). Written
+    atomically, only once the run has finished."""
+
+    def __init__(self, output_dir: str, tasks: Sequence[str] | None = None, output_names: Sequence[str] | None = None,
+                 num_grades: int = 5, threshold: float = 0.5, prefix: str = "predictions", label_key: str = "label"):
+        from .models.multitask import MULTITASK_OUTPUTS, MULTITASK_TASKS
+
+        self.output_dir = output_dir
+        self.tasks = list(tasks or MULTITASK_TASKS)
+        self.output_names = list(output_names or MULTITASK_OUTPUTS)
+        self.num_grades, self.threshold = int(num_grades), float(threshold)
+        self.prefix, self.label_key = prefix, label_key
+        self.rows: list[dict] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda _: self.rows.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _collect(self, engine: Engine) -> None:
+        samples = _samples(engine.state.output)
+        for sample, warning in zip(samples, _warnings(engine, samples)):
+            probs = _array(sample["pred"]).reshape(-1).astype(np.float64)
+            image = _filename(sample)
+            if probs.shape[0] != len(self.output_names):
+                raise ValueError(f"network gave {probs.shape[0]} outputs for {image} but the multi-task head has "
+                                 f"{len(self.output_names)} ({self.output_names})")
+            pred = [int(probs[: self.num_grades].argmax())]
+            pred += [int(p >= self.threshold) for p in probs[self.num_grades:]]
+            label = sample.get(self.label_key)
+            labels = [None] * len(self.tasks)
+            if label is not None and not isinstance(label, (str, dict)):
+                values = np.nan_to_num(_array(label).reshape(-1), nan=-1.0)
+                labels = [int(v) if v >= 0 else None for v in values]
+            self.rows.append({"image": image, "probabilities": probs.tolist(), "pred": pred, "labels": labels,
+                              "warning": warning})
+
+    def _write(self, engine: Engine) -> None:
+        has_labels = any(v is not None for r in self.rows for v in r["labels"])
+        text = io.StringIO()
+        writer = csv.writer(text)
+        writer.writerow(["image", *[f"prob_{n}" for n in self.output_names], *[f"pred_{t}" for t in self.tasks]]
+                        + ([f"label_{t}" for t in self.tasks] if has_labels else []) + ["warning"])
+        for r in self.rows:
+            labels = ["" if v is None else v for v in r["labels"]] if has_labels else []
+            writer.writerow([r["image"], *[f"{p:.6f}" for p in r["probabilities"]], *r["pred"], *labels, r["warning"]])
+        atomic_write_text(os.path.join(self.output_dir, f"{self.prefix}.csv"), text.getvalue())
+        records = []
+        for r in self.rows:
+            record = {"image": r["image"], "probabilities": dict(zip(self.output_names, r["probabilities"])),
+                      "pred": dict(zip(self.tasks, r["pred"]))}
+            if has_labels:
+                record["labels"] = dict(zip(self.tasks, r["labels"]))
+            record["warning"] = r["warning"]
+            records.append(record)
+        atomic_write_text(os.path.join(self.output_dir, f"{self.prefix}.json"), json.dumps(records, indent=1))
+        if has_labels:
+            from .metrics import multitask_metrics
+
+            labels = np.array([[-1 if v is None else v for v in r["labels"]] for r in self.rows])
+            metrics = multitask_metrics(np.array([r["probabilities"] for r in self.rows]), labels, self.tasks,
+                                        self.num_grades, self.threshold)
+            metrics["num_images"] = len(self.rows)
+            _write_metrics(self.output_dir, metrics)
+        engine.logger.info("wrote %d multi-task predictions to %s", len(self.rows), self.output_dir)
+
+
+class RegressionWriter:
+    """Tables of a regression run when it completes: `predictions.csv` (image, one column per target named
+    `<name> [<unit>]`, the true values `true <name> [<unit>]` where known (only when the run has targets), and
+    `warning`), `predictions.json` (per image: {name: value}, targets where known, units, warning) and, when any
+    target is known, `metrics.json` (:func:`visionfm_core.metrics.regression_metrics`: MAE, RMSE, R2, Pearson r and
+    mean relative error per target in its unit, missing values masked per target). Written atomically, once."""
+
+    def __init__(self, output_dir: str, target_names: Sequence[str], target_units: Sequence[str] | None = None,
+                 prefix: str = "predictions", label_key: str = "label"):
+        self.output_dir = output_dir
+        self.names = [str(n) for n in target_names]
+        self.units = [str(u) for u in target_units] if target_units is not None else [""] * len(self.names)
+        if len(self.units) != len(self.names):
+            raise ValueError(f"RegressionWriter: {len(self.names)} target names but {len(self.units)} units")
+        self.prefix, self.label_key = prefix, label_key
+        self.rows: list[dict] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda _: self.rows.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _column(self, name: str, unit: str) -> str:
+        return f"{name} [{unit}]" if unit else name
+
+    def _collect(self, engine: Engine) -> None:
+        samples = _samples(engine.state.output)
+        for sample, warning in zip(samples, _warnings(engine, samples)):
+            pred = _array(sample["pred"]).reshape(-1).astype(np.float64)
+            image = _filename(sample)
+            if pred.shape[0] != len(self.names):
+                raise ValueError(f"network gave {pred.shape[0]} outputs for {image} but {len(self.names)} targets are "
+                                 f"named ({self.names}): the model was trained with another target list")
+            label = sample.get(self.label_key)
+            target = [None] * len(self.names)
+            if label is not None and not isinstance(label, (str, dict)):
+                target = [None if np.isnan(v) else float(v) for v in _array(label).reshape(-1).astype(np.float64)]
+            self.rows.append({"image": image, "pred": pred.tolist(), "target": target, "warning": warning})
+
+    def _write(self, engine: Engine) -> None:
+        has_targets = any(v is not None for r in self.rows for v in r["target"])
+        columns = [self._column(n, u) for n, u in zip(self.names, self.units)]
+        text = io.StringIO()
+        writer = csv.writer(text)
+        writer.writerow(["image", *columns] + ([f"true {c}" for c in columns] if has_targets else []) + ["warning"])
+        for r in self.rows:
+            true = ["" if v is None else f"{v:.6g}" for v in r["target"]] if has_targets else []
+            writer.writerow([r["image"], *[f"{v:.6g}" for v in r["pred"]], *true, r["warning"]])
+        atomic_write_text(os.path.join(self.output_dir, f"{self.prefix}.csv"), text.getvalue())
+        records = []
+        for r in self.rows:
+            record = {"image": r["image"], "pred": dict(zip(self.names, r["pred"]))}
+            if has_targets:
+                record["target"] = dict(zip(self.names, r["target"]))
+            record.update(units=dict(zip(self.names, self.units)), warning=r["warning"])
+            records.append(record)
+        atomic_write_text(os.path.join(self.output_dir, f"{self.prefix}.json"), json.dumps(records, indent=1))
+        if has_targets:
+            from .metrics import regression_metrics
+
+            target = np.array([[np.nan if v is None else v for v in r["target"]] for r in self.rows])
+            metrics = regression_metrics(np.array([r["pred"] for r in self.rows]), target, self.names)
+            metrics["units"] = dict(zip(self.names, self.units))
+            metrics["num_images"] = len(self.rows)
+            _write_metrics(self.output_dir, metrics)
+        engine.logger.info("wrote %d regression predictions to %s", len(self.rows), self.output_dir)
+
+
+class TargetStatsHandler:
+    """At the start of training: the per-target mean and std of the TRAINING entries
+    (:func:`visionfm_core.data.target_stats`) go into the regression head's `target_mean` / `target_std` buffers
+    (so they are saved in every checkpoint and restored at inference), and `<save_dir>/targets.json` records the
+    target names, units and statistics (on the main process, atomically) for inference to read."""
+
+    def __init__(self, network: torch.nn.Module, data: Sequence[dict], target_names: Sequence[str],
+                 target_units: Sequence[str] | None = None, save_dir: str | None = None):
+        self.network, self.data = network, data
+        self.names = list(target_names)
+        self.units = list(target_units) if target_units is not None else [""] * len(self.names)
+        self.save_dir = save_dir
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine | None = None) -> None:
+        from .data.targets import save_targets, target_stats
+        from .distributed import is_main_process
+
+        mean, std = target_stats(self.data, self.names)
+        net = getattr(self.network, "module", self.network)  # DDP
+        getattr(net, "head", net).set_target_stats(mean, std)
+        if self.save_dir is not None and is_main_process():
+            save_targets(self.save_dir, self.names, self.units, mean, std)
+        if engine is not None:
+            engine.logger.info("target standardisation from %d training entries: %s", len(self.data),
+                               {n: (round(m, 4), round(s, 4)) for n, m, s in zip(self.names, mean, std)})
+
+
+# --- networks with more than one input: progression forecasting, per-patient fusion ----------------------------------
+
+
+def _batch_value(engine: Engine, i: int, sample: dict, key: str):
+    """`key` of output sample i, or of the (decollated) batch item i where postprocessing left it."""
+    if key in sample:
+        return sample[key]
+    batch = engine.state.batch
+    if isinstance(batch, list) and i < len(batch) and isinstance(batch[i], dict):
+        return batch[i].get(key)
+    if isinstance(batch, dict) and key in batch:
+        value = batch[key]
+        return value[i] if isinstance(value, (list, tuple, torch.Tensor)) and len(value) > i else value
+    return None
+
+
+def forecast_pred_label(output) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probability of progression (B,), label (B,)) from a MONAI engine output, decollated or not."""
+    if isinstance(output, dict):
+        return output["pred"].reshape(-1), output["label"].reshape(-1)
+    return (torch.stack([torch.as_tensor(o["pred"]).reshape(()) for o in output]),
+            torch.stack([torch.as_tensor(o["label"]).reshape(()) for o in output]))
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return text.getvalue()
+
+
+class ForecastingWriter:
+    """Progression forecasts of an evaluator run, written when it completes: `predictions.csv` and
+    `predictions.json` (image, followup, interval_days, probability = P(progression within interval_days),
+    prediction = probability >= threshold, label if known, warning from ModalityCheckd) and, with labels,
+    `metrics.json` (:func:`visionfm_core.metrics.forecasting_metrics`). Atomic, and only on completion."""
+
+    def __init__(self, output_dir: str, threshold: float = 0.5, prefix: str = "predictions"):
+        self.output_dir, self.threshold, self.prefix = output_dir, float(threshold), prefix
+        self.rows: list[dict] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda _: self.rows.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _collect(self, engine: Engine) -> None:
+        samples = _samples(engine.state.output)
+        for i, (sample, warning) in enumerate(zip(samples, _warnings(engine, samples))):
+            prob = float(torch.as_tensor(sample["pred"]).detach().float().reshape(-1)[0])
+            interval = _batch_value(engine, i, sample, "interval_days")
+            row = {"image": _filename(sample), "followup": str(_batch_value(engine, i, sample, "followup") or ""),
+                   "interval_days": float(torch.as_tensor(interval).reshape(-1)[0]) if interval is not None else None,
+                   "probability": prob, "prediction": int(prob >= self.threshold)}
+            label = sample.get("label")
+            if label is not None:
+                row["label"] = int(torch.as_tensor(label).reshape(-1)[0])
+            row["warning"] = warning
+            self.rows.append(row)
+
+    def _write(self, engine: Engine) -> None:
+        from .metrics import forecasting_metrics
+
+        has_label = bool(self.rows) and all("label" in r for r in self.rows)
+        header = ["image", "followup", "interval_days", "probability", "prediction"] + (["label"] if has_label else [])
+        rows = [[r["image"], r["followup"], r["interval_days"], f"{r['probability']:.6f}", r["prediction"]]
+                + ([r["label"]] if has_label else []) + [r["warning"]] for r in self.rows]
+        atomic_write_text(os.path.join(self.output_dir, f"{self.prefix}.csv"), _table(header + ["warning"], rows))
+        atomic_write_text(os.path.join(self.output_dir, f"{self.prefix}.json"), json.dumps(self.rows, indent=1))
+        if has_label:
+            metrics = forecasting_metrics(np.array([r["probability"] for r in self.rows]),
+                                          np.array([r["label"] for r in self.rows]), self.threshold)
+            metrics.update(num_images=len(self.rows), threshold=self.threshold)
+            atomic_write_text(os.path.join(self.output_dir, "metrics.json"), json.dumps(metrics, indent=1))
+        engine.logger.info("wrote %d forecasts to %s", len(self.rows), self.output_dir)
+
+
+class FusionWriter:
+    """Per-patient predictions of a fusion evaluator run, written when it completes: `predictions.csv` and
+    `predictions.json` (patient_id, the modalities present, each modality's image, probabilities per class name,
+    prediction, label if known, warnings) and, with labels, `metrics.json`
+    (:func:`visionfm_core.metrics.classification_metrics`). Atomic, and only on completion."""
+
+    def __init__(self, output_dir: str, class_names: Sequence[str], modalities: Sequence[str],
+                 prefix: str = "predictions"):
+        from .data.multi_input import modality_key
+
+        self.output_dir, self.prefix = output_dir, prefix
+        self.class_names = [str(c) for c in class_names]
+        self.keys = [modality_key(m) for m in modalities]
+        self.rows: list[dict] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda _: self.rows.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _collect(self, engine: Engine) -> None:
+        samples = _samples(engine.state.output)
+        for i, (sample, warning) in enumerate(zip(samples, _warnings(engine, samples))):
+            probs = torch.as_tensor(sample["pred"]).detach().float().cpu().reshape(-1).numpy()
+            if probs.shape[0] != len(self.class_names):
+                raise ValueError(f"network gave {probs.shape[0]} outputs but {len(self.class_names)} classes are named "
+                                 f"({self.class_names})")
+            present = torch.as_tensor(_batch_value(engine, i, sample, "present")).reshape(-1).tolist()
+            row = {"patient_id": str(_batch_value(engine, i, sample, "patient_id") or ""),
+                   "present": [k for k, p in zip(self.keys, present) if p > 0.5],
+                   "images": {k: str(_batch_value(engine, i, sample, k) or "") for k in self.keys},
+                   "probabilities": dict(zip(self.class_names, probs.tolist())), "pred": int(probs.argmax())}
+            row["pred_name"] = self.class_names[row["pred"]]
+            label = sample.get("label")
+            if label is not None:
+                row["label"] = int(torch.as_tensor(label).reshape(-1)[0])
+            row["warning"] = warning
+            self.rows.append(row)
+
+    def _write(self, engine: Engine) -> None:
+        has_label = bool(self.rows) and all("label" in r for r in self.rows)
+        header = (["patient_id", "present", *self.keys, *[f"prob_{c}" for c in self.class_names], "pred", "pred_name"]
+                  + (["label"] if has_label else []) + ["warning"])
+        rows = [[r["patient_id"], "+".join(r["present"]), *[r["images"][k] for k in self.keys],
+                 *[f"{r['probabilities'][c]:.6f}" for c in self.class_names], r["pred"], r["pred_name"]]
+                + ([r["label"]] if has_label else []) + [r["warning"]] for r in self.rows]
+        atomic_write_text(os.path.join(self.output_dir, f"{self.prefix}.csv"), _table(header, rows))
+        atomic_write_text(os.path.join(self.output_dir, f"{self.prefix}.json"), json.dumps(self.rows, indent=1))
+        if has_label:
+            metrics = classification_metrics(np.array([list(r["probabilities"].values()) for r in self.rows]),
+                                              np.array([r["label"] for r in self.rows]))
+            metrics["num_patients"] = len(self.rows)
+            atomic_write_text(os.path.join(self.output_dir, "metrics.json"), json.dumps(metrics, indent=1))
+        engine.logger.info("wrote %d patient predictions to %s", len(self.rows), self.output_dir)
+
+
+__all__ += ["forecast_pred_label", "ForecastingWriter", "FusionWriter"]

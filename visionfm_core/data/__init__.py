@@ -1,6 +1,7 @@
 """Data loading for VisionFM: the MONAI image reader and transforms, the one resize, datalists and built-in data."""
 
 from visionfm_core.data.datalist import folder_to_datalist, inference_datalist, load_datalist, retfound_to_datalist
+from visionfm_core.data.datalist import CLASS_NAMES_FILE, datalist_class_names, save_class_names, trained_class_names
 from visionfm_core.data.readers import (
     IMAGE_EXTENSIONS,
     LABEL_EXTENSIONS,
@@ -40,6 +41,16 @@ from visionfm_core.data.dense_samples import (
 )
 from visionfm_core.data.modality_check import ModalityCheckd, chroma, modality_mismatch
 from visionfm_core.data.unlabelled import SkippedImagesReport, UnlabelledImageDataset, check_modality_of_images
+from visionfm_core.data.targets import (
+    MultiTaskLabelsd,
+    RegressionTargetsd,
+    datalist_targets,
+    load_multitask_datalist,
+    load_regression_datalist,
+    save_targets,
+    target_stats,
+    trained_targets,
+)
 
 __all__ = [
     # reading (EyeImageReader is also registered with MONAI as reader="EyeImageReader")
@@ -67,6 +78,10 @@ __all__ = [
     "retfound_to_datalist",
     "folder_to_datalist",
     "inference_datalist",
+    "datalist_class_names",
+    "trained_class_names",
+    "save_class_names",
+    "CLASS_NAMES_FILE",
     # built-in data
     "real_fundus_photo",
     "make_fundus_phantom",
@@ -99,4 +114,44 @@ __all__ = [
     "ModalityCheckd",
     "modality_mismatch",
     "chroma",
+    # multi-task labels and regression targets (masked when unknown)
+    "load_multitask_datalist",
+    "MultiTaskLabelsd",
+    "load_regression_datalist",
+    "RegressionTargetsd",
+    "datalist_targets",
+    "target_stats",
+    "save_targets",
+    "trained_targets",
+]
+
+# public classification datasets and generic CSVs -> datalists, with the leak-free seeded split
+from visionfm_core.data.classification_datasets import (  # noqa: E402
+    aptos_to_datalist,
+    csv_to_datalist,
+    idrid_grading_to_datalist,
+    jsiec_to_datalist,
+    kermany_to_datalist,
+    messidor2_to_datalist,
+    octid_to_datalist,
+    papila_to_datalist,
+    refuge_to_datalist,
+    retfound_split_datalist,
+    stratified_group_split,
+    summarize_datalist,
+)
+
+__all__ += [
+    "stratified_group_split",
+    "idrid_grading_to_datalist",
+    "aptos_to_datalist",
+    "messidor2_to_datalist",
+    "octid_to_datalist",
+    "kermany_to_datalist",
+    "refuge_to_datalist",
+    "papila_to_datalist",
+    "jsiec_to_datalist",
+    "retfound_split_datalist",
+    "csv_to_datalist",
+    "summarize_datalist",
 ]

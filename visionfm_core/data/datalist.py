@@ -14,7 +14,18 @@ from pathlib import Path
 from visionfm_core.data.readers import _find_images, list_images
 from visionfm_core.io import atomic_write_text
 
-__all__ = ["load_datalist", "retfound_to_datalist", "folder_to_datalist"]
+__all__ = [
+    "load_datalist",
+    "retfound_to_datalist",
+    "folder_to_datalist",
+    "datalist_class_names",
+    "trained_class_names",
+    "save_class_names",
+    "CLASS_NAMES_FILE",
+]
+
+# written next to a trained classifier (models/class_names.json): the class list the model's outputs follow
+CLASS_NAMES_FILE = "class_names.json"
 
 # RETFound/VisionFM folder names -> MONAI datalist keys.
 _RETFOUND_SPLITS = {"train": "training", "val": "validation", "test": "test"}
@@ -27,6 +38,8 @@ def load_datalist(
     num_classes: int | None = None,
     required: bool = True,
     path_keys: tuple[str, ...] = ("label", "fov"),
+    class_names: list[str] | None = None,
+    modality: str | None = None,
 ) -> list[dict]:
     """Load one split of a MONAI datalist, with image paths made absolute and checked.
 
@@ -40,14 +53,27 @@ def load_datalist(
         required: if False, a missing or empty split returns ``[]`` instead of raising.
         path_keys: keys whose string values are files (segmentation masks, field-of-view masks): made absolute
             against the same folder and checked to exist. With ``num_classes`` given, ``"label"`` is a class index.
+        class_names: the class list labels index (implies ``num_classes = len(class_names)``); errors name it, and
+            a label may also be given as one of these names (it becomes its index).
+        modality: if given, the split's images must look like this modality (colour photographs for Fundus,
+            SlitLamp, External; grey images for the others): see
+            :func:`visionfm_core.data.check_modality_of_images`. Catches e.g. a folder of fundus photos given to
+            an OCT bundle before any training starts.
 
     Returns:
         Copies of the entries, with ``"image"`` an absolute path to an existing file.
 
     Raises:
         ValueError: naming the datalist (and entry index): unreadable JSON, missing or empty split (when required),
-            an entry without ``"image"``, an image file that does not exist, or a bad label.
+            an entry without ``"image"``, an image file that does not exist, a bad label, or (with ``modality``)
+            images of another modality.
     """
+    if class_names is not None:
+        class_names = [str(c) for c in class_names]
+        if num_classes is not None and int(num_classes) != len(class_names):
+            raise ValueError(f"num_classes {num_classes} differs from the {len(class_names)} class names "
+                             f"{class_names}.")
+        num_classes = len(class_names)
     if isinstance(datalist, dict):
         name, data = "<datalist dict>", datalist
         default_base = os.getcwd()
@@ -93,18 +119,111 @@ def load_datalist(
                 entry[key] = os.path.normpath(os.path.join(base, os.path.expanduser(entry[key])))
                 if not os.path.isfile(entry[key]):
                     raise ValueError(f"{where}: {key} file {entry[key]} (for image {path}) does not exist.")
+        if class_names is not None and isinstance(entry.get("label"), str):
+            if entry["label"] not in class_names:
+                raise ValueError(f"{where} ({path}): label {entry['label']!r} is not in the class list {class_names}.")
+            entry["label"] = class_names.index(entry["label"])
         if "label" in entry and (num_classes is not None or not isinstance(entry["label"], str)):
-            _check_label(entry["label"], num_classes, where, path)
+            _check_label(entry["label"], num_classes, where, path, class_names, "class_names" in data)
         out.append(entry)
+    if modality is not None:
+        from visionfm_core.data.unlabelled import check_modality_of_images  # imports this module
+
+        try:
+            check_modality_of_images([e["image"] for e in out], modality)
+        except ValueError as e:
+            raise ValueError(f"Datalist {name}, {split!r} split: {e} (to use these images anyway, turn the check off: "
+                             "--check_image_modality False in the bundles)") from e
     return out
 
 
-def _check_label(label: object, num_classes: int | None, where: str, path: str) -> None:
+def _check_label(label: object, num_classes: int | None, where: str, path: str,
+                 class_names: list[str] | None = None, named_in_datalist: bool = False) -> None:
     # bool is an int subclass, but true/false in a datalist is almost surely a mistake.
     if isinstance(label, bool) or not isinstance(label, numbers.Integral):
         raise ValueError(f"{where} ({path}): label {label!r} is not an integer class index.")
     if num_classes is not None and not 0 <= int(label) < num_classes:
-        raise ValueError(f"{where} ({path}): label {label} is outside 0..{num_classes - 1}.")
+        if class_names is None:
+            raise ValueError(f"{where} ({path}): label {label} is outside 0..{num_classes - 1}.")
+        hint = "" if named_in_datalist else (" (the datalist has no top-level \"class_names\"; add one to train on "
+                                             "other classes)")
+        raise ValueError(f"{where} ({path}): label {label} is outside the class list {class_names} "
+                         f"(0..{num_classes - 1}){hint}.")
+
+
+def _check_class_names(names: object, source: str) -> list[str]:
+    if (not isinstance(names, list) or len(names) < 2
+            or not all(isinstance(c, str) and c.strip() for c in names)):
+        raise ValueError(f"{source}: \"class_names\" must be a list of at least 2 non-empty strings, got {names!r}.")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{source}: \"class_names\" {names} has duplicates.")
+    return list(names)
+
+
+def datalist_class_names(datalist: str | os.PathLike | dict, default: list[str],
+                         num_classes: int | None = None) -> list[str]:
+    """The class list a classification bundle trains on: the datalist's top-level ``"class_names"`` when it has
+    one (its order = label index), else ``default`` (the bundle's classes).
+
+    Class folders named by label index (``"0"``, ``"1"``, ...; e.g. APTOS-style grade folders) name nothing: when
+    there are as many as the defaults, the defaults are used.
+
+    Args:
+        datalist: datalist JSON file (or loaded dict); a file that does not exist yet gives ``default`` so a
+            bundle's configs still parse without data (the training split's check then reports the missing file).
+        default: the bundle's default class list.
+        num_classes: if given, the list must have exactly this many classes (binary bundles: 2).
+    """
+    if isinstance(datalist, dict):
+        name, data = "<datalist dict>", datalist
+    else:
+        name = os.fspath(datalist)
+        data = {}
+        if os.path.isfile(name):
+            try:
+                with open(name, encoding="utf-8") as f:
+                    data = json.load(f)
+            except (OSError, ValueError) as e:
+                raise ValueError(f"Datalist {name} could not be read as JSON: {e}") from e
+    names = data.get("class_names") if isinstance(data, dict) else None
+    names = _check_class_names(names, f"Datalist {name}") if names is not None else [str(c) for c in default]
+    if names == [str(i) for i in range(len(default))]:
+        # class folders named by label index ("0", "1", ...) name nothing: the bundle's names say what they mean
+        names = [str(c) for c in default]
+    if num_classes is not None and len(names) != int(num_classes):
+        raise ValueError(f"Datalist {name}: this bundle is for {num_classes} classes, but the class list is {names}.")
+    return names
+
+
+def save_class_names(folder: str | os.PathLike, class_names: list[str]) -> str:
+    """Write ``<folder>/class_names.json`` atomically (the class list a model was trained with); returns the path."""
+    path = os.path.join(os.fspath(folder), CLASS_NAMES_FILE)
+    atomic_write_text(path, json.dumps({"class_names": [str(c) for c in class_names]}, indent=1) + "\n")
+    return path
+
+
+def trained_class_names(model_path: str | os.PathLike, default: list[str],
+                        datalist: str | os.PathLike | dict | None = None) -> list[str]:
+    """The class list of a trained model: ``class_names.json`` next to ``model_path`` when it exists (written by
+    training), else ``default``.
+
+    With ``datalist`` (evaluation), a datalist that names its classes must name the same ones, in the same order,
+    as the model was trained on; without a class file, the datalist's list (else ``default``) is used.
+    """
+    path = os.path.join(os.path.dirname(os.path.abspath(os.fspath(model_path))), CLASS_NAMES_FILE)
+    fallback = datalist_class_names(datalist, default) if datalist is not None else [str(c) for c in default]
+    if not os.path.isfile(path):
+        return fallback
+    try:
+        with open(path, encoding="utf-8") as f:
+            names = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"Class list {path} could not be read as JSON: {e}") from e
+    names = _check_class_names(names.get("class_names") if isinstance(names, dict) else None, f"Class list {path}")
+    if datalist is not None and fallback != names and datalist_class_names(datalist, names) != names:
+        raise ValueError(f"Datalist {os.fspath(datalist) if not isinstance(datalist, dict) else '<datalist dict>'} "
+                         f"names the classes {fallback}, but the model next to {path} was trained on {names}.")
+    return names
 
 
 def retfound_to_datalist(

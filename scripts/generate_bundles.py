@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bundlegen.common import BUNDLE_DIR, REPO  # noqa: E402
 
-FAMILIES = ("pretraining", "classification", "segmentation", "landmarks")
+FAMILIES = ("pretraining", "classification", "segmentation", "landmarks", "multitask", "regression",
+            "forecasting", "fusion")
 
 
 def all_bundles() -> dict[str, dict[str, str]]:

@@ -56,15 +56,15 @@ def metadata(bundle: Path) -> dict:
 def make_data(bundle: Path, root: Path) -> dict:
     """Small data for one bundle: {"train": overrides for train.json, "infer_dir": images for inference.json,
     "trained": the file training leaves in ckpt_dir for inference, "infer": extra overrides for inference.json}."""
-    from visionfm_core.data import write_demo_dataset, write_phantom_folder
+    from visionfm_core.data import write_phantom_folder
 
     task = kind_of(bundle)
     plugin = _plugin(task)
     if plugin is not None:
         return plugin.make_data(bundle, root)
-    if task == "classification":  # graded phantoms in the RETFound layout + datalist
-        num_classes = metadata(bundle)["network_data_format"]["outputs"]["pred"]["num_channels"]
-        datalist = write_demo_dataset(root / "data", per_class=2, size=48, num_classes=num_classes)
+    if task == "classification":  # phantoms of the bundle's modality, one look per class, RETFound layout + datalist
+        train = json.loads((bundle / "configs" / "train.json").read_text())
+        datalist = write_classification_dataset(root / "data", train["modality"], train["default_class_names"])
         return {"train": {"dataset_dir": str(root / "data"), "datalist": datalist},
                 "infer_dir": str(root / "data" / "test"), "trained": "model.pt"}
     if task == "pretraining":  # a folder of unlabelled phantoms of the bundle's modality; a small head
@@ -88,6 +88,30 @@ def make_data(bundle: Path, root: Path) -> dict:
         return {"train": {"dataset_dir": str(root / "data"), "datalist": datalist},
                 "infer_dir": str(root / "data" / "images"), "trained": "model.pt"}
     raise NotImplementedError(f"no test data builder for {task} bundles ({bundle.name}): add one in {__file__}")
+
+
+def write_classification_dataset(root: Path, modality: str, class_names: list[str], per_class: int = 2,
+                                 size: int = 48) -> str:
+    """Phantoms of `modality` in the RETFound layout `root/{train,val,test}/<class>/` plus `root/datalist.json`
+    (class order = `class_names`). Fundus: the graded demo phantoms. Other modalities: `make_phantom` with a bright
+    band whose height depends on the class (added to every channel, so grey images stay grey)."""
+    from PIL import Image
+
+    from visionfm_core.data import make_phantom, retfound_to_datalist, write_demo_dataset
+
+    if modality == "Fundus" and len(class_names) <= 5:
+        return write_demo_dataset(root, per_class=per_class, size=size, num_classes=len(class_names))
+    for s, split in enumerate(("train", "val", "test")):
+        for k, name in enumerate(class_names):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                img = make_phantom(modality, size, seed=1000 * s + 100 * k + i).astype(int)
+                row = (k + 1) * size // (len(class_names) + 2)
+                img[row: row + size // 8] += 60
+                Image.fromarray(img.clip(0, 255).astype("uint8")).save(root / split / name / f"{split}_{k}_{i}.png")
+    out = root / "datalist.json"
+    retfound_to_datalist(root, out=out, class_names=class_names)
+    return str(out)
 
 
 def tiny_meta_file(bundle: Path, tmp: Path) -> str:

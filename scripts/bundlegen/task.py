@@ -21,10 +21,17 @@ IMPORTS = ["$import os", "$import torch", "$import ignite", "$import monai", "$i
            "$import visionfm_core.models", "$import visionfm_core.data"]
 
 
+READER = "$visionfm_core.data.EyeImageReader()"
+FAST_READER = "$visionfm_core.data.EyeImageReader(decode_size=@decode_size)"
+# JPEGs decoded at a reduced DCT scale that keeps the short side >= 2x the network input: ~1.6x the end-to-end
+# throughput on 2000 px photos (scripts/bench_inference.py), for outputs not tied to the photo's pixel grid
+DECODE_SIZE = "$2 * @image_size"
+
+
 def load_image(keys="image", modality="@modality") -> list[dict]:
     """Files -> (3, H, W) float32 in [0, 1] with their metadata: MONAI LoadImaged with our reader, then channels."""
     return [
-        {"_target_": "LoadImaged", "keys": keys, "reader": "$visionfm_core.data.EyeImageReader()", "image_only": True},
+        {"_target_": "LoadImaged", "keys": keys, "reader": READER, "image_only": True},
         {"_target_": "visionfm_core.data.EyeChannelsd", "keys": keys, "modality": modality},
     ]
 
@@ -37,6 +44,30 @@ def load_label_map(keys, allow_missing=False) -> list[dict]:
     if allow_missing:
         load["allow_missing_keys"] = label["allow_missing_keys"] = True
     return [load, label]
+
+
+MODALITY_CHECK = {"_target_": "visionfm_core.data.ModalityCheckd", "keys": "image", "modality": "@modality",
+                  "warning_key": "modality_warning"}
+
+
+def with_modality_check(transforms):
+    """`transforms` with `ModalityCheckd` right after the LoadImaged of "image" (before EyeChannelsd greys it), so
+    evaluation and inference writers can flag each image that does not look like the bundle's modality. Lists
+    without such a LoadImaged (or already checked) are returned unchanged."""
+    if not isinstance(transforms, list) or MODALITY_CHECK in transforms:
+        return transforms
+    for i, t in enumerate(transforms):
+        if isinstance(t, dict) and t.get("_target_") == "LoadImaged" and t.get("keys") in ("image", ["image"]):
+            return [*transforms[: i + 1], dict(MODALITY_CHECK), *transforms[i + 1:]]
+    return transforms
+
+
+def with_fast_decode(transforms):
+    """`transforms` with every plain EyeImageReader given `decode_size=@decode_size` (per-image families only)."""
+    if not isinstance(transforms, list):
+        return transforms
+    return [dict(t, reader=FAST_READER) if isinstance(t, dict) and t.get("_target_") == "LoadImaged"
+            and t.get("reader") == READER else t for t in transforms]
 
 
 def normalise(keys="image") -> list[dict]:
@@ -84,11 +115,19 @@ class TaskParts:
     infer_batch_size: int = 8
     infer_ids: dict = field(default_factory=dict)
     datalist_args: str = ""                    # extra arguments of visionfm_core.data.load_datalist
+    train_datalist_args: str = ""              # ... for the training split only (e.g. ", modality=@modality")
+    extra_train_handlers: dict = field(default_factory=dict)  # {id: handler config}: train::<id>, listed last
+    datalist_loader: str = "visionfm_core.data.load_datalist"  # (datalist, split, *datalist_args) -> entries
+    network: dict | None = None                # another network than VisionFMTaskModel: its config (no training ids)
+    extra_inputs: dict | None = None           # {forward kwarg: batch key} the network takes besides the image
+    infer_datalist: str = "$visionfm_core.data.inference_datalist(@dataset_dir)"
+    fast_decode: bool = False                  # evaluation/inference read JPEGs at ~2x the input (with_fast_decode)
 
 
 def network_def(parts: TaskParts, training: bool) -> dict:
-    net = {"_target_": "visionfm_core.models.VisionFMTaskModel", "head": parts.head, "num_outputs": parts.num_outputs,
-           "arch": "@arch", "patch_size": "@patch_size", "img_size": "@image_size", "modality": "@modality"}
+    net = dict(parts.network) if parts.network else {
+        "_target_": "visionfm_core.models.VisionFMTaskModel", "head": parts.head, "num_outputs": parts.num_outputs,
+        "arch": "@arch", "patch_size": "@patch_size", "img_size": "@image_size", "modality": "@modality"}
     net.update(parts.head_kwargs)
     if training:
         net.update({"freeze_encoder": "@freeze_encoder", "drop_path_rate": "@drop_path_rate",
@@ -97,8 +136,17 @@ def network_def(parts: TaskParts, training: bool) -> dict:
     return net
 
 
-def encoder_ids(modality: str) -> dict:
-    return {"modality": modality, "arch": "vit_base", "patch_size": 16}
+def encoder_ids(modality: str | None) -> dict:
+    # no `modality` id for networks of several modalities (they list theirs)
+    return compact(modality=modality, arch="vit_base", patch_size=16)
+
+
+def prepare_batch(parts: TaskParts) -> dict | None:
+    """MONAI's PrepareBatchExtraInput when the network takes more than the image (keyword arguments from the
+    batch), for the trainer and every evaluator."""
+    if not parts.extra_inputs:
+        return None
+    return {"_target_": "monai.engines.PrepareBatchExtraInput", "extra_keys": dict(parts.extra_inputs)}
 
 
 def compact(**items) -> dict:
@@ -107,7 +155,10 @@ def compact(**items) -> dict:
 
 
 def train_config(parts: TaskParts, modality: str) -> dict:
-    split = lambda name: f"$visionfm_core.data.load_datalist(@datalist, '{name}'{parts.datalist_args})"  # noqa: E731
+    def split(name: str) -> str:
+        extra = parts.train_datalist_args if name == "training" else ""
+        return f"${parts.datalist_loader}(@datalist, '{name}'{parts.datalist_args}{extra})"
+
     metric_cmp = "$lambda current, prev: current < prev" if parts.lower_is_better else None
     saver = {"_target_": "CheckpointSaver", "save_dir": "@ckpt_dir", "save_dict": {"model": "@network"},
              "save_key_metric": True, "key_metric_filename": "model.pt"}
@@ -124,6 +175,8 @@ def train_config(parts: TaskParts, modality: str) -> dict:
     if parts.train_key_metric:
         trainer["key_train_metric"] = "@train::key_metric"
     trainer.update({"train_handlers": "@train::handlers", "amp": AMP})
+    if parts.extra_inputs:
+        trainer["prepare_batch"] = val_evaluator["prepare_batch"] = "@prepare_batch"
     config = {
         "imports": IMPORTS,
         "bundle_root": ".",
@@ -137,6 +190,7 @@ def train_config(parts: TaskParts, modality: str) -> dict:
         "freeze_encoder": True,
         "layer_decay": None,
         "device": DEVICE,
+        **compact(prepare_batch=prepare_batch(parts)),
         **encoder_ids(modality),
         **parts.ids,
         "batch_size": parts.batch_size,
@@ -172,8 +226,9 @@ def train_config(parts: TaskParts, modality: str) -> dict:
             "tensorboard": {"_target_": "TensorBoardStatsHandler", "log_dir": "@output_dir", "tag_name": "train_loss",
                             "output_transform": "$monai.handlers.from_engine(['loss'], first=True)"},
             "progress": {"_target_": "ignite.handlers.ProgressBar", "persist": False},
+            **parts.extra_train_handlers,
             "handlers": ["%train::lr_schedule", "%train::validation", "%train::stats", "%train::tensorboard",
-                         "%train::progress"],
+                         "%train::progress", *[f"%train::{k}" for k in parts.extra_train_handlers]],
             "key_metric": parts.train_key_metric,
             "trainer": trainer,
         },
@@ -202,12 +257,22 @@ def train_config(parts: TaskParts, modality: str) -> dict:
 
 
 def evaluate_config(parts: TaskParts) -> dict:
-    """Override of train.json: models/model.pt on the test split (or `eval_split`), written by the family's writer."""
+    """Override of train.json: models/model.pt on the test split (or `eval_split`), written by the family's writer.
+    Its preprocessing is validation's plus the per-image modality check (`with_modality_check`)."""
+    overrides = dict(parts.eval_overrides)
+    key = "validate::preprocessing::transforms"
+    base = overrides.get(key, parts.val_transforms if parts.val_transforms is not None else parts.train_transforms)
+    checked = with_modality_check(base)
+    if parts.fast_decode:
+        checked = with_fast_decode(checked)
+        overrides = {"decode_size": DECODE_SIZE, **overrides}
+    if checked is not base:  # written out only where the check or the fast decode adds something
+        overrides[key] = checked
     return {
         "eval_split": "test",
         "eval_dir": "$@bundle_root + '/eval'",
-        "validate::dataset::data": f"$visionfm_core.data.load_datalist(@datalist, @eval_split{parts.datalist_args})",
-        **parts.eval_overrides,
+        "validate::dataset::data": f"${parts.datalist_loader}(@datalist, @eval_split{parts.datalist_args})",
+        **overrides,
         "validate::checkpoint_loader": {
             "_target_": "CheckpointLoader",
             "load_path": "$visionfm_core.weights.require_checkpoint(@ckpt_dir + '/model.pt')",
@@ -224,22 +289,27 @@ def evaluate_config(parts: TaskParts) -> dict:
 def inference_config(parts: TaskParts, modality: str, dataset_dir: str) -> dict:
     """One self-contained inference.json (MONAI Label reads exactly one file)."""
     net = network_def(parts, training=False)
+    infer_transforms = with_modality_check(parts.infer_transforms)
+    if parts.fast_decode:
+        infer_transforms = with_fast_decode(infer_transforms)
     return {
         "imports": IMPORTS,
         "bundle_root": ".",
         "output_dir": "$@bundle_root + '/eval'",
         "ckpt_path": "$@bundle_root + '/models/model.pt'",
         "dataset_dir": dataset_dir,
-        "datalist": "$visionfm_core.data.inference_datalist(@dataset_dir)",
+        "datalist": parts.infer_datalist,
         "device": DEVICE,
+        **compact(prepare_batch=prepare_batch(parts)),
         **encoder_ids(modality),
         **{k: v for k, v in parts.ids.items()},
         **parts.infer_ids,
+        **({"decode_size": DECODE_SIZE} if parts.fast_decode else {}),
         "batch_size": parts.infer_batch_size,
         "num_workers": 2,
         "network_def": net,
         "network": "$@network_def.to(@device)",
-        "preprocessing": {"_target_": "Compose", "transforms": parts.infer_transforms},
+        "preprocessing": {"_target_": "Compose", "transforms": infer_transforms},
         "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
         "dataloader": dataloader("@dataset"),
         "inferer": parts.infer_inferer,
@@ -247,7 +317,8 @@ def inference_config(parts: TaskParts, modality: str, dataset_dir: str) -> dict:
         "stats": {"_target_": "StatsHandler", "iteration_log": False},
         "writer": parts.infer_writer,
         "handlers": ["@stats", "@writer"],
-        "evaluator": evaluator("@dataloader", "@network", "@inferer", "@postprocessing", "@handlers"),
+        "evaluator": evaluator("@dataloader", "@network", "@inferer", "@postprocessing", "@handlers")
+        | ({"prepare_batch": "@prepare_batch"} if parts.extra_inputs else {}),
         "checkpointloader": {"_target_": "CheckpointLoader",
                              "load_path": "$visionfm_core.weights.require_checkpoint(@ckpt_path)",
                              "load_dict": {"model": "@network"}, "map_location": "@device"},

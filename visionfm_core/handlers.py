@@ -54,7 +54,25 @@ def _warnings(engine: Engine, samples: list, key: str = "modality_warning") -> l
     return out
 
 
-class ClassificationWriter:
+class _TableWriter:
+    """Rows collected as each batch completes (`_collect`), tables written once the run has finished (`_write`):
+    an interrupted run never leaves a partial table. Subclasses set `self.rows` (a list) in `__init__`."""
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda _: self.rows.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _save(self, header: list[str], table: list[list], records: list[dict], metrics: dict | None) -> None:
+        """`<prefix>.csv` (header + table), `<prefix>.json` (records) and, when given, `metrics.json` (NaN as
+        null), each written atomically."""
+        atomic_write_text(os.path.join(self.output_dir, f"{self.prefix}.csv"), _table(header, table))
+        atomic_write_text(os.path.join(self.output_dir, f"{self.prefix}.json"), json.dumps(records, indent=1))
+        if metrics is not None:
+            _write_metrics(self.output_dir, metrics)
+
+
+class ClassificationWriter(_TableWriter):
     """Collect per-image class probabilities during an evaluator run and, when it completes, write
     `predictions.csv` and `predictions.json` (image, probabilities, predicted class, label if known, and a
     `warning`: why the image does not look like the bundle's modality, "" when it does) and, when labels are
@@ -66,11 +84,6 @@ class ClassificationWriter:
         self.class_names = list(class_names)
         self.prefix = prefix
         self.rows: list[dict] = []
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, lambda _: self.rows.clear())
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        engine.add_event_handler(Events.COMPLETED, self._write)
 
     def _collect(self, engine: Engine) -> None:
         output = engine.state.output
@@ -88,22 +101,17 @@ class ClassificationWriter:
             self.rows.append(row)
 
     def _write(self, engine: Engine) -> None:
-        csv_text = io.StringIO()
-        writer = csv.writer(csv_text)
         has_label = bool(self.rows) and all("label" in r for r in self.rows)
-        writer.writerow(["image", *[f"prob_{c}" for c in self.class_names], "pred", "pred_name"]
-                        + (["label"] if has_label else []) + ["warning"])
-        for r in self.rows:
-            writer.writerow([r["image"], *[f"{p:.6f}" for p in r["probabilities"]], r["pred"],
-                             self.class_names[r["pred"]]] + ([r["label"]] if has_label else []) + [r["warning"]])
-        atomic_write_text(os.path.join(self.output_dir, f"{self.prefix}.csv"), csv_text.getvalue())
-        records = [{**r, "pred_name": self.class_names[r["pred"]]} for r in self.rows]
-        atomic_write_text(os.path.join(self.output_dir, f"{self.prefix}.json"), json.dumps(records, indent=1))
+        header = (["image", *[f"prob_{c}" for c in self.class_names], "pred", "pred_name"]
+                  + (["label"] if has_label else []) + ["warning"])
+        table = [[r["image"], *[f"{p:.6f}" for p in r["probabilities"]], r["pred"], self.class_names[r["pred"]]]
+                 + ([r["label"]] if has_label else []) + [r["warning"]] for r in self.rows]
+        metrics = None
         if has_label:
             metrics = classification_metrics(np.array([r["probabilities"] for r in self.rows]),
                                               np.array([r["label"] for r in self.rows]))
             metrics["num_images"] = len(self.rows)
-            atomic_write_text(os.path.join(self.output_dir, "metrics.json"), json.dumps(metrics, indent=1))
+        self._save(header, table, [{**r, "pred_name": self.class_names[r["pred"]]} for r in self.rows], metrics)
         engine.logger.info("wrote %d predictions to %s", len(self.rows), self.output_dir)
 
 
@@ -449,7 +457,7 @@ def _write_metrics(output_dir: str, metrics: dict) -> None:
                       json.dumps({k: _json_number(v) for k, v in metrics.items()}, indent=1))
 
 
-class MultiTaskWriter:
+class MultiTaskWriter(_TableWriter):
     """Tables of the multi-task head when the run completes: `predictions.csv` / `predictions.json` (image, the 13
     probabilities named `prob_<output>`, the predicted label of each task `pred_<task>` (grade = argmax of the
     grade probabilities, binary = probability >= `threshold`), the known labels `label_<task>` (empty / null where
@@ -467,11 +475,6 @@ class MultiTaskWriter:
         self.num_grades, self.threshold = int(num_grades), float(threshold)
         self.prefix, self.label_key = prefix, label_key
         self.rows: list[dict] = []
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, lambda _: self.rows.clear())
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        engine.add_event_handler(Events.COMPLETED, self._write)
 
     def _collect(self, engine: Engine) -> None:
         samples = _samples(engine.state.output)
@@ -493,14 +496,11 @@ class MultiTaskWriter:
 
     def _write(self, engine: Engine) -> None:
         has_labels = any(v is not None for r in self.rows for v in r["labels"])
-        text = io.StringIO()
-        writer = csv.writer(text)
-        writer.writerow(["image", *[f"prob_{n}" for n in self.output_names], *[f"pred_{t}" for t in self.tasks]]
-                        + ([f"label_{t}" for t in self.tasks] if has_labels else []) + ["warning"])
-        for r in self.rows:
-            labels = ["" if v is None else v for v in r["labels"]] if has_labels else []
-            writer.writerow([r["image"], *[f"{p:.6f}" for p in r["probabilities"]], *r["pred"], *labels, r["warning"]])
-        atomic_write_text(os.path.join(self.output_dir, f"{self.prefix}.csv"), text.getvalue())
+        header = (["image", *[f"prob_{n}" for n in self.output_names], *[f"pred_{t}" for t in self.tasks]]
+                  + ([f"label_{t}" for t in self.tasks] if has_labels else []) + ["warning"])
+        table = [[r["image"], *[f"{p:.6f}" for p in r["probabilities"]], *r["pred"],
+                  *(["" if v is None else v for v in r["labels"]] if has_labels else []), r["warning"]]
+                 for r in self.rows]
         records = []
         for r in self.rows:
             record = {"image": r["image"], "probabilities": dict(zip(self.output_names, r["probabilities"])),
@@ -509,7 +509,7 @@ class MultiTaskWriter:
                 record["labels"] = dict(zip(self.tasks, r["labels"]))
             record["warning"] = r["warning"]
             records.append(record)
-        atomic_write_text(os.path.join(self.output_dir, f"{self.prefix}.json"), json.dumps(records, indent=1))
+        metrics = None
         if has_labels:
             from .metrics import multitask_metrics
 
@@ -517,11 +517,11 @@ class MultiTaskWriter:
             metrics = multitask_metrics(np.array([r["probabilities"] for r in self.rows]), labels, self.tasks,
                                         self.num_grades, self.threshold)
             metrics["num_images"] = len(self.rows)
-            _write_metrics(self.output_dir, metrics)
+        self._save(header, table, records, metrics)
         engine.logger.info("wrote %d multi-task predictions to %s", len(self.rows), self.output_dir)
 
 
-class RegressionWriter:
+class RegressionWriter(_TableWriter):
     """Tables of a regression run when it completes: `predictions.csv` (image, one column per target named
     `<name> [<unit>]`, the true values `true <name> [<unit>]` where known (only when the run has targets), and
     `warning`), `predictions.json` (per image: {name: value}, targets where known, units, warning) and, when any
@@ -537,11 +537,6 @@ class RegressionWriter:
             raise ValueError(f"RegressionWriter: {len(self.names)} target names but {len(self.units)} units")
         self.prefix, self.label_key = prefix, label_key
         self.rows: list[dict] = []
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, lambda _: self.rows.clear())
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        engine.add_event_handler(Events.COMPLETED, self._write)
 
     def _column(self, name: str, unit: str) -> str:
         return f"{name} [{unit}]" if unit else name
@@ -563,13 +558,10 @@ class RegressionWriter:
     def _write(self, engine: Engine) -> None:
         has_targets = any(v is not None for r in self.rows for v in r["target"])
         columns = [self._column(n, u) for n, u in zip(self.names, self.units)]
-        text = io.StringIO()
-        writer = csv.writer(text)
-        writer.writerow(["image", *columns] + ([f"true {c}" for c in columns] if has_targets else []) + ["warning"])
-        for r in self.rows:
-            true = ["" if v is None else f"{v:.6g}" for v in r["target"]] if has_targets else []
-            writer.writerow([r["image"], *[f"{v:.6g}" for v in r["pred"]], *true, r["warning"]])
-        atomic_write_text(os.path.join(self.output_dir, f"{self.prefix}.csv"), text.getvalue())
+        header = ["image", *columns] + ([f"true {c}" for c in columns] if has_targets else []) + ["warning"]
+        table = [[r["image"], *[f"{v:.6g}" for v in r["pred"]],
+                  *(["" if v is None else f"{v:.6g}" for v in r["target"]] if has_targets else []), r["warning"]]
+                 for r in self.rows]
         records = []
         for r in self.rows:
             record = {"image": r["image"], "pred": dict(zip(self.names, r["pred"]))}
@@ -577,7 +569,7 @@ class RegressionWriter:
                 record["target"] = dict(zip(self.names, r["target"]))
             record.update(units=dict(zip(self.names, self.units)), warning=r["warning"])
             records.append(record)
-        atomic_write_text(os.path.join(self.output_dir, f"{self.prefix}.json"), json.dumps(records, indent=1))
+        metrics = None
         if has_targets:
             from .metrics import regression_metrics
 
@@ -585,7 +577,7 @@ class RegressionWriter:
             metrics = regression_metrics(np.array([r["pred"] for r in self.rows]), target, self.names)
             metrics["units"] = dict(zip(self.names, self.units))
             metrics["num_images"] = len(self.rows)
-            _write_metrics(self.output_dir, metrics)
+        self._save(header, table, records, metrics)
         engine.logger.info("wrote %d regression predictions to %s", len(self.rows), self.output_dir)
 
 
@@ -651,7 +643,7 @@ def _table(header: list[str], rows: list[list]) -> str:
     return text.getvalue()
 
 
-class ForecastingWriter:
+class ForecastingWriter(_TableWriter):
     """Progression forecasts of an evaluator run, written when it completes: `predictions.csv` and
     `predictions.json` (image, followup, interval_days, probability = P(progression within interval_days),
     prediction = probability >= threshold, label if known, warning from ModalityCheckd) and, with labels,
@@ -660,11 +652,6 @@ class ForecastingWriter:
     def __init__(self, output_dir: str, threshold: float = 0.5, prefix: str = "predictions"):
         self.output_dir, self.threshold, self.prefix = output_dir, float(threshold), prefix
         self.rows: list[dict] = []
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, lambda _: self.rows.clear())
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        engine.add_event_handler(Events.COMPLETED, self._write)
 
     def _collect(self, engine: Engine) -> None:
         samples = _samples(engine.state.output)
@@ -687,17 +674,16 @@ class ForecastingWriter:
         header = ["image", "followup", "interval_days", "probability", "prediction"] + (["label"] if has_label else [])
         rows = [[r["image"], r["followup"], r["interval_days"], f"{r['probability']:.6f}", r["prediction"]]
                 + ([r["label"]] if has_label else []) + [r["warning"]] for r in self.rows]
-        atomic_write_text(os.path.join(self.output_dir, f"{self.prefix}.csv"), _table(header + ["warning"], rows))
-        atomic_write_text(os.path.join(self.output_dir, f"{self.prefix}.json"), json.dumps(self.rows, indent=1))
+        metrics = None
         if has_label:
             metrics = forecasting_metrics(np.array([r["probability"] for r in self.rows]),
                                           np.array([r["label"] for r in self.rows]), self.threshold)
             metrics.update(num_images=len(self.rows), threshold=self.threshold)
-            atomic_write_text(os.path.join(self.output_dir, "metrics.json"), json.dumps(metrics, indent=1))
+        self._save(header + ["warning"], rows, self.rows, metrics)
         engine.logger.info("wrote %d forecasts to %s", len(self.rows), self.output_dir)
 
 
-class FusionWriter:
+class FusionWriter(_TableWriter):
     """Per-patient predictions of a fusion evaluator run, written when it completes: `predictions.csv` and
     `predictions.json` (patient_id, the modalities present, each modality's image, probabilities per class name,
     prediction, label if known, warnings) and, with labels, `metrics.json`
@@ -711,11 +697,6 @@ class FusionWriter:
         self.class_names = [str(c) for c in class_names]
         self.keys = [modality_key(m) for m in modalities]
         self.rows: list[dict] = []
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, lambda _: self.rows.clear())
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        engine.add_event_handler(Events.COMPLETED, self._write)
 
     def _collect(self, engine: Engine) -> None:
         samples = _samples(engine.state.output)
@@ -743,13 +724,12 @@ class FusionWriter:
         rows = [[r["patient_id"], "+".join(r["present"]), *[r["images"][k] for k in self.keys],
                  *[f"{r['probabilities'][c]:.6f}" for c in self.class_names], r["pred"], r["pred_name"]]
                 + ([r["label"]] if has_label else []) + [r["warning"]] for r in self.rows]
-        atomic_write_text(os.path.join(self.output_dir, f"{self.prefix}.csv"), _table(header, rows))
-        atomic_write_text(os.path.join(self.output_dir, f"{self.prefix}.json"), json.dumps(self.rows, indent=1))
+        metrics = None
         if has_label:
             metrics = classification_metrics(np.array([list(r["probabilities"].values()) for r in self.rows]),
                                               np.array([r["label"] for r in self.rows]))
             metrics["num_patients"] = len(self.rows)
-            atomic_write_text(os.path.join(self.output_dir, "metrics.json"), json.dumps(metrics, indent=1))
+        self._save(header, rows, self.rows, metrics)
         engine.logger.info("wrote %d patient predictions to %s", len(self.rows), self.output_dir)
 
 

@@ -44,6 +44,17 @@ FAST_DECODE = (
     "photo; other formats are read whole, and `--decode_size None` reads JPEGs whole as well (training always does).")
 
 
+# the closing sections of every task bundle's model card
+LICENCE_AND_REFERENCES = """## Licence
+Code and configs: Apache-2.0 (see LICENSE). Weights imported from the original VisionFM release are CC BY-NC 4.0
+(non-commercial); models trained from them inherit that restriction. See docs/data_license.txt for the datasets'
+own terms.
+
+## References
+- Qiu J. et al. VisionFM: a Multi-Modal Multi-Task Vision Foundation Model for Generalist Ophthalmic Artificial
+  Intelligence. NEJM AI 2024. doi:10.1056/AIoa2300221"""
+
+
 def wrap(text: str) -> str:
     """A model-card paragraph at the width of the generated READMEs."""
     return textwrap.fill(text, 115, break_on_hyphens=False, break_long_words=False)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from visionfm_core.modalities import get_modality
 
-from .common import data_licence, images, metadata
-from .task import TaskParts, load_image, normalise, task_bundle
+from .common import LICENCE_AND_REFERENCES, images, metadata
+from .task import TaskParts, family_bundles, load_image, normalise
 
 TEST_DATA = "The tests use synthetic images with the landmarks drawn in (visionfm_core.data)."
 
@@ -173,13 +173,9 @@ No trained weights ship with this bundle and no public dataset could be used whe
 - Research use only; not a medical device.
 - One point per landmark per image; a landmark that is not visible cannot be marked as missing.
 
-## Licence
-Code and configs: Apache-2.0 (see LICENSE). Weights imported from the original VisionFM release are CC BY-NC 4.0.
-See docs/data_license.txt.
+{LICENCE_AND_REFERENCES}
 """
 
 
 def bundles() -> dict[str, dict[str, str]]:
-    return {name: task_bundle(parts(d), d["modality"], d["infer_dir"], bundle_metadata(name, d), readme(name, d),
-                              data_licence(TEST_DATA, d["data_licences"]))
-            for name, d in DESCRIPTIONS.items()}
+    return family_bundles(DESCRIPTIONS, parts, bundle_metadata, readme, TEST_DATA)

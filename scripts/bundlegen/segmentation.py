@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from visionfm_core.modalities import get_modality
 
-from .common import data_licence, images, metadata
-from .task import TaskParts, load_image, load_label_map, normalise, task_bundle
+from .common import LICENCE_AND_REFERENCES, images, metadata
+from .task import TaskParts, family_bundles, load_image, load_label_map, normalise
 
 TEST_DATA = ("The tests use synthetic phantoms with vessels drawn in (visionfm_core.data) and the CC0 photograph "
              "skimage.data.retina() from scikit-image.")
@@ -223,13 +223,9 @@ the real 1411 x 1411 `skimage.data.retina()` photo, for correctness only. Speed 
 - One class (vessels); artery/vein separation would be `num_classes` 2 with softmax and labelled data.
 - The field-of-view mask is used for scoring, not in the loss.
 
-## Licence
-Code and configs: Apache-2.0 (see LICENSE). Weights imported from the original VisionFM release are CC BY-NC 4.0.
-See docs/data_license.txt for the datasets' own terms.
+{LICENCE_AND_REFERENCES}
 """
 
 
 def bundles() -> dict[str, dict[str, str]]:
-    return {name: task_bundle(parts(d), d["modality"], d["infer_dir"], bundle_metadata(name, d), readme(name, d),
-                              data_licence(TEST_DATA, d["data_licences"]))
-            for name, d in DESCRIPTIONS.items()}
+    return family_bundles(DESCRIPTIONS, parts, bundle_metadata, readme, TEST_DATA)

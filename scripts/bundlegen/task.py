@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .common import AMP, DEVICE, MULTI_GPU_TASK, dataloader, evaluator, render, static_files
+from .common import AMP, DEVICE, MULTI_GPU_TASK, data_licence, dataloader, evaluator, render, static_files
 
 IMPORTS = ["$import os", "$import torch", "$import ignite", "$import monai", "$import visionfm_core",
            "$import visionfm_core.models", "$import visionfm_core.data"]
@@ -342,3 +342,11 @@ def task_bundle(parts: TaskParts, modality: str, infer_dir: str, meta: dict, rea
         "docs/README.md": readme,
         **static_files(licence),
     })
+
+
+def family_bundles(descriptions: dict, parts, bundle_metadata, readme, test_data: str) -> dict[str, dict[str, str]]:
+    """Every bundle of one family: `descriptions` maps bundle name -> its description dict (a "modality", or none
+    for networks of several modalities), and the family's own `parts`, `bundle_metadata` and `readme` build it."""
+    return {name: task_bundle(parts(d), d.get("modality"), d["infer_dir"], bundle_metadata(name, d), readme(name, d),
+                              data_licence(test_data, d["data_licences"]))
+            for name, d in descriptions.items()}

@@ -126,32 +126,7 @@ __all__ = [
 ]
 
 # public classification datasets and generic CSVs -> datalists, with the leak-free seeded split
-from visionfm_core.data.classification_datasets import (  # noqa: E402
-    aptos_to_datalist,
-    csv_to_datalist,
-    idrid_grading_to_datalist,
-    jsiec_to_datalist,
-    kermany_to_datalist,
-    messidor2_to_datalist,
-    octid_to_datalist,
-    papila_to_datalist,
-    refuge_to_datalist,
-    retfound_split_datalist,
-    stratified_group_split,
-    summarize_datalist,
-)
+from visionfm_core.data import classification_datasets  # noqa: E402
+from visionfm_core.data.classification_datasets import *  # noqa: E402,F401,F403
 
-__all__ += [
-    "stratified_group_split",
-    "idrid_grading_to_datalist",
-    "aptos_to_datalist",
-    "messidor2_to_datalist",
-    "octid_to_datalist",
-    "kermany_to_datalist",
-    "refuge_to_datalist",
-    "papila_to_datalist",
-    "jsiec_to_datalist",
-    "retfound_split_datalist",
-    "csv_to_datalist",
-    "summarize_datalist",
-]
+__all__ += classification_datasets.__all__

@@ -19,7 +19,8 @@ from ignite.engine import Engine, Events
 from .io import atomic_write_bytes, atomic_write_text
 from .metrics import SEGMENTATION_METRIC_NAMES, classification_metrics, mean_radial_error, segmentation_metrics
 
-__all__ = ["ClassificationWriter", "ClassNamesSaver", "EmbeddingWriter", "SegmentationWriter", "LandmarkWriter", "stack_pred_label"]
+__all__ = ["ClassificationWriter", "ClassNamesSaver", "EmbeddingWriter", "SegmentationWriter", "LandmarkWriter",
+           "UnreadableFilesReport", "stack_pred_label"]
 
 
 def stack_pred_label(output) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,6 +55,14 @@ def _warnings(engine: Engine, samples: list, key: str = "modality_warning") -> l
     return out
 
 
+def _readable(engine: Engine) -> list[tuple[int, dict, str]]:
+    """(index, output sample, modality warning) of the samples of this iteration that were read: the stand-ins of
+    `SkipUnreadableDataset` for unreadable files (`read_error` set) are left out of every table and file."""
+    samples = _samples(engine.state.output)
+    return [(i, sample, warning) for i, (sample, warning) in enumerate(zip(samples, _warnings(engine, samples)))
+            if not _batch_value(engine, i, sample, "read_error")]
+
+
 class _TableWriter:
     """Rows collected as each batch completes (`_collect`), tables written once the run has finished (`_write`):
     an interrupted run never leaves a partial table. Subclasses set `self.rows` (a list) in `__init__`."""
@@ -86,9 +95,7 @@ class ClassificationWriter(_TableWriter):
         self.rows: list[dict] = []
 
     def _collect(self, engine: Engine) -> None:
-        output = engine.state.output
-        samples = output if isinstance(output, list) else [output]
-        for sample, warning in zip(samples, _warnings(engine, samples)):
+        for _, sample, warning in _readable(engine):
             probs = torch.as_tensor(sample["pred"]).detach().float().cpu().reshape(-1).numpy()
             if probs.shape[0] != len(self.class_names):
                 raise ValueError(f"network gave {probs.shape[0]} outputs but {len(self.class_names)} classes are named "
@@ -133,6 +140,46 @@ class ClassNamesSaver:
         engine.logger.info("training on classes %s (saved to %s)", self.class_names, path)
 
 
+class UnreadableFilesReport:
+    """The inputs `SkipUnreadableDataset` could not read, when the run completes: `unreadable.csv` (file, reason)
+    in `output_dir` when there were any, and one summary line in the log either way ("read 98 of 100 inputs; 2 could
+    not be read: see .../unreadable.csv")."""
+
+    def __init__(self, output_dir: str, filename: str = "unreadable.csv"):
+        self.output_dir, self.filename = output_dir, filename
+        self.failures: list[tuple[str, str]] = []
+        self.count = 0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._report)
+
+    def _reset(self, _engine=None) -> None:
+        self.failures.clear()
+        self.count = 0
+
+    def _collect(self, engine: Engine) -> None:
+        samples = _samples(engine.state.output)
+        for i, sample in enumerate(samples):
+            reason = _batch_value(engine, i, sample, "read_error")
+            if reason:
+                self.failures.append((str(_batch_value(engine, i, sample, "read_error_source") or ""), str(reason)))
+        self.count += len(samples)
+
+    def _report(self, engine: Engine) -> None:
+        read = self.count - len(self.failures)
+        path = os.path.join(self.output_dir, self.filename)
+        if not self.failures:
+            if os.path.isfile(path):  # a report of an earlier run in this folder would now be wrong
+                os.remove(path)
+            engine.logger.info("read all %d inputs", self.count)
+            return
+        atomic_write_text(path, _table(["file", "reason"], [list(f) for f in self.failures]))
+        engine.logger.warning("read %d of %d inputs; %d could not be read: see %s", read, self.count,
+                              len(self.failures), path)
+
+
 class EmbeddingWriter:
     """Write each image's embedding (`pred`, e.g. the CLS token) as `<output_dir>/<relative path>.npy` as soon as
     it is computed (each file atomically), and an index `embeddings.csv` (image, embedding file) at the end."""
@@ -155,8 +202,7 @@ class EmbeddingWriter:
         return os.path.join(self.output_dir, rel.replace(os.sep, "__") + ".npy")
 
     def _write_batch(self, engine: Engine) -> None:
-        output = engine.state.output
-        for sample in output if isinstance(output, list) else [output]:
+        for _, sample, _ in _readable(engine):
             image = _filename(sample)
             target = self._target(image)
             buffer = io.BytesIO()
@@ -290,8 +336,7 @@ class SegmentationWriter(_PerImageWriter):
         return p[0] if p.shape[0] == 1 else 1.0 - p[0]
 
     def _write_batch(self, engine: Engine) -> None:
-        samples = _samples(engine.state.output)
-        for sample, warning in zip(samples, _warnings(engine, samples)):
+        for _, sample, warning in _readable(engine):
             image = _filename(sample)
             stem = self.names(image)
             prob = self._foreground(sample[self.pred_key], image)
@@ -393,8 +438,7 @@ class LandmarkWriter(_PerImageWriter):
         return np.asarray(im)
 
     def _write_batch(self, engine: Engine) -> None:
-        samples = _samples(engine.state.output)
-        for sample, warning in zip(samples, _warnings(engine, samples)):
+        for _, sample, warning in _readable(engine):
             image = _filename(sample)
             stem = self.names(image)
             points = self._points(sample[self.points_key], image, "Predicted landmarks")
@@ -477,8 +521,7 @@ class MultiTaskWriter(_TableWriter):
         self.rows: list[dict] = []
 
     def _collect(self, engine: Engine) -> None:
-        samples = _samples(engine.state.output)
-        for sample, warning in zip(samples, _warnings(engine, samples)):
+        for _, sample, warning in _readable(engine):
             probs = _array(sample["pred"]).reshape(-1).astype(np.float64)
             image = _filename(sample)
             if probs.shape[0] != len(self.output_names):
@@ -542,8 +585,7 @@ class RegressionWriter(_TableWriter):
         return f"{name} [{unit}]" if unit else name
 
     def _collect(self, engine: Engine) -> None:
-        samples = _samples(engine.state.output)
-        for sample, warning in zip(samples, _warnings(engine, samples)):
+        for _, sample, warning in _readable(engine):
             pred = _array(sample["pred"]).reshape(-1).astype(np.float64)
             image = _filename(sample)
             if pred.shape[0] != len(self.names):
@@ -654,8 +696,7 @@ class ForecastingWriter(_TableWriter):
         self.rows: list[dict] = []
 
     def _collect(self, engine: Engine) -> None:
-        samples = _samples(engine.state.output)
-        for i, (sample, warning) in enumerate(zip(samples, _warnings(engine, samples))):
+        for i, sample, warning in _readable(engine):
             prob = float(torch.as_tensor(sample["pred"]).detach().float().reshape(-1)[0])
             interval = _batch_value(engine, i, sample, "interval_days")
             row = {"image": _filename(sample), "followup": str(_batch_value(engine, i, sample, "followup") or ""),
@@ -699,8 +740,7 @@ class FusionWriter(_TableWriter):
         self.rows: list[dict] = []
 
     def _collect(self, engine: Engine) -> None:
-        samples = _samples(engine.state.output)
-        for i, (sample, warning) in enumerate(zip(samples, _warnings(engine, samples))):
+        for i, sample, warning in _readable(engine):
             probs = torch.as_tensor(sample["pred"]).detach().float().cpu().reshape(-1).numpy()
             if probs.shape[0] != len(self.class_names):
                 raise ValueError(f"network gave {probs.shape[0]} outputs but {len(self.class_names)} classes are named "

@@ -40,6 +40,7 @@ from visionfm_core.data.dense_samples import (
     write_vessel_dataset,
 )
 from visionfm_core.data.modality_check import ModalityCheckd, chroma, modality_mismatch
+from visionfm_core.data.unreadable import SkipUnreadableDataset
 from visionfm_core.data.unlabelled import SkippedImagesReport, UnlabelledImageDataset, check_modality_of_images
 from visionfm_core.data.targets import (
     MultiTaskLabelsd,
@@ -108,6 +109,8 @@ __all__ = [
     "LANDMARK_NAMES",
     # pretraining folders
     "UnlabelledImageDataset",
+    # inference keeps going past unreadable files (reported in unreadable.csv)
+    "SkipUnreadableDataset",
     "SkippedImagesReport",
     "check_modality_of_images",
     # does an image look like the bundle's modality (inference: a per-image warning)

@@ -44,6 +44,15 @@ FAST_DECODE = (
     "photo; other formats are read whole, and `--decode_size None` reads JPEGs whole as well (training always does).")
 
 
+# every task bundle's inference (SkipUnreadableDataset + UnreadableFilesReport in task.inference_config)
+UNREADABLE_FILES = """## Files that cannot be read
+Inference keeps going past a file it cannot read (corrupt, truncated, empty or missing): the other inputs are
+predicted, the failed ones are listed with the reason in `unreadable.csv` next to the predictions, and the log ends
+with one line such as `read 98 of 100 inputs; 2 could not be read`. The run fails only when nothing could be read;
+`--skip_unreadable False` stops at the first bad file instead. Training and evaluation stop on an unreadable file,
+naming it: their metrics must cover the whole split.
+"""
+
 # the closing sections of every task bundle's model card
 LICENCE_AND_REFERENCES = """## Licence
 Code and configs: Apache-2.0 (see LICENSE). Weights imported from the original VisionFM release are CC BY-NC 4.0

@@ -17,7 +17,9 @@ Each measurement runs in its own subprocess so peak memory is not shared:
   per-tensor account. If setup itself had the higher peak, the number is a lower bound ('<=').
 - CUDA: torch.cuda.max_memory_allocated over the steps (tensor memory only, not the caching slack).
 Images/s = batch x timed steps / their wall time; one warm-up step is excluded from timing, not from memory.
-The augmentation is also timed alone, on one core (images/s/core: one image = its 2 global crops).
+The augmentation is also timed alone, on one core (images/s/core: one image = its 2 global crops). The input is
+what the bundles' data path yields (a uint8 RGBA canvas of 4:3 photos at the recipe's load size, 448 px short side
+for 224 px crops), so the crops are cut from the full-resolution copy as in a real run.
 
     python scripts/bench_pretrain.py                      # ViT-S/16, 224 px, batch 8, 3 steps
     python scripts/bench_pretrain.py --repeats 2          # alternate the two sides twice (noisy machines)
@@ -50,6 +52,24 @@ def _maxrss_mb() -> float:
 # ------------------------------------------------------------------------------------------------
 # Worker side (runs in a fresh subprocess)
 # ------------------------------------------------------------------------------------------------
+def _pretraining_batch(n: int, image_size: int, seed: int):
+    """What the pretraining bundles' data path feeds the trainer for 4:3 photos: `UnlabelledImageDataset`'s
+    uint8 RGBA canvas (short side `load_size`, width load_size x load_max_aspect), the photo top-left (alpha 255)
+    and padding (alpha 0) to its right."""
+    import torch
+
+    from visionfm_core.ssl import IBOTRecipe
+
+    recipe = IBOTRecipe(image_size=image_size)
+    height = recipe.load_size
+    width, photo_width = round(height * recipe.load_max_aspect), round(height * 4 / 3)
+    batch = torch.zeros(n, 4, height, width, dtype=torch.uint8)
+    batch[:, :3, :, :photo_width] = torch.randint(0, 256, (n, 3, height, photo_width), dtype=torch.uint8,
+                                                  generator=torch.Generator().manual_seed(seed))
+    batch[:, 3, :, :photo_width] = 255
+    return batch
+
+
 def _setup(args):
     """The trainer both sides start from, its images and the number of steps (one warm-up step + the timed ones)."""
     import torch
@@ -59,7 +79,7 @@ def _setup(args):
 
     device = torch.device(args.device)
     n_steps = args.steps + 1
-    images = torch.rand(args.batch, 3, args.img, args.img, generator=torch.Generator().manual_seed(1)).to(device)
+    images = _pretraining_batch(args.batch, args.img, seed=1).to(device)
     torch.manual_seed(0)
     trainer = build_ibot_trainer(
         [{"image": images}] * n_steps,
@@ -218,7 +238,7 @@ def worker_aug(args) -> dict:
     from visionfm_core.ssl import MultiCropAugmentation
 
     aug = MultiCropAugmentation("Fundus", global_size=args.img, n_local=args.aug_local)
-    x = torch.rand(args.aug_batch, 3, args.img, args.img, generator=torch.Generator().manual_seed(0))
+    x = _pretraining_batch(args.aug_batch, args.img, seed=0)
     aug(x, generator=0)  # warm-up
     reps, t0 = 0, time.perf_counter()
     while reps < 2 or time.perf_counter() - t0 < args.aug_seconds:

@@ -280,7 +280,12 @@ def test_same_pixels_in_pretraining_task_pipeline_and_knn_probe(tmp_path):
     folder.mkdir()
     photo = (RNG.random((90, 70, 3)) * 255).astype(np.uint8)
     path = save(photo, folder / "eye.png")
-    pretraining = UnlabelledImageDataset(folder, "Fundus", size=32, check_modality=False)[0]["image"]
+    # pretraining keeps the aspect ratio (short side 32, a portrait photo keeps its centred square) on an 8-bit
+    # RGB + alpha canvas, through the same resize
+    canvas = UnlabelledImageDataset(folder, "Fundus", size=32, check_modality=False)[0]["image"]
+    square = resize(torch.from_numpy(read_image(path, "Fundus"))[:, 10:80], 32)
+    assert torch.equal(canvas[:3, :, :32], (square * 255).round().to(torch.uint8))
+    pretraining = resize(torch.from_numpy(read_image(path, "Fundus")), 32)  # the square copy the probe also sees
 
     task = Compose([LoadImaged("image", reader="EyeImageReader", image_only=True), EyeChannelsd("image", "Fundus"),
                     EyeResized("image", 32)])({"image": path})["image"]

@@ -55,7 +55,7 @@ def test_train_config_is_the_recipe_and_its_overrides():
     parser = parsed(FUNDUS / "train.json", base_lr=1e-4, mask_ratio_range=[0.2, 0.4], image_size=32,
                     **{"train::checkpoint::save": False})
     recipe = parser.get_parsed_content("recipe")
-    assert (recipe.base_lr, recipe.mask_ratio_range, parser.get_parsed_content("load_size")) == (1e-4, (0.2, 0.4), 36)
+    assert (recipe.base_lr, recipe.mask_ratio_range, parser.get_parsed_content("load_size")) == (1e-4, (0.2, 0.4), 64)
     [checkpoint] = [h for h in parser.get_parsed_content("train::handlers") if isinstance(h, PretrainingCheckpoint)]
     assert checkpoint.save is False  # the override of the handler's own id reaches the list
 

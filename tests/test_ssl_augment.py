@@ -88,7 +88,7 @@ def test_uint8_input_and_bad_shapes():
     with pytest.raises(ValueError, match="B, 3, H, W"):
         aug(torch.rand(3, 16, 16))
     with pytest.raises(ValueError, match="channels"):
-        aug(torch.rand(1, 4, 16, 16))
+        aug(torch.rand(1, 2, 16, 16))  # 4 channels is RGB + alpha (see test_pretraining_fidelity.py)
     with pytest.raises(ValueError, match="Unknown modality"):
         MultiCropAugmentation("xray")
 

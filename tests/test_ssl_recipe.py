@@ -19,7 +19,7 @@ from visionfm_core.ssl import (
 
 def test_visionfm_values():
     r = IBOTRecipe()
-    assert (r.arch, r.patch_size, r.image_size, r.load_size, r.out_dim, r.batch_size) == ("vit_base", 16, 224, 256,
+    assert (r.arch, r.patch_size, r.image_size, r.load_size, r.out_dim, r.batch_size) == ("vit_base", 16, 224, 448,
                                                                                          8192, 128)
     assert (r.base_lr, r.lr_reference_batch, r.min_lr, r.warmup_epochs) == (7.5e-5, 256, 2e-6, 50)
     assert (r.weight_decay, r.weight_decay_end, r.momentum_teacher, r.momentum_teacher_end) == (0.04, 0.4, 0.996, 1.0)

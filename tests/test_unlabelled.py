@@ -31,7 +31,7 @@ def test_unreadable_files_are_skipped_with_a_warning_and_counted(tmp_path, caplo
     SkippedImagesReport().attach(engine)
     with caplog.at_level(logging.WARNING):
         engine.run(loader, max_epochs=1)
-    assert engine.state.output == (3, 3, 32, 32)  # batches keep their size
+    assert engine.state.output == (3, 4, 32, 48)  # batches keep their size (RGB + alpha on a 1.5:1 canvas)
     assert engine.state.skipped_images == 2
     warnings = [r.getMessage() for r in caplog.records if "skipping unreadable image" in r.getMessage()]
     assert len(warnings) == 2 and any("oct_0002.png" in w for w in warnings)
@@ -87,7 +87,7 @@ def test_volumes_contribute_every_slice(tmp_path):
         read_image(tmp_path / "cube.nii.gz", slice_index=9)
     ds = UnlabelledImageDataset(tmp_path, "Ultrasound", size=32, check_modality=False)
     assert len(ds) == 5 + 30 + 2
-    assert all(ds[i]["image"].shape == (3, 32, 32) for i in range(len(ds)))
+    assert all(ds[i]["image"].shape == (4, 32, 48) for i in range(len(ds)))
     paths = [p for p, _ in ds.items]
     first = paths.index(str(tmp_path / "series.dcm"))
     assert len({ds[first + i]["image"].sum().item() for i in range(0, 30, 5)}) > 1  # distinct frames

@@ -3,6 +3,12 @@
 A pretraining folder may hold a million files, a few of them unreadable: those are skipped with one warning
 line each (the sample is replaced by the next readable file, so every batch keeps its size, which
 multi-process training needs) and counted; `SkippedImagesReport` logs the total when the run ends.
+
+Pretraining crops (RandomResizedCrop semantics) must come from the image as stored, not from a small square copy:
+each image is read at a short side of `size` (2 x the crop size by default; JPEGs decoded at a reduced DCT scale
+when that is enough), its aspect ratio kept, and placed in the top-left corner of a fixed (size, size x
+max_aspect) canvas so that a batch stacks; an alpha channel marks the image, and `MultiCropAugmentation` draws
+its crops inside it only.
 """
 
 from __future__ import annotations
@@ -17,10 +23,10 @@ from torch.utils.data import Dataset
 
 from ..modalities import get_modality
 from .modality_check import CHROMA_COLOUR, CHROMA_GREY, chroma
-from .readers import ImageReadError, count_slices, list_images, read_image
+from .readers import ImageReadError, count_slices, list_images, read_array, read_image, unit_rgb
 from .resize import resize
 
-__all__ = ["UnlabelledImageDataset", "SkippedImagesReport", "check_modality_of_images"]
+__all__ = ["UnlabelledImageDataset", "SkippedImagesReport", "check_modality_of_images", "fit_short_side"]
 logger = logging.getLogger(__name__)
 
 _MAX_CONSECUTIVE_FAILURES = 100
@@ -52,17 +58,49 @@ def check_modality_of_images(files: list[str], modality: str, sample: int = 16) 
         )
 
 
-class UnlabelledImageDataset(Dataset):
-    """Every image under `folder` (recursively), read as 3-channel [0, 1] tensors (`read_image`, i.e.
-    EyeImageReader + EyeChannelsd) resized to `size` x `size` with `resize` (the resize of EyeResized).
-    Volumes (multi-frame DICOM, 3-D NIfTI: OCT cubes, MRI series) contribute every slice when `expand_volumes`.
+def fit_short_side(height: int, width: int, size: int, max_aspect: float) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
+    """Where and how big an image lands on the pretraining canvas (size, round(size x max_aspect)).
 
-    Items are dicts `{"image": (3, size, size) float tensor, "skipped": number of unreadable files passed over}`.
+    Returns ((top, left, h, w) of the stored image to keep, (h, w) to resize it to): the short side becomes `size`,
+    the aspect ratio is kept; a long side beyond `max_aspect` x the short side is centre-cropped (a wider landscape
+    image keeps its middle), and a portrait image keeps its centred square (the canvas is landscape: eye images
+    are landscape or square).
+    """
+    if width >= height:
+        keep_w = min(width, max(1, int(round(height * max_aspect))))
+        box = (0, (width - keep_w) // 2, height, keep_w)
+        out = (size, min(canvas_width(size, max_aspect), max(1, int(round(keep_w * size / height)))))
+    else:
+        box = ((height - width) // 2, 0, width, width)
+        out = (size, size)
+    return box, out
+
+
+def canvas_width(size: int, max_aspect: float) -> int:
+    return int(round(size * max_aspect))
+
+
+class UnlabelledImageDataset(Dataset):
+    """Every image under `folder` (recursively), read as 3-channel [0, 1] images (`read_image`'s rules, i.e.
+    EyeImageReader + EyeChannelsd) and resized with `resize` (the resize of EyeResized) so that the short side is
+    `size`, keeping the aspect ratio up to `max_aspect` (see `fit_short_side`). Volumes (multi-frame DICOM, 3-D
+    NIfTI: OCT cubes, MRI series) contribute every slice when `expand_volumes`.
+
+    Items are dicts `{"image": (4, size, round(size x max_aspect)) uint8 tensor, "skipped": number of unreadable
+    files passed over}`: RGB, then an alpha channel that is 255 on the image (placed in the top-left corner) and 0
+    on the padding, which `MultiCropAugmentation` reads to crop inside the image only. uint8 because the padded
+    canvas is large (448 x 672 for 224 px crops: 1.2 MB as uint8 RGBA, 3.6 MB as float32 RGB) and goes through
+    the DataLoader's shared memory and the host-to-device copy; the original works on 8-bit images too.
+
+    `decode_size` (default: `size`): JPEGs are decoded at the largest DCT reduction (1/2, 1/4, 1/8) whose short
+    side stays >= it (see `EyeImageReader`); None decodes every file in full.
     """
 
-    def __init__(self, folder: str | os.PathLike, modality: str, size: int = 256, check_modality: bool = True,
-                 expand_volumes: bool = True):
+    def __init__(self, folder: str | os.PathLike, modality: str, size: int = 448, check_modality: bool = True,
+                 expand_volumes: bool = True, max_aspect: float = 1.5, decode_size: int | None | str = "size"):
         self.modality = get_modality(modality)
+        if max_aspect < 1:
+            raise ValueError(f"UnlabelledImageDataset max_aspect must be >= 1 (long / short side), got {max_aspect}")
         files = list_images(folder)  # raises a clear error for a missing or empty folder
         # (path, slice or None): headers only are read here, so indexing a large folder stays cheap
         self.items: list[tuple[str, int | None]] = []
@@ -70,7 +108,9 @@ class UnlabelledImageDataset(Dataset):
             n = count_slices(path) if expand_volumes else 1
             self.items += [(path, i) for i in range(n)] if n > 1 else [(path, None)]
         self.files = files
-        self.size = size
+        self.size = int(size)
+        self.max_aspect = float(max_aspect)
+        self.decode_size = self.size if decode_size == "size" else decode_size
         if check_modality:
             check_modality_of_images(self.files, self.modality.name)
         self._warned: set[str] = set()
@@ -78,11 +118,27 @@ class UnlabelledImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    @property
+    def canvas_shape(self) -> tuple[int, int]:
+        return self.size, canvas_width(self.size, self.max_aspect)
+
+    def read(self, path: str, slice_index: int | None = None) -> torch.Tensor:
+        """(3, H, W) float in [0, 1], as `read_image` (a JPEG possibly decoded at a reduced scale)."""
+        if self.decode_size is None or not path.lower().endswith((".jpg", ".jpeg")):  # decode_size only helps JPEGs
+            return torch.from_numpy(read_image(path, self.modality, slice_index))
+        array, meta = read_array(path, slice_index, self.decode_size)
+        return torch.from_numpy(unit_rgb(array, meta, grey=self.modality.grey))
+
     def load(self, path: str, slice_index: int | None = None) -> torch.Tensor:
-        image = torch.from_numpy(read_image(path, self.modality, slice_index))
+        image = self.read(path, slice_index)
+        (top, left, h, w), out_size = fit_short_side(image.shape[1], image.shape[2], self.size, self.max_aspect)
         # the resize of every other VisionFM pipeline (EyeResized): bilinear + antialias keeps fine structures
         # (vessels, layers) when large images are shrunk, and stays inside [0, 1]
-        return resize(image, (self.size, self.size), mode="bilinear")
+        image = resize(image[:, top : top + h, left : left + w], out_size, mode="bilinear")
+        canvas = torch.zeros(4, *self.canvas_shape, dtype=torch.uint8)
+        canvas[:3, : out_size[0], : out_size[1]] = image.mul_(255).round_()
+        canvas[3, : out_size[0], : out_size[1]] = 255
+        return canvas
 
     def __getitem__(self, index: int) -> dict:
         skipped = 0

@@ -14,11 +14,11 @@ Pieces, each small and tested on its own:
 - `trainer`: `IBOTTrainer`, a MONAI engine running one iBOT iteration per batch, and `build_ibot_trainer`.
 """
 
-from visionfm_core.ssl.augment import MultiCropAugmentation
+from visionfm_core.ssl.augment import MultiCropAugmentation, image_extents
 from visionfm_core.ssl.head import IBOTHead, IBOTModel, WeightNormLinear, build_ibot_models, masked_patch_index
 from visionfm_core.ssl.loss import DINOClsLoss, IBOTPatchLoss, entropy, patch_weights
 from visionfm_core.ssl.masking import BlockMaskGenerator, random_mask
-from visionfm_core.ssl.recipe import DEFAULT_RECIPE, IBOTRecipe
+from visionfm_core.ssl.recipe import DEFAULT_RECIPE, RECIPE_PRESETS, IBOTRecipe, start_warning
 from visionfm_core.ssl.schedules import (
     IBOTSchedules,
     ScheduleValues,
@@ -36,9 +36,12 @@ from visionfm_core.ssl.monitor import EpochAverages, KNNProbe, knn_accuracy, loa
 __all__ = [
     "IBOTRecipe",
     "DEFAULT_RECIPE",
+    "RECIPE_PRESETS",
+    "start_warning",
     "BlockMaskGenerator",
     "random_mask",
     "MultiCropAugmentation",
+    "image_extents",
     "IBOTHead",
     "IBOTModel",
     "WeightNormLinear",

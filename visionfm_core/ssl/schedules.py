@@ -134,29 +134,20 @@ class IBOTSchedules:
         )
 
 
-def _no_weight_decay_names(model: nn.Module) -> set[str]:
-    # collect every submodule's no_weight_decay() (e.g. the encoder's pos_embed), with its prefix
-    names: set[str] = set()
-    for prefix, module in model.named_modules():
-        fn = getattr(module, "no_weight_decay", None)
-        if callable(fn):
-            names |= {f"{prefix}.{n}" if prefix else n for n in fn()}
-    return names
-
-
 def param_groups(model: nn.Module) -> list[dict]:
-    """Two AdamW parameter groups: with weight decay, and without (biases, 1-D tensors such as
-    LayerNorm weights, and names listed by any submodule's `no_weight_decay()`).
+    """Two AdamW parameter groups, as the original: with weight decay, and without it for biases and 1-D tensors
+    (LayerNorm weights) only. cls_token, pos_embed and the mask token (masked_embed) are decayed like any other
+    weight, as in VisionFM/iBOT/DINO pretraining (timm's `no_weight_decay()` list is deliberately not used here;
+    the task bundles' fine-tuning optimiser, `visionfm_core.optim`, keeps using it).
 
     The first group carries `apply_wd=True`: the trainer writes the weight-decay schedule into the
     groups that have it and leaves the other at 0. Frozen parameters are left out.
     """
-    skip = _no_weight_decay_names(model)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim <= 1 or name.endswith(".bias") or name in skip:
+        if p.ndim <= 1 or name.endswith(".bias"):
             no_decay.append(p)
         else:
             decay.append(p)

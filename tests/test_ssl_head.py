@@ -64,7 +64,24 @@ def test_gain_fixed_at_one_when_norm_last_layer():
     assert out.shape == (5, 64) and out.abs().max() <= 1 + 1e-5  # cosine similarities
     free = IBOTHead(32, 64, 48, 16, norm_last_layer=False)
     assert free.last_layer.weight_g.requires_grad
-    torch.testing.assert_close(free.last_layer.weight, free.last_layer.weight_v)  # g starts at ||v||
+    assert torch.all(free.last_layer.weight_g == 1)  # a trainable gain also starts at 1, as DINO/iBOT fill it
+
+
+@pytest.mark.parametrize("norm_last_layer", [True, False])
+def test_last_layer_keeps_default_linear_init_as_the_original(norm_last_layer):
+    # the original makes the weight-normed last layer after the MLP's trunc_normal(0.02) init, so its direction
+    # keeps nn.Linear's default init: kaiming-uniform with bound 1 / sqrt(fan_in), std = bound / sqrt(3)
+    torch.manual_seed(0)
+    head = IBOTHead(32, 4096, 48, 256, norm_last_layer=norm_last_layer)
+    v = head.last_layer.weight_v.detach()
+    bound = 1 / 256**0.5
+    assert v.abs().max() <= bound
+    assert v.std().item() == pytest.approx(bound / 3**0.5, rel=0.02)  # 0.036, not 0.02
+    assert v.mean().abs() < 1e-3
+    assert torch.all(head.last_layer.weight_g == 1)  # gain filled with 1 whether trained or not
+    for layer in (head.mlp[0], head.mlp[2], head.mlp[4]):  # the MLP keeps trunc_normal(0.02), zero bias
+        assert layer.weight.std().item() == pytest.approx(0.02, rel=0.1)
+        assert torch.all(layer.bias == 0)
 
 
 @pytest.mark.parametrize("param_api", [False, True])

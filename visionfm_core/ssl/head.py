@@ -9,6 +9,7 @@ last layer is written out here (`WeightNormLinear`) instead of using `torch.nn.u
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -26,7 +27,10 @@ _PARAMETRIZED = {"parametrizations.weight.original0": "weight_g", "parametrizati
 class WeightNormLinear(nn.Module):
     """Linear layer without bias whose row i is weight_g[i] * weight_v[i] / ||weight_v[i]||.
 
-    With `fix_gain` the gain is 1 and frozen (DINO/iBOT's norm_last_layer): the logits are then cosine
+    Initialised as the original's last layer: the direction `weight_v` keeps PyTorch's default `nn.Linear`
+    init (kaiming-uniform, bound 1 / sqrt(in_features); the original creates this layer after the MLP's
+    trunc-normal init), and the gain `weight_g` starts at 1 whether or not it is trained (DINO/iBOT fill it
+    with 1). With `fix_gain` the gain stays 1 (DINO/iBOT's norm_last_layer): the logits are then cosine
     similarities to 8192 learned prototypes, which keeps the teacher's softmax temperature meaningful.
     """
 
@@ -35,10 +39,8 @@ class WeightNormLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.weight_g = nn.Parameter(torch.ones(out_features, 1), requires_grad=not fix_gain)
         self.weight_v = nn.Parameter(torch.empty(out_features, in_features))
-        nn.init.trunc_normal_(self.weight_v, std=0.02)
-        if not fix_gain:  # a trainable gain starts at the row norms, as torch's weight_norm does
-            with torch.no_grad():
-                self.weight_g.copy_(self.weight_v.norm(dim=1, keepdim=True))
+        # nn.Linear's own default init (what nn.Linear.reset_parameters does to its weight)
+        nn.init.kaiming_uniform_(self.weight_v, a=math.sqrt(5))
 
     @property
     def weight(self) -> torch.Tensor:
@@ -83,6 +85,7 @@ class IBOTHead(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
+        # not trunc-normal: the original makes the last layer after the init above (see WeightNormLinear)
         self.last_layer = WeightNormLinear(bottleneck_dim, out_dim, fix_gain=norm_last_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

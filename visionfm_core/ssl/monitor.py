@@ -63,6 +63,10 @@ class KNNProbe:
     """Every `interval` epochs, embed a small labelled set with the teacher backbone and log k-NN accuracy
     (`engine.state.metrics["knn_top1"]`): the datalist's "training" images are the memory bank, its
     "validation" images the queries. With `datalist=None` the probe is off.
+
+    Under torch.distributed only rank 0 embeds and scores (every process would compute the same number); the
+    others wait for it in a broadcast of the accuracy, so all processes leave the probe together and hold the
+    same metric. Keep the set small: the others wait up to the process group's timeout.
     """
 
     def __init__(self, datalist: str | None, modality: str, image_size: int = DEFAULT_RECIPE.image_size, k: int = 20,
@@ -83,7 +87,7 @@ class KNNProbe:
     def attach(self, engine: Engine) -> None:
         if not self.datalist:
             return
-        self.train_loader, self.val_loader = self._loader("training"), self._loader("validation")
+        self.train_loader = self.val_loader = None  # made on first use, on rank 0 only
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
 
     @torch.no_grad()
@@ -94,14 +98,24 @@ class KNNProbe:
             labels.append(torch.as_tensor(batch["label"]).reshape(-1).long())
         return torch.cat(feats), torch.cat(labels)
 
+    def accuracy(self, backbone: torch.nn.Module, device: torch.device) -> float:
+        """k-NN top-1 accuracy of `backbone`'s embedding on the labelled set (in this process)."""
+        if self.train_loader is None:
+            self.train_loader, self.val_loader = self._loader("training"), self._loader("validation")
+        train = self._embed(backbone, self.train_loader, device)
+        val = self._embed(backbone, self.val_loader, device)
+        return knn_accuracy(*train, *val, k=self.k)
+
     def __call__(self, engine: Engine) -> None:
+        from ..distributed import broadcast_from_main, is_main_process
+
         teacher = engine.checkpoint_dict()["teacher"]
         backbone = getattr(teacher, "backbone", teacher)
         device = next(backbone.parameters()).device
-        train = self._embed(backbone, self.train_loader, device)
-        val = self._embed(backbone, self.val_loader, device)
-        engine.state.metrics[self.name] = knn_accuracy(*train, *val, k=self.k)
-        logger.info("epoch %d: k-NN top-1 accuracy %.4f", engine.state.epoch, engine.state.metrics[self.name])
+        accuracy = self.accuracy(backbone, device) if is_main_process() else 0.0
+        engine.state.metrics[self.name] = broadcast_from_main(accuracy, device)
+        if is_main_process():
+            logger.info("epoch %d: k-NN top-1 accuracy %.4f", engine.state.epoch, engine.state.metrics[self.name])
 
 
 def load_initial_weights(models, source: str | None, checkpoint_key: str = "teacher"):

@@ -10,7 +10,9 @@ multi-GPU configs like any MONAI trainer; only `_iteration` is iBOT-specific:
    exactly the crops and masks an uninterrupted run would have seen);
 2. teacher on the unmasked global crops (no grad); start the centre updates (async all-reduce);
 3. student on the masked global crops and the unmasked local crops; CLS + masked-patch losses;
-4. stop with a clear error if the loss is not finite (before anything is updated);
+4. stop with a clear error if the loss is not finite on any process (before anything is updated): the
+   logged values are means over processes (one small all-reduce), so every process sees a NaN of any of
+   them and all stop together with the same message instead of one stopping and the others hanging;
 5. backward (optional bf16 autocast, or fp16 with a GradScaler), per-parameter gradient clipping,
    last-layer freeze in the first epochs, optimizer step with this iteration's lr and weight decay;
 6. teacher EMA with this iteration's momentum; finish the centre updates.
@@ -21,7 +23,11 @@ Every scheduled value of an iteration (lr, weight decay, momentum, both teacher 
 All schedules are indexed by `engine.state.iteration`, which ignite restores with the engine's
 state dict, so put the trainer in CheckpointSaver/CheckpointLoader's dict (`checkpoint_dict()`).
 
-`engine.state.output` follows MONAI's decollated convention, a list with one dict of floats:
+The collapse check at the end of each epoch also decides on values reduced over processes, so every process
+stops (or continues) together.
+
+`engine.state.output` follows MONAI's decollated convention, a list with one dict of floats (the losses and
+the entropy are means over all processes):
 loss, cls_loss, patch_loss, lr, wd, momentum, teacher_temp, patch_teacher_temp, teacher_entropy,
 kl_teacher_student. StatsHandler and TensorBoardStatsHandler log all of them with their default
 `output_transform` (`lambda x: x[0]`); `monai.handlers.from_engine(["loss"], first=True)` picks one.
@@ -30,6 +36,7 @@ kl_teacher_student. StatsHandler and TensorBoardStatsHandler log all of them wit
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import warnings
 from typing import Any, Callable, Iterable, Sequence
@@ -42,13 +49,15 @@ from monai.engines.utils import IterationEvents
 from monai.engines.workflow import Workflow
 from torch import nn
 
+from visionfm_core.distributed import gather_from_processes, mean_over_processes, world_size
 from visionfm_core.ssl.head import IBOTModel, masked_patch_index
 from visionfm_core.ssl.loss import DINOClsLoss, IBOTPatchLoss, entropy, patch_weights
 from visionfm_core.ssl.masking import BlockMaskGenerator
-from visionfm_core.ssl.recipe import IBOTRecipe
+from visionfm_core.ssl.recipe import IBOTRecipe, start_warning
 from visionfm_core.ssl.schedules import IBOTSchedules, cancel_last_layer_gradients, clip_gradients
 
 __all__ = ["IBOTTrainer", "build_ibot_trainer", "iteration_generators", "unwrap", "OUTPUT_KEYS"]
+logger = logging.getLogger(__name__)
 
 OUTPUT_KEYS = (
     "loss",
@@ -283,12 +292,14 @@ class IBOTTrainer(Trainer):
 
         with torch.no_grad():
             t_ent = entropy(t_cls_probs.flatten(0, 1))
-            values = torch.stack([loss.detach(), cls.detach(), patch.detach(), t_ent]).float().tolist()
+            local = torch.stack([loss.detach(), cls.detach(), patch.detach(), t_ent]).float()
+            # means over processes: a NaN on any process makes them NaN on all, so all stop together below
+            values = mean_over_processes(local).tolist()
         loss_v, cls_v, patch_v, ent_v = values
         if not all(math.isfinite(v) for v in values):
             engine.cls_loss.discard_center_update()
             engine.patch_loss.discard_center_update()
-            raise FloatingPointError(engine._nan_message(it, epoch, values, images))
+            raise FloatingPointError(engine._nan_message(it, epoch, local, images))
 
         engine.optimizer.zero_grad(set_to_none=True)
         if engine.scaler is not None:
@@ -329,18 +340,27 @@ class IBOTTrainer(Trainer):
             )
         ]
 
-    def _nan_message(self, it: int, epoch: int, values: list[float], images: torch.Tensor) -> str:
-        loss_v, cls_v, patch_v, ent_v = values
+    def _nan_message(self, it: int, epoch: int, local: torch.Tensor, images: torch.Tensor) -> str:
+        """The same message on every process: it is built from every process's values (a collective that all
+        processes reach, since they all saw the non-finite mean)."""
+        images_finite = torch.isfinite(images).all().to(local)
+        rows = gather_from_processes(torch.cat([local, images_finite.reshape(1)])).tolist()
+        bad = [r for r, row in enumerate(rows) if not all(math.isfinite(v) for v in row[:4])] or [0]
+        loss_v, cls_v, patch_v, ent_v, pixels_ok = rows[bad[0]]
+        where = ""
+        if len(rows) > 1:
+            processes = f"process{'es' if len(bad) > 1 else ''} {', '.join(map(str, bad))}"
+            where = f" on {processes} of {len(rows)} (values of process {bad[0]}; every process stops)"
         cause = ""
-        if not bool(torch.isfinite(images).all()):
+        if not pixels_ok:
             cause = " The input batch itself contains NaN/inf pixels: check the images and their transforms."
         elif not math.isfinite(ent_v):
             cause = " The teacher's output is already non-finite: the teacher (or the data) holds NaN/inf."
         return (
-            f"iBOT loss is not finite at iteration {it + 1} (epoch {epoch + 1}): loss={loss_v}, cls_loss={cls_v}, "
-            f"patch_loss={patch_v}, teacher_entropy={ent_v}.{cause} Training stopped before this iteration "
-            f"changed anything: weights, optimizer state and loss centres are those after iteration {it}, and "
-            "checkpoints already written are intact. Usual causes: a learning rate too high for the batch, fp16 "
+            f"iBOT loss is not finite at iteration {it + 1} (epoch {epoch + 1}){where}: loss={loss_v}, "
+            f"cls_loss={cls_v}, patch_loss={patch_v}, teacher_entropy={ent_v}.{cause} Training stopped before this "
+            "iteration changed anything: weights, optimizer state and loss centres are those after iteration "
+            f"{it}, and checkpoints already written are intact. Usual causes: a learning rate too high for the batch, fp16 "
             "overflow (try amp='bf16' or amp=None), or corrupt images."
         )
 
@@ -349,7 +369,10 @@ class IBOTTrainer(Trainer):
         engine._epoch_sums = np.zeros(3)
 
     def _check_collapse(self, engine: "IBOTTrainer") -> None:
-        cls_sum, ent_sum, n = engine._epoch_sums
+        # decided on sums reduced over processes, so every process stops (or not) together; the per-iteration
+        # values are already means over processes, this keeps the decision shared whatever filled the sums
+        sums = torch.as_tensor(engine._epoch_sums, dtype=torch.float64, device=engine.state.device)
+        cls_sum, ent_sum, n = mean_over_processes(sums).tolist()
         if n == 0:
             return
         epoch = engine.state.epoch - 1
@@ -435,6 +458,9 @@ def build_ibot_trainer(
             raise ValueError(f"max_epochs={max_epochs} and epochs={overrides['epochs']} disagree: give one of them")
         overrides["epochs"] = max_epochs
     recipe = (recipe or IBOTRecipe()).replace(**overrides)
+    message = start_warning(recipe, init_weights)  # e.g. a random start with VisionFM's temperatures
+    if message and distributed.is_main_process():  # once per run, not once per process
+        logger.warning(message)
     if epoch_length is None:
         try:
             epoch_length = len(train_data_loader)  # type: ignore[arg-type]
@@ -442,7 +468,7 @@ def build_ibot_trainer(
             raise ValueError("the data loader has no length: pass epoch_length") from None
     if total_batch is None:
         batch = getattr(train_data_loader, "batch_size", None) or recipe.batch_size
-        total_batch = batch * distributed.world_size()
+        total_batch = batch * world_size()
 
     student, teacher = build_ibot_models(
         recipe.arch,
@@ -455,8 +481,10 @@ def build_ibot_trainer(
     )
     load_initial_weights((student, teacher), init_weights, init_checkpoint_key)
     optimizer = torch.optim.AdamW(param_groups(student))
-    if ddp:  # iBOT's mask token gets no gradient in a batch where no crop is masked
-        student = distributed.wrap_ddp(student, torch.device(device), find_unused_parameters=True)
+    if ddp:
+        # no find_unused_parameters (a graph walk every step): every student parameter gets a gradient every
+        # step, the mask token included when no crop is masked (it is in the graph with weight 0)
+        student = distributed.wrap_ddp(student, torch.device(device))
     return IBOTTrainer(
         recipe=recipe,
         device=device,

@@ -26,11 +26,11 @@ from torch import nn
 
 from .io import atomic_torch_save
 from .modalities import get_modality
-from .models.vit import resample_pos_embed
+from .models.vit import ARCHS, resample_pos_embed
 
 __all__ = ["WeightsError", "LoadReport", "read_checkpoint", "extract_backbone", "load_encoder_weights",
            "load_bundle_encoder", "save_encoder_weights", "sha256sum", "require_checkpoint", "declared_modality",
-           "check_modality"]
+           "declared_header", "check_modality", "check_architecture"]
 
 logger = logging.getLogger(__name__)
 ORIGINAL_LICENCE = "CC BY-NC 4.0, from the original release"
@@ -53,6 +53,7 @@ class LoadReport:
     kept_initial: list[str] = field(default_factory=list)  # encoder keys absent from the file by design
     resized: dict[str, tuple] = field(default_factory=dict)
     modality: str | None = None  # the modality the file declares (header, or an original release's name)
+    header: dict | None = None  # the file's own header (`declared_header`): modality, arch, patch_size, epoch, ...
 
     def __str__(self) -> str:
         lines = [f"loaded {len(self.loaded)} tensors from {self.source} [{self.entry}]"
@@ -143,6 +144,41 @@ def declared_modality(raw: Any, name: str = "") -> str | None:
     return None
 
 
+def declared_header(raw: Any) -> dict | None:
+    """The header this project writes into its files (`save_encoder_weights`: "visionfm_encoder"; pretraining
+    checkpoints: "visionfm_pretraining"), its plain values only; None for a file without one."""
+    if isinstance(raw, Mapping):
+        for key in _HEADER_KEYS:
+            header = raw.get(key)
+            if isinstance(header, Mapping):
+                return {str(k): v for k, v in header.items() if isinstance(v, (str, int, float, bool))}
+    return None
+
+
+def _arch_of(encoder: nn.Module) -> str | None:
+    """The `ARCHS` name of a built encoder, from its width and depth."""
+    width, depth = getattr(encoder, "embed_dim", None), len(getattr(encoder, "blocks", ()))
+    return next((name for name, (dim, n, _) in ARCHS.items() if (dim, n) == (width, depth)), None)
+
+
+def check_architecture(raw: Any, name: str, encoder: nn.Module) -> None:
+    """Refuse a file whose header names another architecture or patch size than `encoder`'s, naming both (such
+    weights cannot fit; this says why before the tensors are compared)."""
+    header = declared_header(raw) or {}
+    theirs_arch, theirs_patch = header.get("arch"), header.get("patch_size")
+    ours_arch, ours_patch = _arch_of(encoder), getattr(encoder, "patch_size", None)
+    wrong = []
+    if theirs_arch in ARCHS and ours_arch is not None and theirs_arch != ours_arch:
+        wrong.append(f"architecture {theirs_arch} (this model: {ours_arch})")
+    if isinstance(theirs_patch, int) and isinstance(ours_patch, int) and theirs_patch != ours_patch:
+        wrong.append(f"patch size {theirs_patch} (this model: {ours_patch})")
+    if wrong:
+        arch, patch = theirs_arch or ours_arch, theirs_patch or ours_patch
+        raise WeightsError(f"{name} holds an encoder of {' and '.join(wrong)}, according to its header. Build the "
+                           f"model with arch={arch}, patch_size={patch} (bundles: --arch {arch} --patch_size "
+                           f"{patch}), or pass weights of this model's architecture.")
+
+
 def _same_modality(a: str, b: str) -> bool:
     try:
         return get_modality(a).name == get_modality(b).name
@@ -180,16 +216,17 @@ def load_encoder_weights(
     allowed to be absent is `masked_embed` (the teacher and ImageNet DINO weights have none).
     With `expected_modality`, a file that declares another modality (its header, or an original release named
     `VFM_<Modality>_weights.pth`) is refused, naming both, unless `allow_modality_mismatch`; a file that
-    declares none is accepted.
+    declares none is accepted. A header naming another architecture or patch size than `encoder`'s is refused.
     """
     name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<state dict>"
     if expected_modality is not None:
         get_modality(expected_modality)  # an unknown expected modality is a configuration error: say so first
     raw = read_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
     modality = check_modality(raw, name, expected_modality, allow_modality_mismatch)
+    check_architecture(raw, name, encoder)
     state, entry = extract_backbone(raw, checkpoint_key)
     target = encoder.state_dict()
-    report = LoadReport(source=name, entry=entry, modality=modality)
+    report = LoadReport(source=name, entry=entry, modality=modality, header=declared_header(raw))
 
     if "pos_embed" in state and "pos_embed" in target and state["pos_embed"].shape != target["pos_embed"].shape:
         old = state["pos_embed"]

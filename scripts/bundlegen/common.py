@@ -16,7 +16,23 @@ from visionfm_core.modalities import get_modality  # noqa: E402
 
 BUNDLE_DIR = REPO / "bundles"
 SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
-VERSIONS = {"monai_version": "1.6.1", "pytorch_version": "2.13.0", "numpy_version": "2.4.6"}
+# The versions every bundle's metadata pins. model-zoo's CI installs them on Python 3.10, so each is the newest release
+# with Python 3.10 wheels (PyPI, `pip index versions <pkg> --python-version 3.10 --only-binary=:all:`, Dec 2026):
+# numpy 2.3+, scikit-learn 1.8+, scikit-image 0.26+ and pillow 13 need Python 3.11. This project is developed with
+# the newer ones (numpy 2.4.6, scikit-learn 1.9.1, scikit-image 0.26.0, pillow 13.0.0); the bundles use only APIs
+# that these older releases have. A package not listed here cannot be pinned: check it on Python 3.10, then add it.
+MIN_PYTHON = "3.10"
+PINS = {
+    "monai": "1.6.1",
+    "torch": "2.13.0",
+    "numpy": "2.2.6",
+    "pytorch-ignite": "0.5.5",
+    "scikit-learn": "1.7.2",
+    "scikit-image": "0.25.2",
+    "pydicom": "3.0.2",
+    "pillow": "12.3.0",
+}
+VERSIONS = {"monai_version": PINS["monai"], "pytorch_version": PINS["torch"], "numpy_version": PINS["numpy"]}
 AUTHORS = "VisionFM-MONAI contributors"
 VISIONFM_REFERENCE = ("Qiu J. et al. VisionFM: a Multi-Modal Multi-Task Vision Foundation Model for Generalist "
                       "Ophthalmic Artificial Intelligence. NEJM AI 2024; doi:10.1056/AIoa2300221")
@@ -104,15 +120,29 @@ def image_input(modality: str) -> dict:
     }
 
 
+def required_packages(extra_packages=()) -> dict:
+    """visionfm-core, pytorch-ignite and the bundle's extra packages, each at its `PINS` version (a dict's versions
+    are not used: one table decides them, so every bundle installs on Python 3.10)."""
+    unknown = [name for name in extra_packages if name not in PINS]
+    if unknown:
+        raise ValueError(f"no pinned version for {unknown}: add the newest release with Python {MIN_PYTHON} wheels "
+                         "to PINS in scripts/bundlegen/common.py")
+    return {"visionfm-core": __version__, "pytorch-ignite": PINS["pytorch-ignite"],
+            **{name: PINS[name] for name in extra_packages}}
+
+
 def metadata(*, name: str, task: str, description: str, changelog: str, modality: str, data_source: str,
              image_classes: str, label_classes: str, pred_classes: str, outputs: dict, references: list[str] = (),
-             extra_packages: dict | None = None, eval_metrics: dict | None = None, data_type: str = "png, jpeg, tiff, bmp, dicom") -> dict:
+             extra_packages=None, eval_metrics: dict | None = None,
+             data_type: str = "png, jpeg, tiff, bmp, dicom") -> dict:
+    """configs/metadata.json; `extra_packages`: the names of the packages the bundle needs beyond MONAI
+    (versions from `PINS`)."""
     return {
         "schema": SCHEMA_URL,
         "version": "0.1.0",
         "changelog": {"0.1.0": changelog},
         **VERSIONS,
-        "required_packages_version": {"visionfm-core": __version__, "pytorch-ignite": "0.5.5", **(extra_packages or {})},
+        "required_packages_version": required_packages(extra_packages or ()),
         "supported_apps": {},
         "name": name,
         "task": task,

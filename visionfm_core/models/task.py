@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import warnings
 from typing import Any
 
 import torch
@@ -29,8 +31,17 @@ class VisionFMTaskModel(nn.Module):
     and stays in eval mode in `train()` (so drop path never fires); `False` fine-tunes everything, with
     `drop_path_rate` in the encoder. `pretrained` is a path to encoder weights in any form `load_encoder_weights`
     reads; when `modality` is given, a file whose header names another modality is refused unless
-    `allow_modality_mismatch`. The model is `torch.jit.script`-able and exports to ONNX.
+    `allow_modality_mismatch` (a header naming another architecture or patch size is always refused). The model
+    is `torch.jit.script`-able and exports to ONNX.
+
+    `encoder_source` says where the encoder's weights came from: the weights file and its header, "random
+    initialisation", or weights loaded later through `load_state_dict` (a trained model.pt, `load_encoder_weights`
+    on `.encoder`). `visionfm_core.run_notes.EncoderSourceNote` writes it next to a run's model. A frozen encoder
+    that still has its random initial weights when the model is first put in training mode gets a loud warning:
+    the head would learn from random features.
     """
+
+    __jit_ignored_attributes__ = ["encoder_source"]  # a plain dict of provenance, not part of the network
 
     def __init__(
         self,
@@ -59,6 +70,15 @@ class VisionFMTaskModel(nn.Module):
             report = load_encoder_weights(self.encoder, pretrained, checkpoint_key, expected_modality=modality,
                                           allow_modality_mismatch=allow_modality_mismatch)
             logger.info("%s", report)
+            self.encoder_source = {"weights": os.path.abspath(os.fspath(pretrained)), "entry": report.entry,
+                                   "declared_modality": report.modality, "header": report.header}
+        else:
+            self.encoder_source = {"weights": None, "initialisation": "random initialisation"}
+        self.encoder_source.update(task_modality=modality, arch=arch, patch_size=patch_size,
+                                   freeze_encoder=bool(freeze_encoder))
+        self.warned_random_frozen = False
+        # weights loaded into the encoder after construction (model.pt, load_encoder_weights) replace the random ones
+        self.encoder.register_load_state_dict_pre_hook(self._encoder_weights_loaded)
         self.head = HEADS[head](self.encoder, num_outputs, **head_kwargs)
         self.task = head
         self.freeze_encoder = freeze_encoder
@@ -72,7 +92,37 @@ class VisionFMTaskModel(nn.Module):
         super().train(mode)
         if self.freeze_encoder:
             self.encoder.eval()
+            if mode:
+                self.warn_if_random_frozen_encoder()
         return self
+
+    @torch.jit.unused
+    def has_random_frozen_encoder(self) -> bool:
+        """True when the encoder is frozen and still has its random initial weights: the head learns from noise."""
+        source = self.encoder_source
+        return self.freeze_encoder and source.get("weights") is None and "loaded" not in source
+
+    @torch.jit.unused
+    def warn_if_random_frozen_encoder(self) -> bool:
+        """Warn once (log and `warnings.warn`) if the head is about to train on a random frozen encoder."""
+        if not self.has_random_frozen_encoder() or self.warned_random_frozen:
+            return False
+        self.warned_random_frozen = True
+        modality = self.encoder_source.get("task_modality")
+        which = f"the {modality} encoder" if modality else "the encoder"
+        message = (f"{which} is frozen and has no pretrained weights (random initialisation): the head will be "
+                   "trained on random features and learn next to nothing. Pass the encoder weights of the modality "
+                   "(pretrained=...; bundles: --pretrained_encoder <models/encoder.pt of a pretraining bundle, or "
+                   "a file from `visionfm import-weights`>), or fine-tune the whole model (freeze_encoder=False; "
+                   "bundles: --freeze_encoder False).")
+        logger.warning(message)
+        warnings.warn(message, UserWarning, stacklevel=3)
+        return True
+
+    @torch.jit.unused
+    def _encoder_weights_loaded(self, module, state_dict, prefix, *args) -> None:
+        if any(key.startswith(prefix) for key in state_dict):
+            self.encoder_source["loaded"] = "weights loaded into the encoder with load_state_dict after construction"
 
     def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.uses_patch_maps:

@@ -32,6 +32,13 @@ def trained(tmp_path_factory):
     return root, datalist
 
 
+def read_csv(path):
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def infer(folder, model, out, **extra):
     run(config_file=str(CONFIGS / "inference.json"), logging_file=LOG, dataset_dir=str(folder), ckpt_path=str(model),
         output_dir=str(out), **TINY, **extra)
@@ -90,16 +97,22 @@ def test_evaluate_writes_metrics_on_the_test_split(trained, tmp_path):
     assert 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["auroc"] <= 1
 
 
-def test_corrupt_image_names_the_file_and_writes_nothing(trained, tmp_path):
+def test_corrupt_image_is_reported_and_the_others_predicted(trained, tmp_path):
     root, _ = trained
     (tmp_path / "images").mkdir()
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "images" / "a_good.png")
     data = (root / "data" / "test" / "0").glob("*.png").__next__().read_bytes()
     (tmp_path / "images" / "b_truncated.png").write_bytes(data[: len(data) // 2])
+    infer(tmp_path / "images", root / "models" / "model.pt", tmp_path / "out")
+    predicted = [r["image"] for r in read_csv(tmp_path / "out" / "predictions.csv")]
+    unreadable = read_csv(tmp_path / "out" / "unreadable.csv")
+    assert [p.rsplit("/", 1)[-1] for p in predicted] == ["a_good.png"]
+    assert [r["file"].rsplit("/", 1)[-1] for r in unreadable] == ["b_truncated.png"] and unreadable[0]["reason"]
+    # asked to stop on the first bad file: the error names it and nothing is written
     with pytest.raises(Exception) as info:
-        infer(tmp_path / "images", root / "models" / "model.pt", tmp_path / "out")
+        infer(tmp_path / "images", root / "models" / "model.pt", tmp_path / "strict", skip_unreadable=False)
     assert "b_truncated.png" in chain_text(info.value)
-    assert not (tmp_path / "out" / "predictions.csv").exists()
+    assert not (tmp_path / "strict" / "predictions.csv").exists()
 
 
 def test_bad_labels_empty_lists_unknown_modality_missing_model(trained, tmp_path):

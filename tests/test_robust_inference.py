@@ -153,3 +153,20 @@ def test_grey_noise_in_the_colour_fundus_bundle_is_flagged_not_silently_graded(t
     warnings = {r["image"].split("/")[-1]: r["warning"] for r in read_csv(tmp_path / "out" / "predictions.csv")}
     assert warnings["fundus.png"] == ""
     assert "grey" in warnings["grey_noise.png"] and "Fundus" in warnings["grey_noise.png"]
+
+
+def test_pretraining_bundle_embeds_the_readable_images_and_reports_the_rest(folder, tmp_path):
+    from visionfm_core import build_encoder
+    from visionfm_core.weights import save_encoder_weights
+
+    save_encoder_weights(build_encoder("vit_tiny", img_size=32), tmp_path / "encoder.pt", modality="Fundus",
+                         arch="vit_tiny", patch_size=16)
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES / "fundus_ibot_pretraining" / "configs" / "inference.json"))
+    parser.update({**TINY, "dataset_dir": str(folder), "output_dir": str(tmp_path / "out"),
+                   "ckpt_path": str(tmp_path / "encoder.pt")})
+    parser.get_parsed_content("initialize")
+    parser.get_parsed_content("run")
+    embedded = read_csv(tmp_path / "out" / "embeddings.csv")
+    assert sorted(r["image"].split("/")[-1] for r in embedded) == sorted(p.name for p in folder.glob("good_*"))
+    assert {r["file"].split("/")[-1] for r in read_csv(tmp_path / "out" / "unreadable.csv")} == BAD

@@ -22,6 +22,7 @@ import textwrap
 from visionfm_core.models.vit import ARCHS
 from visionfm_core.modalities import get_modality
 from visionfm_core.ssl import IBOTRecipe, MultiCropAugmentation
+from visionfm_core.ssl.recipe import RECIPE_PRESETS
 
 from .common import DEVICE, a, dataloader, evaluator, images, metadata, render, static_files
 
@@ -49,9 +50,20 @@ def _json_value(value):
     return list(value) if isinstance(value, tuple) else value
 
 
+def preset_fields() -> list[str]:
+    """The recipe fields some preset changes (the teacher temperatures)."""
+    return [name for name in RECIPE.field_names()
+            if any(getattr(p, name) != getattr(RECIPE, name) for p in RECIPE_PRESETS.values())]
+
+
 def recipe_ids() -> dict:
-    """The recipe as top-level config ids, except `epochs`, which is MONAI's `train::trainer::max_epochs`."""
-    return {name: _json_value(value) for name, value in RECIPE.as_dict().items() if name != "epochs"}
+    """The recipe as top-level config ids, except `epochs`, which is MONAI's `train::trainer::max_epochs`. The
+    fields a preset changes read it from `recipe_preset`, so `--recipe_preset from_scratch` sets them and an
+    explicit `--teacher_temp 0.05` still wins."""
+    ids = {name: _json_value(value) for name, value in RECIPE.as_dict().items() if name != "epochs"}
+    for name in preset_fields():
+        ids[name] = f"$visionfm_core.ssl.IBOTRecipe.preset(@recipe_preset).{name}"
+    return ids
 
 
 def handlers() -> dict:
@@ -60,7 +72,10 @@ def handlers() -> dict:
     return {
         "epoch_averages": {"_target_": "visionfm_core.ssl.EpochAverages"},
         "checkpoint": {"_target_": "visionfm_core.ssl.PretrainingCheckpoint", "ckpt_dir": "@ckpt_dir",
-                       "resume": "@resume", "save_every_iterations": "@save_every_iterations", "save": True},
+                       "resume": "@resume", "save_every_iterations": "@save_every_iterations", "save": True,
+                       # what makes a checkpoint this run's (with the image count and folder the handler reads
+                       # from the data loader): resuming another dataset's checkpoint is refused
+                       "run_identity": {"dataset_dir": "@dataset_dir"}},
         "skipped_images": {"_target_": "visionfm_core.data.SkippedImagesReport"},
         "knn_probe": {"_target_": "visionfm_core.ssl.KNNProbe", "datalist": "@knn_datalist",
                       "modality": "@modality", "image_size": "@image_size"},
@@ -82,6 +97,7 @@ def train_config(folder: str, modality: str) -> dict:
         "modality": modality,
         "device": DEVICE,
         "num_workers": NUM_WORKERS,
+        "recipe_preset": "visionfm",
         **recipe_ids(),
         "init_weights": None,
         "init_checkpoint_key": "teacher",
@@ -93,7 +109,7 @@ def train_config(folder: str, modality: str) -> dict:
         "load_size": "$@recipe.load_size",
         "train": {
             "dataset": {"_target_": "visionfm_core.data.UnlabelledImageDataset", "folder": "@dataset_dir",
-                        "modality": "@modality", "size": "@load_size"},
+                        "modality": "@modality", "size": "@load_size", "max_aspect": "@load_max_aspect"},
             "dataloader": dataloader("@train::dataset", shuffle=True, drop_last=True),
             "inferer": {"_target_": "SimpleInferer", "_desc_": "unused by iBOT; a MONAI train property"},
             **train_handlers,
@@ -138,6 +154,7 @@ def inference_config(folder: str, modality: str) -> dict:
         "output_dir": "$@bundle_root + '/embeddings'",
         "ckpt_path": "$@bundle_root + '/models/encoder.pt'",
         "checkpoint_key": "teacher",
+        "allow_modality_mismatch": False,
         "dataset_dir": f"/workspace/data/{folder}_images",
         "datalist": "$visionfm_core.data.inference_datalist(@dataset_dir)",
         "device": DEVICE,
@@ -160,18 +177,23 @@ def inference_config(folder: str, modality: str) -> dict:
                 {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"},
             ],
         },
-        "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
+        # an unreadable file is reported in unreadable.csv, not fatal (skip_unreadable: false stops on the first)
+        "skip_unreadable": True,
+        "dataset": {"_target_": "visionfm_core.data.SkipUnreadableDataset", "data": "@datalist",
+                    "transform": "@preprocessing", "skip_unreadable": "@skip_unreadable"},
         "dataloader": dataloader("@dataset"),
         "inferer": {"_target_": "SimpleInferer"},
         "postprocessing": {"_target_": "Compose", "transforms": []},
         "stats": {"_target_": "StatsHandler", "iteration_log": False},
         "writer": {"_target_": "visionfm_core.handlers.EmbeddingWriter", "output_dir": "@output_dir",
                    "root": "@dataset_dir"},
-        "handlers": ["@stats", "@writer"],
+        "unreadable_report": {"_target_": "visionfm_core.handlers.UnreadableFilesReport", "output_dir": "@output_dir"},
+        "handlers": ["@stats", "@writer", "@unreadable_report"],
         "evaluator": evaluator("@dataloader", "@network", "@inferer", "@postprocessing", "@handlers"),
         "initialize": [
             "$monai.utils.set_determinism(seed=0)",
-            "$visionfm_core.weights.load_bundle_encoder(@network, @ckpt_path, @checkpoint_key)",
+            "$visionfm_core.weights.load_bundle_encoder(@network, @ckpt_path, @checkpoint_key, @modality, "
+            "@allow_modality_mismatch)",
         ],
         "run": ["$@evaluator.run()"],
     }
@@ -252,7 +274,9 @@ def recipe_text() -> str:
         {r.hidden_dim} -> {r.hidden_dim} -> {r.bottleneck_dim} -> {r.out_dim} (`hidden_dim`, `bottleneck_dim`,
         `out_dim`; weight-normalised last layer, gain fixed at 1).""",
         f"""2 global crops of {r.image_size} px (`image_size`), scale {num(r.global_crops_scale)}
-        (`global_crops_scale`), bicubic; {local}; {augmentation_text()}. Batched on the training device.""",
+        (`global_crops_scale`), bicubic, cut from a copy with short side {r.load_size} (`load_size_factor`
+        {num(r.load_size_factor)}), aspect ratio kept up to {num(r.load_max_aspect)} (`load_max_aspect`);
+        {local}; {augmentation_text()}. Batched on the training device.""",
         f"""Block masks (BEiT-style, blocks of at least {r.mask_min_num_patches} patches,
         `mask_min_num_patches`) on each global crop: ratio 0 with probability {num(r.prob_no_mask)}
         (`prob_no_mask`), else U{num(r.mask_ratio_range)}
@@ -274,7 +298,26 @@ def recipe_text() -> str:
         {r.batch_size} per GPU (`batch_size`), seed {r.seed} (`seed`), a numbered checkpoint every
         {r.keep_every_epochs} epochs (`keep_every_epochs`).""",
     ]
-    return f"## Recipe (VisionFM's; every value is a config id)\n{intro}\n{bullets(items)}\n"
+    return f"## Recipe (VisionFM's, `recipe_preset` visionfm; every value is a config id)\n{intro}\n{bullets(items)}\n"
+
+
+def start_text(m) -> str:
+    """The section that makes the recommended start plain."""
+    scratch = RECIPE_PRESETS["from_scratch"]
+    return "## Start from pretrained weights\n" + paragraph(f"""VisionFM starts pretraining from ImageNet DINO
+        {arch_name()} weights (`dino_vitbase16_pretrain.pth` from the DINO release, same key names), and its recipe
+        assumes that start: the CLS teacher temperature begins high ({num(RECIPE.warmup_teacher_temp)}, falling to
+        {num(RECIPE.teacher_temp)}), which is unstable from random weights (the loss tends to stay at
+        ln({RECIPE.out_dim}), uniform collapse). Give `--init_weights` (ImageNet DINO, or the VisionFM {m.name}
+        weights to continue from them). The config's default, `init_weights` null, is random weights: the run then
+        logs a warning, and `--recipe_preset from_scratch` is the setting for that start: the CLS teacher temperature
+        stays at {num(scratch.teacher_temp)} (DINO's default; a cold teacher with centring gives sharp targets from
+        the first step), everything else unchanged. It is the literature's setting, not one validated here: a small CPU
+        run from random weights (ViT-Ti, 64 px synthetic phantoms, 16 epochs) was too small to tell it apart from
+        VisionFM's (both ended near ln(out_dim); iBOT's rising 0.04 -> 0.07 ended closest to it). Starting from
+        pretrained weights remains the recommended way. `recipe_preset` sets only the fields that differ
+        between the presets ({", ".join(f"`{n}`" for n in preset_fields())}); an explicit value of one of them
+        wins.""")
 
 
 def readme(folder: str, modality: str, files: str) -> str:
@@ -286,8 +329,16 @@ def readme(folder: str, modality: str, files: str) -> str:
         `scripts/generate_bundles.py` from `scripts/bundlegen/pretraining.py` (edit that, not these files).""")
     data = paragraph(f"""`dataset_dir`: a folder of {images(modality)} {files}; every image under it, recursively, is
         used, and every slice or frame of a volume or cine (3-D NIfTI, multi-frame DICOM). Images are read as 3-channel
-        [0, 1] ({channels}), resized to `load_size` ({r.load_size} for {r.image_size} px crops) and normalised with the
-        VisionFM {m.name} mean {list(m.mean)} and std {list(m.std)} after augmentation. Unreadable or zero-byte files
+        [0, 1] ({channels}) and resized so that the short side is `load_size` ({r.load_size}, `load_size_factor`
+        {num(r.load_size_factor)} x the {r.image_size} px crops), keeping the aspect ratio up to `load_max_aspect`
+        {num(r.load_max_aspect)} (a longer side is centre-cropped; portrait images keep their centred square); JPEGs
+        are decoded at a reduced scale when that still gives the short side. The crops are cut from this copy, their
+        area and aspect ratio relative to the whole image, as the original cuts them from the image as stored: at
+        the smallest scale, {num(r.global_crops_scale[0])}, a global crop still spans at least
+        {int(math.sqrt(r.global_crops_scale[0] * 0.8) * r.load_size)} source pixels, so no global crop is
+        upsampled and lesion-level detail survives (the earlier {r.image_size * 8 // 7} px square copy upsampled
+        about two thirds of them). After augmentation the crops are normalised with the VisionFM {m.name} mean
+        {list(m.mean)} and std {list(m.std)}. Unreadable or zero-byte files
         are skipped with one warning line each and a count at the end; an empty folder, or images that look like
         another modality (colour photographs for a grey modality or the reverse), stop the run before it
         starts.""")
@@ -315,16 +366,20 @@ def readme(folder: str, modality: str, files: str) -> str:
 
 {intro}
 
+{start_text(m)}
+
 ## Data
 {data}
 
 {recipe_text()}
 ## Commands (from the bundle folder)
 ```
-python -m monai.bundle run --config_file configs/train.json --dataset_dir /data/{folder}_unlabelled
-# continue from the original VisionFM weights, or ImageNet DINO {arch_name()} weights, as a local file
+# recommended, as the original: start from ImageNet DINO {arch_name()} weights (or the VisionFM weights), a local file
 python -m monai.bundle run --config_file configs/train.json --dataset_dir /data/{folder}_unlabelled \\
-    --init_weights /weights/VFM_{m.name}_weights.pth
+    --init_weights /weights/dino_vitbase16_pretrain.pth
+# from random weights: the from-scratch teacher temperatures
+python -m monai.bundle run --config_file configs/train.json --dataset_dir /data/{folder}_unlabelled \\
+    --recipe_preset from_scratch
 # several GPUs or nodes
 torchrun --nnodes=1 --nproc_per_node=8 -m monai.bundle run \\
     --config_file "['configs/train.json','configs/multi_gpu_train.json']" --dataset_dir /data/{folder}_unlabelled

@@ -60,13 +60,21 @@ FAST_DECODE = (
     "photo; other formats are read whole, and `--decode_size None` reads JPEGs whole as well (training always does).")
 
 
-# every task bundle's inference (SkipUnreadableDataset + UnreadableFilesReport in task.inference_config)
-UNREADABLE_FILES = """## Files that cannot be read
+# every task bundle: inference past unreadable files (SkipUnreadableDataset, UnreadableFilesReport) and the
+# encoder source note of training (visionfm_core.run_notes.EncoderSourceNote), both wired in task.py
+RUN_NOTES = """## Files that cannot be read
 Inference keeps going past a file it cannot read (corrupt, truncated, empty or missing): the other inputs are
 predicted, the failed ones are listed with the reason in `unreadable.csv` next to the predictions, and the log ends
 with one line such as `read 98 of 100 inputs; 2 could not be read`. The run fails only when nothing could be read;
 `--skip_unreadable False` stops at the first bad file instead. Training and evaluation stop on an unreadable file,
 naming it: their metrics must cover the whole split.
+
+## Where the encoder came from
+Training writes `models/encoder_source.json`: the encoder weights it started from (file, sha256, the header's
+modality, architecture and patch size) or "random initialisation". A frozen encoder without `--pretrained_encoder`
+trains the head on random features: the run warns loudly, and the file says so. An encoder exported for another
+modality is refused naming both (`--allow_modality_mismatch True` overrides); another architecture or patch size
+always.
 """
 
 # the closing sections of every task bundle's model card

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from visionfm_core.modalities import get_modality
 
-from .common import LICENCE_AND_REFERENCES, UNREADABLE_FILES, images, metadata
+from .common import LICENCE_AND_REFERENCES, RUN_NOTES, images, metadata
 from .task import TaskParts, family_bundles, load_image, normalise
 
 TEST_DATA = "The tests use synthetic images with the landmarks drawn in (visionfm_core.data)."
@@ -165,7 +165,7 @@ torchrun --standalone --nnodes=1 --nproc_per_node=4 -m monai.bundle run \\
 `python -m monai.bundle ckpt_export network_def ...` scripts the network with `torch.jit.script`; ONNX export is
 tested too.
 
-{UNREADABLE_FILES}
+{RUN_NOTES}
 ## Performance
 No trained weights ship with this bundle and no public dataset could be used where it was built (no network):
 **no real-data performance is claimed**. The tests train it on synthetic images with the landmarks drawn in.

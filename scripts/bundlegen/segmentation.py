@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from visionfm_core.modalities import get_modality
 
-from .common import LICENCE_AND_REFERENCES, UNREADABLE_FILES, images, metadata
+from .common import LICENCE_AND_REFERENCES, RUN_NOTES, images, metadata
 from .task import TaskParts, family_bundles, load_image, load_label_map, normalise
 
 TEST_DATA = ("The tests use synthetic phantoms with vessels drawn in (visionfm_core.data) and the CC0 photograph "
@@ -212,7 +212,7 @@ torchrun --standalone --nnodes=1 --nproc_per_node=4 -m monai.bundle run \\
 configs/metadata.json --config_file configs/inference.json` scripts the network (`torch.jit.script`, as model-zoo's
 verifier does); ONNX export is tested too. The scripted network takes any input whose sides are multiples of 16.
 
-{UNREADABLE_FILES}
+{RUN_NOTES}
 ## Performance
 No trained weights ship with this bundle and no public dataset could be used where it was built (no network):
 **no real-data performance is claimed**. The tests train it on synthetic phantoms with vessels drawn in and run it on

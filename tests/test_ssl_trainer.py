@@ -322,7 +322,10 @@ def test_every_part_is_made_from_the_recipe():
     assert (m.height, m.ratio_range, m.prob_no_mask, m.min_num_patches) == (2, (0.2, 0.4), 0.25, 1)
     assert trainer.augmentation.n_local == 1 and trainer.augmentation.views[2].size == 16
     assert trainer.student.head.last_layer.weight_v.shape == (OUT_DIM, 32)
-    assert trainer.amp_dtype is None and trainer.scaler is None  # amp "auto" is fp32 on the CPU
+    # amp "auto" on the CPU: bf16 where it is native, fp32 elsewhere; never a grad scaler
+    from visionfm_core.precision import cpu_has_native_bf16
+
+    assert trainer.amp_dtype == (torch.bfloat16 if cpu_has_native_bf16() else None) and trainer.scaler is None
 
 
 def test_builder_refuses_unknown_settings():

@@ -62,7 +62,15 @@ FAST_DECODE = (
 
 # every task bundle: inference past unreadable files (SkipUnreadableDataset, UnreadableFilesReport) and the
 # encoder source note of training (visionfm_core.run_notes.EncoderSourceNote), both wired in task.py
-RUN_NOTES = """## Files that cannot be read
+RUN_NOTES = """## Precision
+Inference runs in the fastest precision the hardware supports: `precision: auto` (default) picks bf16 on CPUs that
+multiply bf16 natively (AVX512-BF16 or AMX) and on GPUs (fp16 on GPUs without bf16), fp32 elsewhere, and logs its
+choice in one line. The weights are converted once and every output comes back in fp32, so postprocessing is
+unchanged. `--precision fp32` restores full precision (`bf16` and, on GPUs, `fp16` can be forced; `fp16` on a CPU
+is refused); `--compile True` compiles the network with `torch.compile` (with one warning and eager execution
+where no compiler works). Evaluation (`evaluate.json`) runs in fp32.
+
+## Files that cannot be read
 Inference keeps going past a file it cannot read (corrupt, truncated, empty or missing): the other inputs are
 predicted, the failed ones are listed with the reason in `unreadable.csv` next to the predictions, and the log ends
 with one line such as `read 98 of 100 inputs; 2 could not be read`. The run fails only when nothing could be read;

@@ -149,7 +149,7 @@ MULTI_GPU = {
 
 def inference_config(folder: str, modality: str) -> dict:
     return {
-        "imports": ["$import os", "$import torch", "$import visionfm_core"],
+        "imports": ["$import os", "$import torch", "$import visionfm_core", "$import visionfm_core.precision"],
         "bundle_root": ".",
         "output_dir": "$@bundle_root + '/embeddings'",
         "ckpt_path": "$@bundle_root + '/models/encoder.pt'",
@@ -166,7 +166,10 @@ def inference_config(folder: str, modality: str) -> dict:
         "num_workers": 4,
         "network_def": {"_target_": "visionfm_core.build_encoder", "arch": "@arch", "patch_size": "@patch_size",
                         "img_size": "@image_size"},
-        "network": "$@network_def.to(@device)",
+        # weights converted once to the fastest precision the hardware supports (visionfm_core.precision)
+        "precision": "auto",
+        "compile": False,
+        "network": "$visionfm_core.precision.for_inference(@network_def.to(@device), @precision, @compile)",
         "preprocessing": {
             "_target_": "Compose",
             "transforms": [
@@ -264,7 +267,8 @@ def recipe_text() -> str:
     r = RECIPE
     local = (f"{r.n_local} local crops of {r.local_size} px at scale {num(r.local_crops_scale)}" if r.n_local
              else f"no local crops (`n_local`; if on: {r.local_size} px, scale {num(r.local_crops_scale)})")
-    amp = "fp16 with a grad scaler on GPU, fp32 on CPU" if r.amp == "auto" else f"`amp` {r.amp}"
+    amp = ("fp16 with a grad scaler on GPU, bf16 autocast on CPUs with native bf16 (AVX512-BF16 or AMX), fp32 on "
+           "other CPUs; centres, teacher softmax and losses stay fp32") if r.amp == "auto" else f"`amp` {r.amp}"
     intro = paragraph("""The values below are `visionfm_core.ssl.IBOTRecipe`'s; train.json writes each one as a
         top-level id (override any of them, e.g. `--base_lr 1e-4`) and gathers them into `recipe`, which
         `visionfm_core.ssl.build_ibot_trainer` turns into the trainer.""")
@@ -386,6 +390,9 @@ torchrun --nnodes=1 --nproc_per_node=8 -m monai.bundle run \\
 # embeddings (one .npy per image + embeddings.csv) with the exported teacher
 python -m monai.bundle run --config_file configs/inference.json --dataset_dir /data/{folder}_images
 ```
+The embedding run uses `precision: auto` (bf16 weights on CPUs with native bf16 and on GPUs, fp32 elsewhere;
+`--precision fp32` to force full precision, `--compile True` for torch.compile) and skips files it cannot read,
+listing them in `unreadable.csv`.
 
 {outputs}
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from .common import AMP, DEVICE, MULTI_GPU_TASK, data_licence, dataloader, evaluator, render, static_files
 
 IMPORTS = ["$import os", "$import torch", "$import ignite", "$import monai", "$import visionfm_core",
-           "$import visionfm_core.models", "$import visionfm_core.data"]
+           "$import visionfm_core.models", "$import visionfm_core.data", "$import visionfm_core.precision"]
 
 
 READER = "$visionfm_core.data.EyeImageReader()"
@@ -312,7 +312,11 @@ def inference_config(parts: TaskParts, modality: str, dataset_dir: str) -> dict:
         "batch_size": parts.infer_batch_size,
         "num_workers": 2,
         "network_def": net,
-        "network": "$@network_def.to(@device)",
+        # weights converted once to the precision the hardware runs fastest ("auto": bf16 on CPUs with native
+        # bf16 and on GPUs, else fp32; outputs back in fp32), optionally compiled: visionfm_core.precision
+        "precision": "auto",
+        "compile": False,
+        "network": "$visionfm_core.precision.for_inference(@network_def.to(@device), @precision, @compile)",
         "preprocessing": {"_target_": "Compose", "transforms": infer_transforms},
         # an unreadable file is reported in unreadable.csv, not fatal (skip_unreadable: false stops on the first)
         "skip_unreadable": True,

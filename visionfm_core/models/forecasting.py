@@ -133,4 +133,6 @@ class VisionFMForecastingModel(nn.Module):
 
     def forward(self, image: torch.Tensor, interval_days: torch.Tensor) -> torch.Tensor:
         features = self.feature_norm(self.image_features(image))
-        return self.head(torch.cat([features, self.interval_encoding(interval_days)], dim=-1))
+        # the encoding is computed in fp32 (days up to 6500 need it) and joins the features in their dtype
+        interval = self.interval_encoding(interval_days).to(features.dtype)
+        return self.head(torch.cat([features, interval], dim=-1))

@@ -40,8 +40,9 @@ class IBOTRecipe:
     `lr_reference_batch`, linear warm-up over `warmup_epochs`, cosine to `min_lr`; weight decay cosine
     `weight_decay` -> `weight_decay_end`; teacher EMA momentum cosine `momentum_teacher` -> `momentum_teacher_end`;
     per-parameter gradient clipping at `clip_grad`; the head's last layer frozen for `freeze_last_layer_epochs`;
-    `amp` "auto" = fp16 autocast with a grad scaler on CUDA (VisionFM), fp32 elsewhere ("bf16", "fp16" or None
-    to choose); `seed` for the crops and masks; a numbered checkpoint every `keep_every_epochs` epochs.
+    `amp` "auto" = fp16 autocast with a grad scaler on CUDA (VisionFM), bf16 autocast on CPUs with native bf16
+    (AVX512-BF16 / AMX), fp32 elsewhere ("bf16", "fp16" or None to choose; the centres, the teacher softmax and the
+    losses are computed in fp32 whatever the autocast); `seed` for the crops and masks; a numbered checkpoint every `keep_every_epochs` epochs.
     """
 
     # model

@@ -91,8 +91,12 @@ def iteration_generators(seed: int, rank: int, iteration: int) -> tuple[torch.Ge
 def _amp_dtype(amp: str | bool | None, device: torch.device) -> torch.dtype | None:
     if amp in (None, False, "none", "fp32"):
         return None
-    if amp == "auto":  # VisionFM's fp16 + grad scaler where it pays (CUDA); fp32 elsewhere
-        return torch.float16 if device.type == "cuda" else None
+    if amp == "auto":  # VisionFM's fp16 + grad scaler on CUDA; bf16 on CPUs that multiply it natively; else fp32
+        if device.type == "cuda":
+            return torch.float16
+        from visionfm_core.precision import cpu_has_native_bf16
+
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None
     if amp is True:  # fp16 where a GradScaler matters (CUDA), else bf16
         return torch.float16 if device.type == "cuda" else torch.bfloat16
     if amp in ("bf16", "bfloat16"):

@@ -22,14 +22,35 @@ TINY = {"arch": "vit_tiny", "image_size": 32, "batch_size": 4, "num_workers": 0}
 DENSE = {"working_size": 48, "feature_size": 8}
 
 
+# networks other than the plain VisionFMTaskModel, by class name -> their kind
+KIND_BY_NETWORK = {"VisionFMFusionModel": "fusion", "VisionFMForecastingModel": "forecasting",
+                   "SliceWiseTaskModel": "oct_layers", "VolumeMILModel": "volume_mil"}
+
+
 def kind_of(bundle: Path) -> str:
     net = json.loads((bundle / "configs" / "inference.json").read_text())["network_def"]
-    target = net.get("_target_", "")
-    if target.endswith("FusionModel"):
-        return "fusion"
-    if target.endswith("ForecastingModel"):
-        return "forecasting"
+    kind = KIND_BY_NETWORK.get(net.get("_target_", "").rsplit(".", 1)[-1])
+    if kind:
+        return kind
+    if net.get("spatial_dims") == 3:  # the 3-D encoder: "segmentation3d"
+        return f"{net['head']}3d"
     return net.get("head") or "pretraining"
+
+
+def spatial_dims(bundle: Path) -> int:
+    """2 for image bundles, 3 for volume bundles (the length of the input's spatial_shape)."""
+    return len(metadata(bundle)["network_data_format"]["inputs"]["image"]["spatial_shape"])
+
+
+def export_shapes(bundle: Path, channels: int) -> list[tuple[int, ...]]:
+    """Inputs the exported network is checked on: the first is the export size, the second one it was not
+    exported at. A plugin's `export_shapes(channels)` overrides the defaults."""
+    plugin = _plugin(kind_of(bundle))
+    if plugin is not None and hasattr(plugin, "export_shapes"):
+        return plugin.export_shapes(channels)
+    if spatial_dims(bundle) == 3:
+        return [(1, channels, 32, 32, 32), (1, channels, 48, 32, 16)]
+    return [(1, channels, 32, 32), (2, channels, 48, 64)]
 
 
 def _plugin(kind: str):

@@ -8,7 +8,8 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, onnx_export, run, verify_metadata, verify_net_in_out
 
 import visionfm_core
-from bundle_harness import BUNDLES, SCHEMA, TINY, config, forward_args, make_data, metadata, tiny_meta_file
+from bundle_harness import (BUNDLES, SCHEMA, TINY, config, export_shapes, forward_args, make_data, metadata,
+                            tiny_meta_file)
 
 pytestmark = pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
 REQUIRED = ["LICENSE", "configs/metadata.json", "configs/inference.json", "configs/train.json",
@@ -49,14 +50,15 @@ def test_torchscript_and_onnx_export(bundle, tmp_path):
     ckpt = tmp_path / "model.pt"
     torch.save(net.state_dict(), ckpt)
     channels = metadata(bundle)["network_data_format"]["inputs"]["image"]["num_channels"]
-    x, extra = torch.rand(1, channels, 32, 32), forward_args(bundle, 1)
+    shapes = export_shapes(bundle, channels)
+    x, extra = torch.rand(*shapes[0]), forward_args(bundle, shapes[0][0])
     common = dict(net_id="network_def", ckpt_file=str(ckpt), meta_file=str(bundle / "configs" / "metadata.json"),
                   config_file=config(bundle, "inference"), **TINY)
     ckpt_export(filepath=str(tmp_path / "model.ts"), use_trace=False, **common)
     scripted = torch.jit.load(str(tmp_path / "model.ts"))
     assert isinstance(scripted, torch.jit.ScriptModule)
     with torch.no_grad():
-        for shape in ((1, channels, 32, 32), (2, channels, 48, 64)):
+        for shape in shapes:
             x_any, extra_any = torch.rand(*shape), forward_args(bundle, shape[0])
             assert torch.allclose(scripted(x_any, **extra_any), net(x_any, **extra_any), atol=1e-4), shape
         expected = net(x, **extra)
@@ -64,7 +66,7 @@ def test_torchscript_and_onnx_export(bundle, tmp_path):
         torch.onnx.export(net, (x, *extra.values()), str(tmp_path / "model.onnx"), dynamo=False,
                           input_names=["image", *extra])
     else:
-        onnx_export(filepath=str(tmp_path / "model.onnx"), input_shape=[1, channels, 32, 32], use_trace=True,
+        onnx_export(filepath=str(tmp_path / "model.onnx"), input_shape=list(shapes[0]), use_trace=True,
                     **common)
     import onnxruntime
 

@@ -1,0 +1,5 @@
+"""(being written)"""
+
+
+def bundles() -> dict[str, dict[str, str]]:
+    return {}

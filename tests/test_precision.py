@@ -10,7 +10,7 @@ import torch
 from monai.bundle import ConfigParser
 from torch import nn
 
-from bundle_harness import BUNDLES, DENSE, TINY, forward_args, kind_of
+from bundle_harness import BUNDLES, DENSE, TINY, export_shapes, forward_args, kind_of, spatial_dims
 from visionfm_core import precision as P
 
 
@@ -72,7 +72,8 @@ def test_bf16_outputs_are_fp32_close_to_fp32_and_checkpoints_still_load(bundle):
     size = TINY["image_size"] if kind_of(bundle) not in ("segmentation", "landmarks") else 64
     channels = 6 if "multimodal" in bundle.name else 3
     torch.manual_seed(2)
-    x = torch.randn(2, channels, size, size)
+    shape = (2, channels, size, size) if spatial_dims(bundle) == 2 else (2, *export_shapes(bundle, channels)[0][1:])
+    x = torch.randn(*shape)
     extra = forward_args(bundle, batch=2)
     with torch.no_grad():
         expected, got = _floats(reference(x, **extra)), _floats(converted(x, **extra))
@@ -140,3 +141,95 @@ def test_bf16_pretraining_loss_follows_fp32_on_the_same_batches():
         losses[amp] = torch.tensor(steps)
     relative = (losses["bf16"] - losses[None]).abs() / losses[None].abs()
     assert len(losses[None]) == 3 and float(relative.max()) < 0.01, (losses, relative)
+
+
+def test_int8_quantises_the_linear_layers_after_the_checkpoint_is_loaded():
+    """Point 2: `precision: int8` loads model.pt into the fp32 module (same keys), then the first forward swaps every
+    nn.Linear for its dynamically quantised version; predictions stay those of fp32."""
+    from visionfm_core.models import VisionFMTaskModel
+
+    torch.manual_seed(0)
+    reference = VisionFMTaskModel("classification", 5, arch="vit_tiny", img_size=32).eval()
+    state = {k: v.clone() for k, v in reference.state_dict().items()}
+    net = P.for_inference(VisionFMTaskModel("classification", 5, arch="vit_tiny", img_size=32), "int8")
+    net.load_state_dict(state)  # before the first forward: plain fp32 keys, as CheckpointLoader sees them
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        expected, got = reference(x).softmax(1), net(x).softmax(1)
+    linears = [m for m in net.modules() if type(m) is nn.Linear]
+    quantised = [m for m in net.modules() if "quantized" in type(m).__module__]
+    assert not linears and quantised, "every nn.Linear must be quantised"
+    assert float((got - expected).abs().max()) < 0.05
+    assert got.dtype == torch.float32
+
+
+def test_int8_is_for_cpus_only():
+    with pytest.raises(ValueError, match="'int8' is for CPU inference"):
+        P.resolve_precision("int8", "cuda")
+    assert P.resolve_precision("int8", "cpu")[0] == "int8"
+
+
+def test_autocast_training_inferer_bf16_loss_within_1_percent_of_fp32(monkeypatch):
+    """Point 3 for the task bundles: train::inferer runs the forward in bf16 autocast on CPUs with native bf16
+    (`amp: auto`), the loss in fp32; the first steps' losses stay within 1 % of fp32 on the same batches."""
+    from visionfm_core.models import VisionFMTaskModel
+
+    monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: False)
+    assert not P.AutocastInferer("auto").bf16 and P.AutocastInferer("bf16").bf16
+    monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: True)
+    assert P.AutocastInferer("auto").bf16 and not P.AutocastInferer("fp32").bf16
+    torch.manual_seed(0)
+    x, y = torch.randn(3, 4, 3, 32, 32), torch.randint(0, 5, (3, 4))
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        net = VisionFMTaskModel("classification", 5, arch="vit_tiny", img_size=32, freeze_encoder=False)
+        optimiser = torch.optim.SGD(net.parameters(), lr=0.01)
+        inferer, steps = P.AutocastInferer(precision), []
+        for xb, yb in zip(x, y):
+            logits = inferer(xb, net)
+            assert logits.dtype == torch.float32
+            loss = nn.functional.cross_entropy(logits, yb)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            steps.append(loss.item())
+        losses[precision] = torch.tensor(steps)
+    relative = (losses["bf16"] - losses["fp32"]).abs() / losses["fp32"]
+    assert float(relative.max()) < 0.01, (losses, relative)
+
+
+AGREEMENT = {"fundus_dr_classification": ("softmax", "top1_agreement"),
+             "fundus_glaucoma_forecasting": ("sigmoid", "agreement"),
+             "fundus_vessel_segmentation": ("mask", "dice_difference"),
+             "fundus_landmark_detection": ("landmarks", "max_point_distance"),
+             "fundus_biomarker_regression": ("values", "max_abs_difference")}
+
+
+@pytest.mark.parametrize("name", list(AGREEMENT))
+def test_evaluation_in_int8_reports_its_agreement_with_fp32(name, tmp_path):
+    """Point 2: evaluate.json with `--precision int8` runs the test split in int8 and writes, beside the task
+    metrics, how far int8 is from fp32 on the same images (one measure per kind of output)."""
+    from monai.bundle import run
+
+    from bundle_harness import config, make_data
+
+    bundle = next(b for b in BUNDLES if b.name == name)
+    kind, measure = AGREEMENT[name]
+    spec = make_data(bundle, tmp_path)
+    paths = dict(ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "runs"))
+    log = str(bundle / "configs" / "logging.conf")
+    run(config_file=config(bundle, "train"), logging_file=log, **TINY, **spec["train"], **paths,
+        **{"train::trainer::max_epochs": 1})
+    for precision in ("fp32", "int8"):
+        run(config_file=[config(bundle, "train"), config(bundle, "evaluate")], logging_file=log, **TINY,
+            **spec["train"], ckpt_dir=str(tmp_path / "models"), eval_dir=str(tmp_path / precision), precision=precision)
+    assert "precision_agreement" not in json.loads((tmp_path / "fp32" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "int8" / "metrics.json").read_text())
+    agreement = metrics.pop("precision_agreement")
+    assert agreement["precision"] == "int8" and agreement["kind"] == kind
+    value = agreement[measure]
+    assert value >= 0 and (value <= 1 if measure in ("top1_agreement", "agreement", "dice_difference") else True)
+    if measure in ("top1_agreement", "agreement"):
+        assert value >= 0.5, agreement  # a tiny random-ish model: int8 still agrees with fp32 on most images
+    assert metrics, "the task metrics are still there"

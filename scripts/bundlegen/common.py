@@ -68,7 +68,16 @@ multiply bf16 natively (AVX512-BF16 or AMX) and on GPUs (fp16 on GPUs without bf
 choice in one line. The weights are converted once and every output comes back in fp32, so postprocessing is
 unchanged. `--precision fp32` restores full precision (`bf16` and, on GPUs, `fp16` can be forced; `fp16` on a CPU
 is refused); `--compile True` compiles the network with `torch.compile` (with one warning and eager execution
-where no compiler works). Evaluation (`evaluate.json`) runs in fp32.
+where no compiler works). `--precision int8` (CPUs only, never chosen by `auto`) quantises every linear layer to
+int8 (PyTorch dynamic quantisation) after the weights are loaded.
+
+Evaluation (`evaluate.json`) runs in fp32. Run it with `--precision int8` (or `bf16`) to know what a reduced
+precision costs on your test data: the same images also go through the fp32 network, and `metrics.json` gets a
+`precision_agreement` entry (top-1 agreement and largest probability difference for classes, Dice difference for
+masks, peak distance for landmarks, largest difference for values).
+
+Training (`train.json`, `amp: auto`) runs the forward pass in bf16 autocast on CPUs with native bf16 and with
+MONAI's fp16 amp on GPUs; the loss and the optimiser stay fp32. `--amp fp32` turns both off.
 
 ## Files that cannot be read
 Inference keeps going past a file it cannot read (corrupt, truncated, empty or missing): the other inputs are

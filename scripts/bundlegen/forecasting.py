@@ -57,6 +57,7 @@ def parts(d: dict) -> TaskParts:
     sigmoid = [{"_target_": "Activationsd", "keys": "pred", "sigmoid": True}]
     writer = {"_target_": "visionfm_core.handlers.ForecastingWriter", "threshold": "@threshold"}
     return TaskParts(
+        agreement="sigmoid",
         head="forecasting",
         num_outputs="1",
         ids={"image_size": 224, "pair": False, "image_keys": "$['image', 'followup'] if @pair else ['image']",

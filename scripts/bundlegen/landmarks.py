@@ -67,6 +67,7 @@ def parts(d: dict) -> TaskParts:
     writer = {"_target_": "visionfm_core.handlers.LandmarkWriter", "landmark_names": "@landmark_names",
               "pixel_size_mm": "@pixel_size_mm", "target_key": "target_points"}
     return TaskParts(
+        agreement="landmarks",
         head="landmarks",
         num_outputs="@num_landmarks",
         head_kwargs={"feature_size": "@feature_size"},

@@ -51,6 +51,7 @@ def parts(d: dict) -> TaskParts:
                       "num_grades": "@num_grades"}]
     labels = {"_target_": "visionfm_core.data.MultiTaskLabelsd", "keys": "labels", "tasks": "@task_names"}
     return TaskParts(
+        agreement="values",
         head="multitask",
         num_outputs="$len(@output_names)",
         head_kwargs={"num_grades": "@num_grades"},

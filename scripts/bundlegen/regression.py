@@ -38,6 +38,7 @@ def writer(output_dir: str) -> dict:
 def parts(d: dict) -> TaskParts:
     targets = {"_target_": "visionfm_core.data.RegressionTargetsd", "keys": "targets", "target_names": "@target_names"}
     return TaskParts(
+        agreement="values",
         head="regression",
         num_outputs="$len(@target_names)",
         head_kwargs={"hidden": "@head_hidden"},

@@ -79,6 +79,7 @@ def parts(d: dict) -> TaskParts:
     dice = {"_target_": "MeanDice", "include_background": True,
             "output_transform": "$monai.handlers.from_engine(['pred', 'label'])"}
     return TaskParts(
+        agreement="mask",
         head="segmentation",
         num_outputs="@num_classes",
         head_kwargs={"feature_size": "@feature_size"},

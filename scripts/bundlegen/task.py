@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .common import AMP, DEVICE, MULTI_GPU_TASK, data_licence, dataloader, evaluator, render, static_files
+from .common import DEVICE, MULTI_GPU_TASK, data_licence, dataloader, evaluator, render, static_files
 
 IMPORTS = ["$import os", "$import torch", "$import ignite", "$import monai", "$import visionfm_core",
            "$import visionfm_core.models", "$import visionfm_core.data", "$import visionfm_core.precision"]
@@ -122,6 +122,7 @@ class TaskParts:
     extra_inputs: dict | None = None           # {forward kwarg: batch key} the network takes besides the image
     infer_datalist: str = "$visionfm_core.data.inference_datalist(@dataset_dir)"
     fast_decode: bool = False                  # evaluation/inference read JPEGs at ~2x the input (with_fast_decode)
+    agreement: str = "softmax"                 # how evaluation compares a reduced precision with fp32 (PrecisionAgreement)
 
 
 def network_def(parts: TaskParts, training: bool) -> dict:
@@ -174,7 +175,7 @@ def train_config(parts: TaskParts, modality: str) -> dict:
                "optimizer": "@optimizer", "inferer": "@train::inferer", "postprocessing": "@train::postprocessing"}
     if parts.train_key_metric:
         trainer["key_train_metric"] = "@train::key_metric"
-    trainer.update({"train_handlers": "@train::handlers", "amp": AMP})
+    trainer.update({"train_handlers": "@train::handlers", "amp": "$torch.cuda.is_available() and @amp != 'fp32'"})
     if parts.extra_inputs:
         trainer["prepare_batch"] = val_evaluator["prepare_batch"] = "@prepare_batch"
     config = {
@@ -190,6 +191,8 @@ def train_config(parts: TaskParts, modality: str) -> dict:
         "freeze_encoder": True,
         "layer_decay": None,
         "device": DEVICE,
+        # training precision: "auto" = bf16 autocast on CPUs with native bf16, fp16 amp on GPUs; "fp32" = neither
+        "amp": "auto",
         **compact(prepare_batch=prepare_batch(parts)),
         **encoder_ids(modality),
         **parts.ids,
@@ -216,7 +219,8 @@ def train_config(parts: TaskParts, modality: str) -> dict:
             "dataset": {"_target_": "Dataset", "data": split("training"), "transform": "@train::preprocessing"},
             "dataloader": dataloader("@train::dataset", shuffle=True,
                                      drop_last="$len(@train::dataset) % @batch_size == 1"),
-            "inferer": {"_target_": "SimpleInferer"},
+            # bf16 autocast on CPUs with native bf16 (amp "auto"); on GPUs the trainer's own amp (fp16 + scaler)
+            "inferer": {"_target_": "visionfm_core.precision.AutocastInferer", "precision": "@amp", "device": "@device"},
             "postprocessing": {"_target_": "Compose", "transforms": parts.train_postprocessing},
             "lr_schedule": {"_target_": "LrScheduleHandler", "lr_scheduler": "@lr_scheduler", "print_lr": True},
             "validation": {"_target_": "ValidationHandler", "validator": "@validate::evaluator", "epoch_level": True,
@@ -275,6 +279,9 @@ def evaluate_config(parts: TaskParts) -> dict:
     return {
         "eval_split": "test",
         "eval_dir": "$@bundle_root + '/eval'",
+        # fp32 by default; another precision (bf16, int8) is evaluated against fp32 on the same images
+        "precision": "fp32",
+        "network": "$visionfm_core.precision.for_inference(@network_def.to(@device), @precision)",
         "validate::dataset::data": f"${parts.datalist_loader}(@datalist, @eval_split{parts.datalist_args})",
         **overrides,
         "validate::checkpoint_loader": {
@@ -284,7 +291,12 @@ def evaluate_config(parts: TaskParts) -> dict:
             "map_location": "@device",
         },
         "validate::writer": parts.eval_writer,
-        "validate::handlers": ["%validate::checkpoint_loader", "%validate::stats", "%validate::writer"],
+        "validate::precision_agreement": {
+            "_target_": "visionfm_core.precision.PrecisionAgreement", "reference": "%network_def",
+            "ckpt_path": "@validate::checkpoint_loader::load_path", "precision": "@precision", "kind": parts.agreement,
+            "output_dir": "@eval_dir", "device": "@device"},
+        "validate::handlers": ["%validate::checkpoint_loader", "%validate::stats", "%validate::writer",
+                               "%validate::precision_agreement"],
         "initialize": ["$monai.utils.set_determinism(seed=0)"],
         "run": ["$@validate::evaluator.run()"],
     }

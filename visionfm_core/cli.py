@@ -198,6 +198,24 @@ class Commands:
         print(report)
         print(f"wrote {out} ({modality}, {arch}/{patch_size}{', licence: ' + licence if licence else ''})")
 
+    def convert_oct(self, input: str, out: str, format: str = "auto", rows: int = 1024, cols: int = 512,
+                    interlaced: bool = False, spacing: str | tuple | None = None) -> None:
+        """Vendor OCT file INPUT (Heidelberg .e2e/.vol, Topcon .fda/.fds, Zeiss .img, Bioptigen .OCT) -> NIfTI OUT
+        (rows = axial, columns = lateral, slices = B-scans; spacing in mm) + a JSON sidecar; a file holding
+        several volumes gives OUT_1.nii.gz, OUT_2.nii.gz, ... Zeiss .img: --rows/--cols give the B-scan size.
+        --spacing AXIAL,LATERAL,BETWEEN (mm) replaces the file's spacing."""
+        from .data.oct_convert import OCTConversionError, convert_oct
+
+        if isinstance(spacing, str):
+            spacing = [float(v) for v in spacing.split(",")]
+        try:
+            written = convert_oct(input, out, fmt=format, rows=rows, cols=cols, interlaced=interlaced,
+                                  spacing=spacing)
+        except OCTConversionError as e:
+            sys.exit(f"visionfm convert-oct: {e}")
+        for path in written:
+            print(f"wrote {path}")
+
     def demo(self, out: str = "demo_output", epochs: int = 3, arch: str = "vit_base", per_class: int = 8,
              bundle: str = str(BUNDLES_DIR / "fundus_dr_classification")) -> None:
         """Train the fundus DR bundle briefly on built-in graded phantoms, evaluate it on their test split and

@@ -52,6 +52,8 @@ from visionfm_core.data.targets import (
     target_stats,
     trained_targets,
 )
+from visionfm_core.data.volumes import VOLUME_BUNDLES, EyeVolumeReader, ValidateVolumed, VolumeReadError, read_volume
+from visionfm_core.data.oct_convert import OCT_FORMATS, OCTConversionError, convert_oct
 
 __all__ = [
     # reading (EyeImageReader is also registered with MONAI as reader="EyeImageReader")
@@ -126,6 +128,15 @@ __all__ = [
     "target_stats",
     "save_targets",
     "trained_targets",
+    # volumes: NIfTI, DICOM series, multi-frame DICOM (EyeVolumeReader), their checks, vendor OCT -> NIfTI
+    "EyeVolumeReader",
+    "VolumeReadError",
+    "ValidateVolumed",
+    "read_volume",
+    "VOLUME_BUNDLES",
+    "convert_oct",
+    "OCTConversionError",
+    "OCT_FORMATS",
 ]
 
 # public classification datasets and generic CSVs -> datalists, with the leak-free seeded split

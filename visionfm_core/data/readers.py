@@ -484,15 +484,7 @@ def _channels_last(array: np.ndarray, meta: dict, path: str) -> np.ndarray:
     """(H, W, C) from the reader's layout ((H, W) or (H, W, C)) or a channel-first (C, H, W) (EnsureChannelFirst)."""
     spatial = tuple(int(s) for s in meta.get("spatial_shape", array.shape[:2]))
     if len(spatial) != 2:
-        if meta.get("format") == "DICOM":
-            raise ImageReadError(
-                f"DICOM file {path} has {spatial[0]} frames; a single-frame 2-D image is expected "
-                "(pick one with slice_index)."
-            )
-        raise ImageReadError(
-            f"{meta.get('format', 'Image')} file {path} has shape {spatial}; a 2-D image (or a 3-D volume with a "
-            "single slice) is expected (pick a slice with slice_index)."
-        )
+        raise ImageReadError(volume_given_message(path, meta.get("format", "Image"), spatial))
     if array.ndim == 2 and array.shape == spatial:
         return array[..., None]
     if array.ndim == 3 and array.shape[:2] == spatial:
@@ -500,6 +492,20 @@ def _channels_last(array: np.ndarray, meta: dict, path: str) -> np.ndarray:
     if array.ndim == 3 and array.shape[1:] == spatial:
         return np.moveaxis(array, 0, -1)
     raise ImageReadError(f"Image file {path} has shape {array.shape}; a 2-D image of size {spatial} is expected.")
+
+
+def volume_given_message(path: str, fmt: str, spatial: Sequence[int]) -> str:
+    """The error for a volume given where a 2-D image is expected (a 2-D bundle's task path; pretraining reads
+    volumes slice by slice with ``slice_index`` and never gets here)."""
+    if fmt == "DICOM":  # a multi-frame DICOM is read frames first
+        what, slices = f"has {spatial[0]} frames", spatial[0]
+    else:
+        what, slices = f"has shape {tuple(spatial)}", spatial[-1]
+    return (
+        f"{fmt} file {path} {what}: it is a volume of {slices} slices; this bundle takes 2-D images; use a volume "
+        "bundle (oct_volume_classification, oct_layer_segmentation, mri_orbit_segmentation) or extract slices "
+        "(EyeImageReader(slice_index=...) reads one)."
+    )
 
 
 def _to_rgb(img: np.ndarray, path: str) -> np.ndarray:

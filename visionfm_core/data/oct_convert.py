@@ -1,0 +1,274 @@
+"""Vendor OCT files -> NIfTI in the volume layout of the project (``visionfm convert-oct``).
+
+The output array is (rows, columns, B-scans) = (axial depth, lateral, slow axis): slice k is B-scan k, the 2-D
+image the encoder sees, vitreous at the top as the vendor shows it. The affine is diag(spacing) in mm (OCT files
+carry no patient coordinate frame); a JSON sidecar (same name, ``.json``) records the source file, format, shape,
+spacing (and where it came from) and laterality.
+
+Formats, through the ``oct-converter`` library (``pip install visionfm-monai[oct]``) unless noted:
+
+======  =====================================  ===========================================================
+format  files                                  spacing
+======  =====================================  ===========================================================
+e2e     Heidelberg .e2e (may hold several)     axial from the B-scan headers; lateral and between B-scans
+                                               are not read by the library (1.0 + warning; --spacing)
+vol     Heidelberg .vol (read here, numpy)     all three from the file header
+fda     Topcon .fda                            all three from @PARAM_SCAN_04/02 when present
+fds     Topcon .fds                            as .fda
+img     Zeiss Cirrus .img (raw cube; give      none in the file (1.0 + warning; --spacing)
+        --rows/--cols, default 1024 x 512)
+oct     Bioptigen .OCT (Optovue .oct with its  none read (1.0 + warning; --spacing)
+        .txt next to it as a fallback)
+======  =====================================  ===========================================================
+
+Everything is written to temporary files first and renamed at the end, so an interrupted or failed conversion
+leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["OCT_FORMATS", "OCTConversionError", "convert_oct", "read_oct", "read_heidelberg_vol"]
+
+logger = logging.getLogger(__name__)
+
+OCT_FORMATS = ("e2e", "vol", "fda", "fds", "img", "oct")
+_EXTENSIONS = {".e2e": "e2e", ".vol": "vol", ".fda": "fda", ".fds": "fds", ".img": "img", ".oct": "oct"}
+LAYOUT = "i = rows (axial depth), j = columns (lateral), k = B-scans"
+
+
+class OCTConversionError(ValueError):
+    """A vendor OCT file cannot be converted; the message names the file and the problem."""
+
+
+class OCTVolume:
+    """One converted cube: ``array`` (axial, lateral, B-scans), ``spacing`` (mm per axis or None where unknown)."""
+
+    def __init__(self, array: np.ndarray, spacing: Sequence[float | None], laterality: str | None = None,
+                 volume_id: str | None = None):
+        self.array = array
+        self.spacing = [None if s is None or not np.isfinite(s) or s <= 0 else float(s) for s in spacing]
+        self.laterality = laterality or None
+        self.volume_id = volume_id
+
+
+def _format_of(path: str, fmt: str) -> str:
+    if fmt != "auto":
+        if fmt not in OCT_FORMATS:
+            raise OCTConversionError(f"Unknown OCT format {fmt!r} for {path}; choose auto or one of "
+                                     f"{', '.join(OCT_FORMATS)}.")
+        return fmt
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in _EXTENSIONS:
+        raise OCTConversionError(f"Cannot tell the OCT format of {path} from its extension {ext!r}; known: "
+                                 f"{', '.join(_EXTENSIONS)} (or give --format).")
+    return _EXTENSIONS[ext]
+
+
+def _stack(slices, path: str) -> np.ndarray:
+    """The library's list of B-scans (each (axial, lateral)) -> (axial, lateral, B-scans)."""
+    slices = [np.asarray(s) for s in (slices if slices is not None else [])]
+    if not slices:
+        raise OCTConversionError(f"OCT file {path} holds no B-scans the reader could extract.")
+    shapes = {s.shape for s in slices}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise OCTConversionError(f"OCT file {path} has B-scans of differing or non-2-D shapes {sorted(shapes)}.")
+    return np.stack(slices, axis=-1)
+
+
+def _lateral(value) -> str | None:
+    value = str(value or "").strip().upper()
+    return {"R": "R", "OD": "R", "L": "L", "OS": "L"}.get(value)
+
+
+def read_heidelberg_vol(path: str) -> list[OCTVolume]:
+    """Heidelberg Spectralis .vol (HSF-OCT-1xx) with numpy: a 2048-byte header (sizes and scales at fixed
+    offsets), the SLO image, then per B-scan a header of ``BScanHdrSize`` bytes and SizeZ x SizeX float32
+    reflectivities (max float = no data). Values are shown as Heidelberg displays them, ``value ** 0.25`` in [0, 1]."""
+    head = np.dtype([
+        ("version", "S12"), ("size_x", "<i4"), ("num_bscans", "<i4"), ("size_z", "<i4"), ("scale_x", "<f8"),
+        ("distance", "<f8"), ("scale_z", "<f8"), ("size_x_slo", "<i4"), ("size_y_slo", "<i4"),
+        ("scale_x_slo", "<f8"), ("scale_y_slo", "<f8"), ("field_size_slo", "<i4"), ("scan_focus", "<f8"),
+        ("scan_position", "S4"), ("exam_time", "<i8"), ("scan_pattern", "<i4"), ("bscan_hdr_size", "<i4"),
+    ])
+    with open(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 2048 or not raw.startswith(b"HSF-OCT-"):
+        raise OCTConversionError(f"OCT file {path} is not a Heidelberg .vol file (no HSF-OCT header).")
+    h = np.frombuffer(raw, dtype=head, count=1)[0]
+    nx, nb, nz, hdr = int(h["size_x"]), int(h["num_bscans"]), int(h["size_z"]), int(h["bscan_hdr_size"])
+    start = 2048 + int(h["size_x_slo"]) * int(h["size_y_slo"])
+    step = hdr + nx * nz * 4
+    if min(nx, nb, nz) <= 0 or hdr < 0 or start + nb * step > len(raw):
+        raise OCTConversionError(f"OCT file {path} is truncated or its .vol header is inconsistent ({nb} B-scans of "
+                                 f"{nz} x {nx}, file {len(raw)} bytes).")
+    scans = []
+    for b in range(nb):
+        data = np.frombuffer(raw, dtype="<f4", count=nx * nz, offset=start + b * step + hdr).reshape(nz, nx)
+        data = np.where(np.isfinite(data) & (data < 3.0e38), data, 0.0)
+        scans.append(np.clip(data, 0.0, 1.0) ** 0.25)
+    laterality = _lateral(h["scan_position"].split(b"\0")[0].decode("ascii", "replace"))
+    spacing = [float(h["scale_z"]), float(h["scale_x"]), float(h["distance"])]
+    return [OCTVolume(_stack(scans, path).astype(np.float32), spacing, laterality)]
+
+
+class _NumpyWithBinaryFromstring:
+    """numpy as oct-converter 0.7.0's Topcon readers (fda.py, fds.py) expect it: they call ``np.fromstring`` on
+    bytes, which NumPy 2.3 removed; here it is ``np.frombuffer`` (copied). Everything else is numpy itself."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def fromstring(data, dtype=float, count=-1, sep=""):
+        if sep:
+            return np.fromstring(data, dtype=dtype, count=count, sep=sep)
+        return np.frombuffer(data, dtype=dtype, count=count).copy()
+
+
+def _topcon_reader(fmt: str):
+    import oct_converter.readers.fda as fda
+    import oct_converter.readers.fds as fds
+
+    module = fda if fmt == "fda" else fds
+    module.np = _NumpyWithBinaryFromstring()  # only these two modules see the shim
+    return module.FDA if fmt == "fda" else module.FDS
+
+
+def read_oct(path: str | os.PathLike, fmt: str = "auto", rows: int = 1024, cols: int = 512,
+             interlaced: bool = False) -> tuple[str, list[OCTVolume]]:
+    """Read a vendor OCT file into :class:`OCTVolume` s (several for an .e2e or a Bioptigen time series)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise OCTConversionError(f"OCT file {path} does not exist or is not a file.")
+    if os.path.getsize(path) == 0:
+        raise OCTConversionError(f"OCT file {path} is empty (0 bytes).")
+    fmt = _format_of(path, fmt)
+    if fmt == "vol":
+        return fmt, read_heidelberg_vol(path)
+    if fmt == "img":
+        size = os.path.getsize(path)
+        if rows <= 0 or cols <= 0 or size % (rows * cols):
+            raise OCTConversionError(f"Zeiss .img file {path} has {size} bytes, not a whole number of {rows} x {cols} "
+                                     "B-scans: give the cube's --rows (axial) and --cols (A-scans per B-scan).")
+    try:
+        import oct_converter.readers as readers
+    except ImportError as e:
+        raise OCTConversionError(f"Converting {path} ({fmt}) needs the oct-converter library: "
+                                 "pip install 'visionfm-monai[oct]'.") from e
+    try:
+        if fmt == "e2e":
+            found = readers.E2E(path).read_oct_volume()
+            volumes = []
+            for v in found:
+                axial = v.pixel_spacing[1] if v.pixel_spacing else None  # the library fills lateral/slice itself
+                volumes.append(OCTVolume(_stack(v.volume, path), [axial, None, None], _lateral(v.laterality),
+                                         v.volume_id))
+        elif fmt in ("fda", "fds"):
+            v = _topcon_reader(fmt)(path).read_oct_volume()
+            ps = v.pixel_spacing  # (lateral, between B-scans, axial)
+            spacing = [ps[2], ps[0], ps[1]] if ps else [None] * 3
+            volumes = [OCTVolume(_stack(v.volume, path), spacing, _lateral(v.laterality))]
+        elif fmt == "img":
+            v = readers.IMG(path).read_oct_volume(rows=rows, cols=cols, interlaced=interlaced)
+            volumes = [OCTVolume(_stack(v.volume, path), [None] * 3, _lateral(v.laterality))]
+        else:  # "oct": Bioptigen, or an Optovue .oct with its .txt
+            from oct_converter.exceptions import InvalidOCTReaderError
+
+            try:
+                found = readers.BOCT(path).read_oct_volume()
+                # Bioptigen frames are (A-scans, depth): transposed to (depth, A-scans)
+                volumes = [OCTVolume(_stack([s.T for s in np.asarray(v.volume)], path), [None] * 3,
+                                     _lateral(v.laterality), str(n)) for n, v in enumerate(found)]
+            except InvalidOCTReaderError:
+                found = readers.POCT(path).read_oct_volume()
+                volumes = [OCTVolume(_stack(v.volume, path), [None] * 3, _lateral(v.laterality), str(n))
+                           for n, v in enumerate(found)]
+    except OCTConversionError:
+        raise
+    except Exception as e:  # the library raises anything from struct errors to IndexError on bad files
+        raise OCTConversionError(f"OCT file {path} could not be read as {fmt} by oct-converter: "
+                                 f"{type(e).__name__}: {e}") from e
+    if not volumes:
+        raise OCTConversionError(f"OCT file {path} ({fmt}) holds no OCT volume the reader could extract.")
+    return fmt, volumes
+
+
+def _outputs(out: str, n: int) -> list[str]:
+    base = out[: -len(".nii.gz")] if out.endswith(".nii.gz") else (out[:-4] if out.endswith(".nii") else out)
+    ext = ".nii" if out.endswith(".nii") else ".nii.gz"
+    return [base + ext] if n == 1 else [f"{base}_{k + 1}{ext}" for k in range(n)]
+
+
+def _sidecar(nifti: str) -> str:
+    return (nifti[: -len(".nii.gz")] if nifti.endswith(".nii.gz") else nifti[:-4]) + ".json"
+
+
+def convert_oct(input: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto", rows: int = 1024,
+                cols: int = 512, interlaced: bool = False, spacing: Sequence[float] | None = None) -> list[str]:
+    """Convert one vendor OCT file to NIfTI (one per volume, numbered ``OUT_1.nii.gz``, ... when the file holds
+    several) plus a JSON sidecar each. ``spacing`` (axial, lateral, between B-scans; mm) replaces what the file
+    says. Returns the NIfTI paths written. Raises :class:`OCTConversionError` naming the file."""
+    import nibabel as nib
+
+    src, out = os.fspath(input), os.fspath(out)
+    if spacing is not None:
+        spacing = [float(s) for s in spacing]
+        if len(spacing) != 3 or min(spacing) <= 0:
+            raise OCTConversionError(f"--spacing needs 3 positive values in mm (axial, lateral, between B-scans), "
+                                     f"got {spacing}.")
+    fmt, volumes = read_oct(src, fmt, rows=rows, cols=cols, interlaced=interlaced)
+    targets = _outputs(out, len(volumes))
+    folder = os.path.dirname(os.path.abspath(targets[0]))
+    os.makedirs(folder, exist_ok=True)
+    written: list[tuple[str, str]] = []  # (temporary, final)
+    try:
+        for k, (vol, target) in enumerate(zip(volumes, targets)):
+            if 0 in vol.array.shape:
+                raise OCTConversionError(f"OCT file {src} volume {k + 1} has shape {vol.array.shape}: an empty axis.")
+            if spacing is not None:
+                used, source = spacing, ["given"] * 3
+            else:
+                used = [s if s is not None else 1.0 for s in vol.spacing]
+                source = ["header" if s is not None else "unknown (1.0)" for s in vol.spacing]
+                unknown = [axis for axis, s in zip(("axial", "lateral", "between B-scans"), vol.spacing) if s is None]
+                if unknown:
+                    logger.warning("%s: the %s spacing is not in what oct-converter reads from this %s file; 1.0 "
+                                   "written (give --spacing AXIAL,LATERAL,BETWEEN in mm).", src, ", ".join(unknown),
+                                   fmt)
+            array = vol.array
+            if array.dtype.kind == "f":
+                array = array.astype(np.float32)
+            img = nib.Nifti1Image(array, np.diag(list(used) + [1.0]))
+            img.header.set_xyzt_units("mm")
+            ext = ".nii.gz" if target.endswith(".nii.gz") else ".nii"
+            fd, tmp = tempfile.mkstemp(prefix=".convert-oct-", suffix=ext, dir=folder)
+            os.close(fd)
+            written.append((tmp, target))
+            nib.save(img, tmp)
+            side = {
+                "source": os.path.abspath(src), "format": fmt, "volume": k + 1, "volumes_in_file": len(volumes),
+                "volume_id": vol.volume_id, "shape": list(array.shape), "layout": LAYOUT,
+                "spacing_mm": [float(s) for s in used], "spacing_source": source, "laterality": vol.laterality,
+                "dtype": str(array.dtype),
+            }
+            fd, tmp_json = tempfile.mkstemp(prefix=".convert-oct-", suffix=".json", dir=folder)
+            with os.fdopen(fd, "w") as f:
+                json.dump(side, f, indent=2)
+            written.append((tmp_json, _sidecar(target)))
+        for tmp, final in written:
+            os.replace(tmp, final)
+    except BaseException:
+        for tmp, _ in written:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        raise
+    return targets

@@ -30,6 +30,7 @@ PINS = {
     "scikit-learn": "1.7.2",
     "scikit-image": "0.25.2",
     "pydicom": "3.0.2",
+    "nibabel": "5.4.2",
     "pillow": "12.3.0",
 }
 VERSIONS = {"monai_version": PINS["monai"], "pytorch_version": PINS["torch"], "numpy_version": PINS["numpy"]}

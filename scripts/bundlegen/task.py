@@ -57,7 +57,8 @@ def with_modality_check(transforms):
     if not isinstance(transforms, list) or MODALITY_CHECK in transforms:
         return transforms
     for i, t in enumerate(transforms):
-        if isinstance(t, dict) and t.get("_target_") == "LoadImaged" and t.get("keys") in ("image", ["image"]):
+        if isinstance(t, dict) and t.get("_target_") == "LoadImaged" and t.get("keys") in ("image", ["image"]) \
+                and "EyeVolumeReader" not in str(t.get("reader")):  # the check looks at 2-D photos, not volumes
             return [*transforms[: i + 1], dict(MODALITY_CHECK), *transforms[i + 1:]]
     return transforms
 

@@ -7,6 +7,7 @@ from .task import VisionFMTaskModel
 from .forecasting import CLSFeaturesHead, SinusoidalIntervalEncoding, VisionFMForecastingModel
 from .fusion import FUSION_MODES, VisionFMFusionModel
 from .vit import ARCHS, VisionTransformer, build_encoder, resample_pos_embed
+from .slicewise import SliceContextd, SliceWiseTaskModel
 
 __all__ = ["ARCHS", "VisionTransformer", "build_encoder", "resample_pos_embed", "ClassificationHead",
            "VisionFMClassifier", "VisionFMTaskModel", "HEADS", "register_head", "UNETRDecoder2d", "soft_argmax_2d",
@@ -14,3 +15,4 @@ __all__ = ["ARCHS", "VisionTransformer", "build_encoder", "resample_pos_embed", 
            "MultiTaskLoss", "MultiTaskProbabilitiesd", "MULTITASK_TASKS", "MULTITASK_OUTPUTS"]
 __all__ += ["CLSFeaturesHead", "SinusoidalIntervalEncoding", "VisionFMForecastingModel", "FUSION_MODES",
             "VisionFMFusionModel"]
+__all__ += ["SliceWiseTaskModel", "SliceContextd"]

@@ -27,6 +27,7 @@ from torch import nn
 from .io import atomic_torch_save
 from .modalities import get_modality
 from .models.vit import ARCHS, resample_pos_embed
+from .models.vit3d import inflate_patch_embedding, resample_depth_embed
 
 __all__ = ["WeightsError", "LoadReport", "read_checkpoint", "extract_backbone", "load_encoder_weights",
            "load_bundle_encoder", "save_encoder_weights", "sha256sum", "require_checkpoint", "declared_modality",
@@ -54,12 +55,15 @@ class LoadReport:
     resized: dict[str, tuple] = field(default_factory=dict)
     modality: str | None = None  # the modality the file declares (header, or an original release's name)
     header: dict | None = None  # the file's own header (`declared_header`): modality, arch, patch_size, epoch, ...
+    inflated: list[str] = field(default_factory=list)  # 2-D tensors inflated into a 3-D encoder (models/vit3d.py)
 
     def __str__(self) -> str:
         lines = [f"loaded {len(self.loaded)} tensors from {self.source} [{self.entry}]"
                  + (f" ({self.modality} encoder)" if self.modality else "")]
         if self.resized:
             lines += [f"  resized {k}: {old} -> {new}" for k, (old, new) in self.resized.items()]
+        if self.inflated:
+            lines.append(f"  inflated 2-D weights into the 3-D encoder: {', '.join(self.inflated)}")
         if self.ignored:
             heads = sorted({k.split(".")[0] for k in self.ignored})
             lines.append(f"  ignored {len(self.ignored)} keys not in the encoder (groups: {', '.join(heads)})")
@@ -217,6 +221,8 @@ def load_encoder_weights(
     With `expected_modality`, a file that declares another modality (its header, or an original release named
     `VFM_<Modality>_weights.pth`) is refused, naming both, unless `allow_modality_mismatch`; a file that
     declares none is accepted. A header naming another architecture or patch size than `encoder`'s is refused.
+    A 3-D encoder (`visionfm_core.models.vit3d`) takes 2-D weights inflated (`LoadReport.inflated`) or 3-D
+    weights as they are; a 2-D encoder refuses 3-D weights.
     """
     name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<state dict>"
     if expected_modality is not None:
@@ -227,6 +233,7 @@ def load_encoder_weights(
     state, entry = extract_backbone(raw, checkpoint_key)
     target = encoder.state_dict()
     report = LoadReport(source=name, entry=entry, modality=modality, header=declared_header(raw))
+    _inflate_or_refuse_dims(state, target, encoder, name, report)
 
     if "pos_embed" in state and "pos_embed" in target and state["pos_embed"].shape != target["pos_embed"].shape:
         old = state["pos_embed"]
@@ -236,6 +243,12 @@ def load_encoder_weights(
         if old.shape[-1] == target["pos_embed"].shape[-1] and side * side == n_target:
             state["pos_embed"] = resample_pos_embed(old, (side, side), prefix)
             report.resized["pos_embed"] = (tuple(old.shape), tuple(state["pos_embed"].shape))
+
+    if "depth_embed" in state and "depth_embed" in target and state["depth_embed"].shape != target["depth_embed"].shape:
+        old = state["depth_embed"]
+        if old.dim() == 3 and old.shape[-1] == target["depth_embed"].shape[-1]:
+            state["depth_embed"] = resample_depth_embed(old, target["depth_embed"].shape[1])
+            report.resized["depth_embed"] = (tuple(old.shape), tuple(state["depth_embed"].shape))
 
     missing = [k for k in target if k not in state and k != "masked_embed"]
     mismatched = [
@@ -258,6 +271,26 @@ def load_encoder_weights(
     report.kept_initial = [k for k in target if k not in state]
     encoder.load_state_dict({k: state[k] for k in report.loaded}, strict=False)
     return report
+
+
+def _inflate_or_refuse_dims(state: dict, target: dict, encoder: nn.Module, name: str, report: LoadReport) -> None:
+    """2-D weights into a 3-D encoder: inflate them in `state` by the rule of `visionfm_core.models.vit3d` (patch
+    kernel spread evenly over the depth of the patch, bias unchanged; in-plane `pos_embed` shared by every depth;
+    `depth_embed` zeros). 3-D weights into a 2-D encoder: refused with a sentence."""
+    key = "patch_embed.proj.weight"
+    if key not in state or key not in target:
+        return
+    file_dims, model_dims = state[key].dim() - 2, target[key].dim() - 2
+    if file_dims == 3 and model_dims == 2:
+        raise WeightsError(f"{name} holds a 3-D encoder (patch kernel {tuple(state[key].shape)}); this model is 2-D. "
+                           "Build it with spatial_dims=3, or pass 2-D encoder weights.")
+    if file_dims == 2 and model_dims == 3:
+        depth_patch = target[key].shape[-1]
+        state[key] = inflate_patch_embedding(state[key], depth_patch)
+        report.inflated.append(f"{key} (2-D kernel / {depth_patch} at each of {depth_patch} depths)")
+        if "depth_embed" in target and "depth_embed" not in state:
+            state["depth_embed"] = torch.zeros_like(target["depth_embed"])
+            report.inflated.append("depth_embed (zeros: depth seen through content only)")
 
 
 def save_encoder_weights(encoder_or_state: nn.Module | Mapping, path: str | os.PathLike, **header: Any) -> None:

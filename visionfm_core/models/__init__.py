@@ -8,6 +8,9 @@ from .forecasting import CLSFeaturesHead, SinusoidalIntervalEncoding, VisionFMFo
 from .fusion import FUSION_MODES, VisionFMFusionModel
 from .vit import ARCHS, VisionTransformer, build_encoder, resample_pos_embed
 from .slicewise import SliceContextd, SliceWiseTaskModel
+from .mil import GatedAttentionPooling, VolumeMILModel
+from .vit3d import VisionTransformer3D, build_encoder3d
+from .heads import UNETRDecoder
 
 __all__ = ["ARCHS", "VisionTransformer", "build_encoder", "resample_pos_embed", "ClassificationHead",
            "VisionFMClassifier", "VisionFMTaskModel", "HEADS", "register_head", "UNETRDecoder2d", "soft_argmax_2d",
@@ -15,4 +18,5 @@ __all__ = ["ARCHS", "VisionTransformer", "build_encoder", "resample_pos_embed", 
            "MultiTaskLoss", "MultiTaskProbabilitiesd", "MULTITASK_TASKS", "MULTITASK_OUTPUTS"]
 __all__ += ["CLSFeaturesHead", "SinusoidalIntervalEncoding", "VisionFMForecastingModel", "FUSION_MODES",
             "VisionFMFusionModel"]
-__all__ += ["SliceWiseTaskModel", "SliceContextd"]
+__all__ += ["SliceWiseTaskModel", "SliceContextd", "VolumeMILModel", "GatedAttentionPooling",
+            "VisionTransformer3D", "build_encoder3d", "UNETRDecoder"]

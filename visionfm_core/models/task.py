@@ -13,6 +13,7 @@ from torch import nn
 from ..weights import load_encoder_weights
 from .heads import HEADS
 from .vit import build_encoder
+from .vit3d import build_encoder3d
 
 __all__ = ["VisionFMTaskModel"]
 logger = logging.getLogger(__name__)
@@ -26,6 +27,10 @@ class VisionFMTaskModel(nn.Module):
     - landmarks -> heatmap logits (B, L, H, W), segmentation -> logits (B, C, H, W): a 2-D UNETR decoder on the
       patch maps of 4 blocks plus the raw image (`feature_size`, base 32 channels), at the input's H, W.
     `forward(x)` takes (B, 3, H, W) with H, W multiples of the patch size (not necessarily `img_size`).
+
+    `spatial_dims=3` builds the 3-D encoder (`vit3d.VisionTransformer3D`, patches p x p x `depth_patch`, default p)
+    on volumes (B, 3, I, J, K): segmentation then gives (B, C, I, J, K) from the 3-D UNETR decoder and
+    classification its logits from the CLS tokens as in 2-D. 2-D encoder weights (`pretrained`) are inflated.
 
     `freeze_encoder=True` is the original protocol: the encoder gets no gradients, runs under `torch.no_grad()`
     and stays in eval mode in `train()` (so drop path never fires); `False` fine-tunes everything, with
@@ -56,6 +61,8 @@ class VisionFMTaskModel(nn.Module):
         checkpoint_key: str = "teacher",
         modality: str | None = None,
         allow_modality_mismatch: bool = False,
+        spatial_dims: int = 2,
+        depth_patch: int | None = None,
         **head_kwargs: Any,
     ):
         super().__init__()
@@ -63,9 +70,16 @@ class VisionFMTaskModel(nn.Module):
             raise ValueError(f"unknown head {head!r}; choose one of {', '.join(sorted(HEADS))}")
         if num_outputs < 1:
             raise ValueError(f"num_outputs must be at least 1, not {num_outputs}")
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 (images) or 3 (volumes), not {spatial_dims}")
         # drop path only when the encoder trains: a frozen encoder must give the same features every time
-        self.encoder = build_encoder(arch, patch_size, img_size,
-                                     drop_path_rate=0.0 if freeze_encoder else drop_path_rate)
+        rate = 0.0 if freeze_encoder else drop_path_rate
+        if spatial_dims == 3:
+            self.encoder = build_encoder3d(arch, patch_size, img_size, drop_path_rate=rate, depth_patch=depth_patch)
+        else:
+            self.encoder = build_encoder(arch, patch_size, img_size, drop_path_rate=rate)
+        self.spatial_dims = spatial_dims
+        self.map_fmt = "NCDHW" if spatial_dims == 3 else "NCHW"  # the encoder's patch-map layout
         if pretrained:
             report = load_encoder_weights(self.encoder, pretrained, checkpoint_key, expected_modality=modality,
                                           allow_modality_mismatch=allow_modality_mismatch)
@@ -76,6 +90,8 @@ class VisionFMTaskModel(nn.Module):
             self.encoder_source = {"weights": None, "initialisation": "random initialisation"}
         self.encoder_source.update(task_modality=modality, arch=arch, patch_size=patch_size,
                                    freeze_encoder=bool(freeze_encoder))
+        if spatial_dims == 3:
+            self.encoder_source.update(spatial_dims=3, depth_patch=self.encoder.depth_patch)
         self.warned_random_frozen = False
         # weights loaded into the encoder after construction (model.pt, load_encoder_weights) replace the random ones
         self.encoder.register_load_state_dict_pre_hook(self._encoder_weights_loaded)
@@ -126,7 +142,7 @@ class VisionFMTaskModel(nn.Module):
 
     def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.uses_patch_maps:
-            return self.encoder.forward_intermediates(x, self.block_indices, "NCHW", True)
+            return self.encoder.forward_intermediates(x, self.block_indices, self.map_fmt, True)
         return [tokens[:, 0] for tokens in self.encoder.get_intermediate_layers(x, self.block_indices)]
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -80,10 +80,14 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
-        x = F.scaled_dot_product_attention(q, k, v)  # fused (flash / memory-efficient) kernels where available
+        # fused (flash / memory-efficient) kernels where available; `attn_bias` (broadcast to (B, heads, N, N)) is
+        # added to the attention logits: the 3-D encoder uses it to weight the CLS key (vit3d.py)
+        if attn_bias is not None:
+            attn_bias = attn_bias.to(q.dtype)  # bf16 weights on an fp32 input
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)
         return self.proj(x.transpose(1, 2).reshape(b, n, c))
 
 
@@ -107,8 +111,8 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), attn_bias))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -177,10 +181,15 @@ class VisionTransformer(nn.Module):
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         return x + resample_pos_embed(self.pos_embed, (h, w))
 
+    def attention_bias(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Additive attention-logit bias for input `x` (None: plain attention). The 3-D encoder overrides it."""
+        return None
+
     def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        bias = self.attention_bias(x)
         x = self.prepare_tokens(x, mask)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, bias)
         return self.norm(x)
 
     def _block_indices(self, indices: int | list[int]) -> list[int]:
@@ -209,11 +218,12 @@ class VisionTransformer(nn.Module):
         """All tokens (B, 1 + N, D) after each wanted block, shallow to deep; blocks past the last one are skipped."""
         wanted = self._block_indices(indices)
         last = wanted[-1]
+        bias = self.attention_bias(x)
         x = self.prepare_tokens(x, mask)
         outputs: list[torch.Tensor] = []
         for i, block in enumerate(self.blocks):
             if i <= last:
-                x = block(x)
+                x = block(x, bias)
                 if i in wanted:
                     outputs.append(self.norm(x) if norm else x)
         return outputs

@@ -97,8 +97,8 @@ def test_properties_train_evaluate_and_infer(bundle, tmp_path):
             ckpt_dir=str(tmp_path / "models"), eval_dir=str(tmp_path / "eval"))
         assert (tmp_path / "eval" / "metrics.json").is_file()
 
-    infer_overrides = dict(dataset_dir=infer_dir, ckpt_path=str(model), output_dir=str(tmp_path / "infer"), **TINY,
-                           **spec.get("infer", {}))
+    infer_overrides = {"dataset_dir": infer_dir, "ckpt_path": str(model), "output_dir": str(tmp_path / "infer"),
+                       **TINY, **spec.get("infer", {})}  # the bundle's own overrides win over TINY
     infer = ConfigWorkflow(config_file=config(bundle, "inference"), meta_file=meta, logging_file=log,
                            workflow_type="infer", **infer_overrides)
     infer.initialize()

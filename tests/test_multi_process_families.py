@@ -16,6 +16,9 @@ CASES = {
     "regression": ("fundus_biomarker_regression", {}),
     "forecasting": ("fundus_glaucoma_forecasting", {}),
     "fusion_fine_tuned": ("multimodal_disease_classification", {"freeze_encoder": False}),
+    "volume_mil": ("oct_volume_classification", {}),
+    "oct_layers": ("oct_layer_segmentation", {}),
+    "segmentation3d": ("mri_orbit_segmentation", {}),
 }
 
 

@@ -15,7 +15,7 @@ from visionfm_core.modalities import get_modality
 
 from .common import LICENCE_AND_REFERENCES, RUN_NOTES, image_input, metadata
 from .task import TaskParts, family_bundles
-from .volume_common import load_volume
+from .volume_common import VOLUME_DATALIST, load_volume
 
 TEST_DATA = ("The tests use synthetic OCT cubes with known retinal layers, speckle and fluid pockets "
              "(visionfm_core.data.oct_samples); no real OCT cube installs offline.")
@@ -92,6 +92,7 @@ def parts(d: dict) -> TaskParts:
     dice = {"_target_": "MeanDice", "include_background": False,
             "output_transform": "$monai.handlers.from_engine(['pred', 'label'])"}
     return TaskParts(
+        infer_datalist=VOLUME_DATALIST,
         head="segmentation",
         num_outputs="@num_classes",
         head_kwargs={"feature_size": "@feature_size"},

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 VOLUME_READER = "$visionfm_core.data.volumes.EyeVolumeReader()"
+# inference on a folder: NIfTI files, multi-frame DICOM files and folders of DICOM slices (one series each)
+VOLUME_DATALIST = "$visionfm_core.data.volume_datalist(@dataset_dir)"
 
 
 def load_volume(keys="image", allow_missing: bool = False, validate: dict | None = None) -> list[dict]:
     """Files (NIfTI, DICOM series folder, multi-frame DICOM) -> (C, I, J, K) with affine and spacing in the metadata;
-    values as stored (intensity scaling is the family's choice; label maps keep their values). Images (`validate`
-    given: ValidateVolumed's arguments, e.g. expected_spacing, min_slices) are checked on their raw values: NaN,
+    values as stored (intensity scaling is the family's choice; label maps keep their values). The image (`validate`
+    given: ValidateVolumed's arguments, e.g. expected_spacing, min_slices) is checked on its raw values: NaN,
     constant, too few slices stop with the file named; a spacing far from the training spacing is a warning."""
     load = {"_target_": "LoadImaged", "keys": keys, "reader": VOLUME_READER, "image_only": True,
             "ensure_channel_first": True}
@@ -16,4 +18,4 @@ def load_volume(keys="image", allow_missing: bool = False, validate: dict | None
         load["allow_missing_keys"] = True
     if validate is None:
         return [load]
-    return [load, {"_target_": "visionfm_core.data.ValidateVolumed", "keys": keys, **validate}]
+    return [load, {"_target_": "visionfm_core.data.ValidateVolumed", "keys": "image", **validate}]

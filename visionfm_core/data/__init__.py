@@ -52,7 +52,8 @@ from visionfm_core.data.targets import (
     target_stats,
     trained_targets,
 )
-from visionfm_core.data.volumes import VOLUME_BUNDLES, EyeVolumeReader, ValidateVolumed, VolumeReadError, read_volume
+from visionfm_core.data.volumes import (VOLUME_BUNDLES, EyeVolumeReader, ValidateVolumed, VolumeReadError, read_volume,
+                                        volume_datalist)
 from visionfm_core.data.oct_convert import OCT_FORMATS, OCTConversionError, convert_oct
 
 __all__ = [
@@ -133,6 +134,7 @@ __all__ = [
     "VolumeReadError",
     "ValidateVolumed",
     "read_volume",
+    "volume_datalist",
     "VOLUME_BUNDLES",
     "convert_oct",
     "OCTConversionError",

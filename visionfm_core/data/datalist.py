@@ -109,7 +109,7 @@ def load_datalist(
         if not isinstance(image, str) or not image:
             raise ValueError(f"{where} has no \"image\" path: {entry!r}.")
         path = os.path.normpath(os.path.join(base, os.path.expanduser(image)))  # join keeps absolute paths as is
-        if not os.path.isfile(path):
+        if not os.path.isfile(path) and not os.path.isdir(path):  # a folder: a DICOM series (volume bundles)
             raise ValueError(f"{where}: image file {path} does not exist.")
         entry = {**entry, "image": path}
         for key in path_keys:

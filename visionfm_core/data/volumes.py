@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from pathlib import Path
 from typing import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -30,7 +31,7 @@ from monai.utils import ensure_tuple
 
 from visionfm_core.data.readers import ImageReadError
 
-__all__ = ["EyeVolumeReader", "VolumeReadError", "ValidateVolumed", "read_volume", "VOLUME_BUNDLES"]
+__all__ = ["volume_datalist", "EyeVolumeReader", "VolumeReadError", "ValidateVolumed", "read_volume", "VOLUME_BUNDLES"]
 
 logger = logging.getLogger(__name__)
 
@@ -443,8 +444,10 @@ class ValidateVolumed(MapTransform):
     """
 
     def __init__(self, keys: KeysCollection, expected_spacing: Sequence[float | None] | None = None,
-                 spacing_tolerance: float = 2.0, min_slices: int = 1, allow_missing_keys: bool = False) -> None:
+                 spacing_tolerance: float = 2.0, min_slices: int = 1, allow_missing_keys: bool = False,
+                 warning_key: str | None = None) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.warning_key = warning_key  # also put the warning ("" if none) under this key, for the output tables
         if expected_spacing is not None and len(expected_spacing) != 3:
             raise ValueError(f"ValidateVolumed expected_spacing needs 3 values (or None), got {expected_spacing}.")
         if spacing_tolerance <= 1:
@@ -455,11 +458,13 @@ class ValidateVolumed(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
-        for key in self.key_iterator(d):
-            self.check(d[key], key)
+        warnings = [w for key in self.key_iterator(d) if (w := self.check(d[key], key))]
+        if self.warning_key:
+            d[self.warning_key] = "; ".join(warnings)
         return d
 
-    def check(self, img, key: Hashable = "image") -> None:
+    def check(self, img, key: Hashable = "image") -> str:
+        """Raise on what cannot be used; return the spacing warning ("" when none)."""
         meta = getattr(img, "meta", {}) or {}
         name = str(meta.get("filename_or_obj", f"<volume under key {key!r}>"))
         shape = tuple(int(s) for s in img.shape)
@@ -480,15 +485,48 @@ class ValidateVolumed(MapTransform):
         if low == high:
             raise VolumeReadError(f"Volume {name} is constant (every value is {low:g}): no image content.")
         if self.expected_spacing is None:
-            return
+            return ""
         affine = getattr(img, "affine", None)
         if affine is None:
-            return
+            return ""
         found = _spacing(torch.as_tensor(affine).cpu().numpy())
         off = [a for a, e in enumerate(self.expected_spacing)
                if e and not 1 / self.spacing_tolerance <= found[a] / float(e) <= self.spacing_tolerance]
-        if off:
-            logger.warning(
-                "Volume %s has spacing %s mm, far from the expected %s mm (axes %s off by more than %gx): check the "
-                "file's header or resample it.", name, np.round(found, 4).tolist(),
-                [None if e is None else float(e) for e in self.expected_spacing], off, self.spacing_tolerance)
+        if not off:
+            return ""
+        message = (f"spacing {np.round(found, 4).tolist()} mm, far from the expected "
+                   f"{[None if e is None else float(e) for e in self.expected_spacing]} mm (axes {off} off by more "
+                   f"than {self.spacing_tolerance:g}x): check the file's header or resample it")
+        logger.warning("Volume %s has %s.", name, message)
+        return message
+
+
+def volume_datalist(source: str | os.PathLike, split: str = "test") -> list[dict]:
+    """Volumes to run a volume bundle on: the `split` of a datalist JSON file, or every volume under a folder: NIfTI
+    files, multi-frame DICOM files, and each folder of single-frame DICOM files as one series (its slices are
+    sorted by position when read). Hidden files and folders are skipped."""
+    from visionfm_core.data.datalist import load_datalist
+    from visionfm_core.data.readers import count_slices
+
+    source = os.fspath(source)
+    if os.path.isfile(source) and source.endswith(".json"):
+        return load_datalist(source, split)
+    if not os.path.isdir(source):
+        raise ValueError(f"Volume folder {source} does not exist or is not a folder.")
+    volumes, series = [], set()
+    for path in sorted(Path(source).rglob("*")):
+        if not path.is_file() or any(p.startswith(".") for p in path.relative_to(source).parts):
+            continue
+        ext = _extension(str(path))
+        if ext in _NIFTI:
+            volumes.append(str(path))
+        elif ext == ".dcm" or (not path.suffix and _has_dicom_preamble(str(path))):
+            if count_slices(path) > 1:
+                volumes.append(str(path))  # multi-frame: one file, one volume
+            else:
+                series.add(str(path.parent))  # single-frame slices: their folder is the volume
+    volumes += sorted(series)
+    if not volumes:
+        raise ValueError(f"Volume folder {source} holds no volumes (NIfTI files, multi-frame DICOM files or folders "
+                         "of DICOM slices).")
+    return [{"image": v} for v in sorted(volumes)]

@@ -21,6 +21,7 @@ NEWEST_FOR_PYTHON_310 = {
     "scikit-image": "0.25.2",
     "pydicom": "3.0.2",
     "pillow": "12.3.0",
+    "nibabel": "5.4.2",
 }
 TOP_LEVEL = {"monai_version": "monai", "pytorch_version": "torch", "numpy_version": "numpy"}
 

@@ -247,7 +247,8 @@ MULTI_GPU_TASK = {
                        "shuffle": True},
     "train::dataloader::sampler": "@train::sampler",
     "train::dataloader::shuffle": False,
-    "train::dataloader::drop_last": "$len(@train::sampler) % @batch_size == 1",
+    # a last batch of one image is dropped (batch norm in training), unless it is the only one: never an empty epoch
+    "train::dataloader::drop_last": "$len(@train::sampler) % @batch_size == 1 and len(@train::sampler) > 1",
     "train::trainer::train_handlers": "$visionfm_core.distributed.main_process_handlers(@train::handlers)",
     "validate::sampler": {"_target_": "DistributedSampler", "dataset": "@validate::dataset", "even_divisible": True,
                           "shuffle": False},

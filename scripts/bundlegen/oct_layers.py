@@ -15,7 +15,7 @@ from visionfm_core.modalities import get_modality
 
 from .common import LICENCE_AND_REFERENCES, RUN_NOTES, image_input, metadata
 from .task import TaskParts, family_bundles
-from .volume_common import VOLUME_DATALIST, load_volume
+from .volume_common import MEAN_DICE, ONE_HOT, VOLUME_DATALIST, load_volume
 
 TEST_DATA = ("The tests use synthetic OCT cubes with known retinal layers, speckle and fluid pockets "
              "(visionfm_core.data.oct_samples); no real OCT cube installs offline.")
@@ -87,10 +87,7 @@ def writer(output_dir: str) -> dict:
 def parts(d: dict) -> TaskParts:
     with_labels = [*load(KEYS), check_volume(), {"_target_": f"{SLICES}.ValidateLabelVolumed", "keys": "label",
                                  "num_classes": "@num_classes"}, *to_encoder_input()]
-    one_hot = {"_target_": "AsDiscreted", "keys": ["pred", "label"], "argmax": [True, False],
-               "to_onehot": ["@num_classes", "@num_classes"]}
-    dice = {"_target_": "MeanDice", "include_background": False,
-            "output_transform": "$monai.handlers.from_engine(['pred', 'label'])"}
+    one_hot, dice = ONE_HOT, MEAN_DICE
     return TaskParts(
         infer_datalist=VOLUME_DATALIST,
         head="segmentation",

@@ -123,7 +123,10 @@ class TaskParts:
     extra_inputs: dict | None = None           # {forward kwarg: batch key} the network takes besides the image
     infer_datalist: str = "$visionfm_core.data.inference_datalist(@dataset_dir)"
     fast_decode: bool = False                  # evaluation/inference read JPEGs at ~2x the input (with_fast_decode)
-    agreement: str = "softmax"                 # how evaluation compares a reduced precision with fp32 (PrecisionAgreement)
+    agreement: str = "softmax"                 # evaluation: reduced precision vs fp32 (PrecisionAgreement kind)
+
+
+DROP_LONE_LAST = "$len(@train::dataset) % @batch_size == 1 and len(@train::dataset) > 1"
 
 
 def network_def(parts: TaskParts, training: bool) -> dict:
@@ -218,10 +221,11 @@ def train_config(parts: TaskParts, modality: str) -> dict:
             "preprocessing": {"_target_": "Compose",
                               "transforms": "$@train::deterministic_transforms + @train::random_transforms"},
             "dataset": {"_target_": "Dataset", "data": split("training"), "transform": "@train::preprocessing"},
-            "dataloader": dataloader("@train::dataset", shuffle=True,
-                                     drop_last="$len(@train::dataset) % @batch_size == 1"),
+            # a last batch of one image is dropped (batch norm in training), unless it is the only one
+            "dataloader": dataloader("@train::dataset", shuffle=True, drop_last=DROP_LONE_LAST),
             # bf16 autocast on CPUs with native bf16 (amp "auto"); on GPUs the trainer's own amp (fp16 + scaler)
-            "inferer": {"_target_": "visionfm_core.precision.AutocastInferer", "precision": "@amp", "device": "@device"},
+            "inferer": {"_target_": "visionfm_core.precision.AutocastInferer", "precision": "@amp",
+                        "device": "@device"},
             "postprocessing": {"_target_": "Compose", "transforms": parts.train_postprocessing},
             "lr_schedule": {"_target_": "LrScheduleHandler", "lr_scheduler": "@lr_scheduler", "print_lr": True},
             "validation": {"_target_": "ValidationHandler", "validator": "@validate::evaluator", "epoch_level": True,

@@ -6,6 +6,12 @@ VOLUME_READER = "$visionfm_core.data.volumes.EyeVolumeReader()"
 # inference on a folder: NIfTI files, multi-frame DICOM files and folders of DICOM slices (one series each)
 VOLUME_DATALIST = "$visionfm_core.data.volume_datalist(@dataset_dir)"
 
+# validation of the label-map families: softmax output and labels one-hot, mean Dice over the foreground classes
+ONE_HOT = {"_target_": "AsDiscreted", "keys": ["pred", "label"], "argmax": [True, False],
+           "to_onehot": ["@num_classes", "@num_classes"]}
+MEAN_DICE = {"_target_": "MeanDice", "include_background": False,
+             "output_transform": "$monai.handlers.from_engine(['pred', 'label'])"}
+
 
 def load_volume(keys="image", allow_missing: bool = False, validate: dict | None = None) -> list[dict]:
     """Files (NIfTI, DICOM series folder, multi-frame DICOM) -> (C, I, J, K) with affine and spacing in the metadata;

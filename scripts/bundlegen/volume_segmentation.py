@@ -13,7 +13,7 @@ from visionfm_core.modalities import get_modality
 
 from .common import LICENCE_AND_REFERENCES, RUN_NOTES, metadata
 from .task import TaskParts, family_bundles
-from .volume_common import VOLUME_DATALIST, load_volume
+from .volume_common import MEAN_DICE, ONE_HOT, VOLUME_DATALIST, load_volume
 
 # NaN or constant volumes stop with the file named; a spacing over 2x from the training spacing is a warning
 VALIDATE = {"expected_spacing": "@pixdim", "spacing_tolerance": 2.0, "warning_key": "volume_warning"}
@@ -87,10 +87,7 @@ def parts(d: dict) -> TaskParts:
     # evaluation: the label stays on the input's grid; the prediction is put back there and scored against it
     eval_in = [*load_volume(KEYS, validate=VALIDATE), *spatial("image", "bilinear"), *intensity()]
     infer_in = [*load_volume("image", validate=VALIDATE), *spatial("image", "bilinear"), *intensity()]
-    one_hot = {"_target_": "AsDiscreted", "keys": ["pred", "label"], "argmax": [True, False],
-               "to_onehot": ["@num_classes", "@num_classes"]}
-    dice = {"_target_": "MeanDice", "include_background": False,
-            "output_transform": "$monai.handlers.from_engine(['pred', 'label'])"}
+    one_hot, dice = ONE_HOT, MEAN_DICE
     return TaskParts(
         infer_datalist=VOLUME_DATALIST,
         head="segmentation",

@@ -29,7 +29,7 @@ from monai.data import NibabelReader
 from monai.transforms import MapTransform
 from monai.utils import ensure_tuple
 
-from visionfm_core.data.readers import ImageReadError
+from visionfm_core.data.readers import ImageReadError, _extension, _has_dicom_preamble
 
 __all__ = ["volume_datalist", "EyeVolumeReader", "VolumeReadError", "ValidateVolumed", "read_volume", "VOLUME_BUNDLES"]
 
@@ -52,20 +52,6 @@ class VolumeReadError(ImageReadError):
     """A volume file or DICOM folder is missing, corrupt, 2-D, inconsistent, empty or unusable (NaN, constant); the
     message names it. A ``ValueError``; an ``ImageReadError`` so that inference (``SkipUnreadableDataset``) lists the
     file in unreadable.csv and goes on."""
-
-
-def _extension(path: str) -> str:
-    name = path.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else os.path.splitext(name)[1]
-
-
-def _has_dicom_preamble(path: str) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:] == b"DICM"
 
 
 class EyeVolumeReader(NibabelReader):
@@ -439,8 +425,8 @@ class ValidateVolumed(MapTransform):
     ensure_channel_first=True)``): NaN/inf values, a constant volume (e.g. all zeros), a zero-size axis or fewer
     than ``min_slices`` slices raise :class:`VolumeReadError` (a ``ValueError``) naming the file; a spacing (from
     the affine) more than ``spacing_tolerance`` times off ``expected_spacing`` on an axis (larger or smaller) logs a
-    warning naming the file, the spacing found and the one expected, and goes on. ``expected_spacing`` entries may be None (axis not
-    checked).
+    warning naming the file, the spacing found and the one expected, and goes on (and, with ``warning_key``, puts it
+    in the data for the output tables). ``expected_spacing`` entries may be None (axis not checked).
     """
 
     def __init__(self, keys: KeysCollection, expected_spacing: Sequence[float | None] | None = None,

@@ -167,17 +167,21 @@ class VisionTransformer(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token", "masked_embed"}
 
+    def mask_patches(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Patch embeddings (B, N, D) with the patches marked in `mask` (B, N) replaced by the mask token, before CLS
+        and position embeddings are added (iBOT's masked image modelling)."""
+        if mask is None:
+            return x
+        if self.masked_embed is None:
+            raise ValueError("this encoder was built without masked_im_modeling=True; it cannot take a mask")
+        mask = mask.reshape(x.shape[0], -1)
+        if mask.shape[1] != x.shape[1]:
+            raise ValueError(f"mask has {mask.shape[1]} patches but the input has {x.shape[1]}")
+        return torch.where(mask.unsqueeze(-1), self.masked_embed.to(x.dtype), x)
+
     def prepare_tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
-        x = self.patch_embed(x)
-        if mask is not None:
-            if self.masked_embed is None:
-                raise ValueError("this encoder was built without masked_im_modeling=True; it cannot take a mask")
-            mask = mask.reshape(x.shape[0], -1)
-            if mask.shape[1] != x.shape[1]:
-                raise ValueError(f"mask has {mask.shape[1]} patches but the image has {x.shape[1]}")
-            # the mask token replaces the patch embedding before CLS and position embeddings are added
-            x = torch.where(mask.unsqueeze(-1), self.masked_embed.to(x.dtype), x)
+        x = self.mask_patches(self.patch_embed(x), mask)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         return x + resample_pos_embed(self.pos_embed, (h, w))
 

@@ -107,14 +107,7 @@ class VisionTransformer3D(VisionTransformer):
     def prepare_tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         gi, gj = x.shape[-3] // self.patch_size, x.shape[-2] // self.patch_size
         gk = x.shape[-1] // self.depth_patch
-        x = self.patch_embed(x)
-        if mask is not None:
-            if self.masked_embed is None:
-                raise ValueError("this encoder was built without masked_im_modeling=True; it cannot take a mask")
-            mask = mask.reshape(x.shape[0], -1)
-            if mask.shape[1] != x.shape[1]:
-                raise ValueError(f"mask has {mask.shape[1]} patches but the volume has {x.shape[1]}")
-            x = torch.where(mask.unsqueeze(-1), self.masked_embed.to(x.dtype), x)
+        x = self.mask_patches(self.patch_embed(x), mask)
         pos = resample_pos_embed(self.pos_embed, (gi, gj))
         dim = pos.shape[-1]
         # token (i, j, k): in-plane position (i, j) + depth position k, in the patch embedding's (i, j, k) order

@@ -66,11 +66,12 @@ def train(tmp_path, folder, config="train.json", **overrides):
 
 
 def test_resume_after_a_hard_kill_mid_epoch(tmp_path):
+    # resuming is checked, not the recipe: a tiny run may look collapsed after one epoch, so the check is off
     folder = write_phantom_folder(tmp_path / "images", "Fundus", count=12, size=48)  # 3 iterations per epoch
     script = (
         "import sys; sys.path.insert(0, 'tests'); from monai.bundle import run; "
         f"run(config_file='{FUNDUS / 'train.json'}', dataset_dir='{folder}', ckpt_dir='{tmp_path / 'models'}', "
-        f"output_dir='{tmp_path / 'runs'}', save_every_iterations=1, "
+        f"output_dir='{tmp_path / 'runs'}', save_every_iterations=1, stop_on_collapse=False, "
         "**{'train::trainer::max_epochs': 2, 'train::progress': "  # a crash in the progress bar's place
         "{'_target_': 'crash_handler.CrashAt', 'iteration': 4}}, "
         + ", ".join(f"{k}={v!r}" for k, v in SMALL.items()) + ")"
@@ -82,7 +83,7 @@ def test_resume_after_a_hard_kill_mid_epoch(tmp_path):
     teacher_at_kill = ckpt["teacher"]
     assert not list((tmp_path / "models").glob(".*tmp"))  # no half-written file left behind
 
-    train(tmp_path, folder, save_every_iterations=1, **{"train::trainer::max_epochs": 2})
+    train(tmp_path, folder, save_every_iterations=1, stop_on_collapse=False, **{"train::trainer::max_epochs": 2})
     final = torch.load(tmp_path / "models" / "checkpoint.pt", weights_only=True)
     assert final["trainer"]["iteration"] == 6 and final["visionfm_pretraining"]["epoch"] == 2
     steps = {int(s["step"]) for s in final["optimizer"]["state"].values()}

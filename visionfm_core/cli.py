@@ -216,13 +216,36 @@ class Commands:
         for path in written:
             print(f"wrote {path}")
 
-    def demo(self, out: str = "demo_output", epochs: int = 3, arch: str = "vit_base", per_class: int = 8,
-             bundle: str = str(BUNDLES_DIR / "fundus_dr_classification")) -> None:
-        """Train the fundus DR bundle briefly on built-in graded phantoms, evaluate it on their test split and
-        grade the real fundus photo that ships with scikit-image. Everything is written under OUT."""
+    def demo(self, out: str = "demo_output", epochs: int | None = None, arch: str | None = None,
+             per_class: int | None = None, bundle: str = str(BUNDLES_DIR / "fundus_dr_classification"),
+             pretrain_epochs: int | None = None, image_size: int | None = None, baseline: bool = True,
+             report: bool = True) -> None:
+        """Pretrain a small encoder with iBOT on built-in graded fundus phantoms (labels unused), fine-tune the fundus
+        DR bundle from it and, for comparison, train a linear head on an untrained frozen encoder; evaluate both on
+        the test split, grade the real fundus photo from scikit-image and write OUT/report/index.html (every task
+        bundle on a built-in sample). Unset options: visionfm_core.demo.DEMO_DEFAULTS (ViT-Ti, 64 px)."""
         from .demo import run_demo
 
-        run_demo(out=out, epochs=epochs, arch=arch, per_class=per_class, bundle=bundle)
+        run_demo(out=out, epochs=epochs, arch=arch, per_class=per_class, bundle=bundle,
+                 pretrain_epochs=pretrain_epochs, image_size=image_size, baseline=baseline, report=report)
+
+    def export(self, bundle: str, format: str = "onnx", quantize: str | None = None, ckpt: str | None = None,
+               out: str | None = None, dataset_dir: str | None = None, datalist: str | None = None,
+               **overrides) -> None:
+        """Export BUNDLE's full network (a folder, or a name under bundles/) with its trained weights
+        (models/model.pt; pretraining bundles: models/encoder.pt) to --format onnx | torchscript | torch-export,
+        next to the weights (models/model.onnx, .ts, .pt2), checked against PyTorch on a sample. --quantize int8
+        (ONNX) also writes models/model_int8.onnx and compares it with fp32 on the test split of --datalist
+        (--dataset_dir) when given. Other --KEY VALUE pairs override config ids the weights were trained with
+        (e.g. --arch vit_small --image_size 256). Run the ONNX file through the bundle with
+        --config_file "['configs/inference.json','configs/inference_onnx.json']"."""
+        from .export import ExportError, export_bundle
+
+        try:
+            export_bundle(bundle, format=format, quantize=quantize, ckpt=ckpt, out=out, dataset_dir=dataset_dir,
+                          datalist=datalist, **overrides)
+        except ExportError as e:
+            sys.exit(f"visionfm export: {e}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -40,7 +40,11 @@ def init_distributed() -> torch.device:
 
 
 def destroy_distributed() -> None:
+    """Tear the process group down once every process got here: a process that destroys it while another is still
+    finishing its last collective can abort that one (seen with Gloo: "terminate called without an active
+    exception")."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
@@ -76,7 +80,9 @@ def main_process_handlers(handlers: list) -> list:
     from ignite.handlers import ProgressBar
     from monai.handlers import CheckpointSaver, StatsHandler, TensorBoardStatsHandler
 
-    rank0_only = (CheckpointSaver, StatsHandler, TensorBoardStatsHandler, ProgressBar)
+    from .progress import Progress
+
+    rank0_only = (CheckpointSaver, StatsHandler, TensorBoardStatsHandler, ProgressBar, Progress)
     return [h for h in handlers if not isinstance(h, rank0_only)]
 
 

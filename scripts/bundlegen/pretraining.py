@@ -25,6 +25,7 @@ from visionfm_core.ssl import IBOTRecipe, MultiCropAugmentation
 from visionfm_core.ssl.recipe import RECIPE_PRESETS
 
 from .common import DEVICE, a, dataloader, evaluator, images, metadata, render, static_files
+from .task import onnx_overlay
 
 # bundle folder prefix -> (modality, the files a dataset folder holds, after the images' name)
 MODALITIES = {
@@ -82,7 +83,7 @@ def handlers() -> dict:
         "stats": {"_target_": "StatsHandler", "tag_name": "loss", "output_transform": "$lambda x: x[0]['loss']"},
         "tensorboard": {"_target_": "TensorBoardStatsHandler", "log_dir": "@output_dir",
                         "output_transform": "$lambda x: x[0]"},
-        "progress": {"_target_": "ignite.handlers.ProgressBar", "persist": False},
+        "progress": {"_target_": "visionfm_core.progress.Progress"},
     }
 
 
@@ -188,10 +189,11 @@ def inference_config(folder: str, modality: str) -> dict:
         "inferer": {"_target_": "SimpleInferer"},
         "postprocessing": {"_target_": "Compose", "transforms": []},
         "stats": {"_target_": "StatsHandler", "iteration_log": False},
+        "progress": {"_target_": "visionfm_core.progress.Progress", "name": "embedding"},
         "writer": {"_target_": "visionfm_core.handlers.EmbeddingWriter", "output_dir": "@output_dir",
                    "root": "@dataset_dir"},
         "unreadable_report": {"_target_": "visionfm_core.handlers.UnreadableFilesReport", "output_dir": "@output_dir"},
-        "handlers": ["@stats", "@writer", "@unreadable_report"],
+        "handlers": ["@stats", "@progress", "@writer", "@unreadable_report"],
         "evaluator": evaluator("@dataloader", "@network", "@inferer", "@postprocessing", "@handlers"),
         "initialize": [
             "$monai.utils.set_determinism(seed=0)",
@@ -416,6 +418,7 @@ def bundles() -> dict[str, dict[str, str]]:
             "configs/train.json": train_config(folder, modality),
             "configs/multi_gpu_train.json": MULTI_GPU,
             "configs/inference.json": inference_config(folder, modality),
+            "configs/inference_onnx.json": onnx_overlay(None, model="encoder"),
             "configs/metadata.json": bundle_metadata(folder, modality, files),
             "docs/README.md": readme(folder, modality, files),
             **static_files(DATA_LICENCE),

@@ -234,7 +234,8 @@ def train_config(parts: TaskParts, modality: str) -> dict:
                       "output_transform": "$monai.handlers.from_engine(['loss'], first=True)"},
             "tensorboard": {"_target_": "TensorBoardStatsHandler", "log_dir": "@output_dir", "tag_name": "train_loss",
                             "output_transform": "$monai.handlers.from_engine(['loss'], first=True)"},
-            "progress": {"_target_": "ignite.handlers.ProgressBar", "persist": False},
+            # a tqdm bar on a terminal, a log line every 30 s elsewhere (VISIONFM_PROGRESS=bar|log|off)
+            "progress": {"_target_": "visionfm_core.progress.Progress"},
             # where the encoder weights came from (models/encoder_source.json); warns about a frozen random encoder
             "encoder_source_note": {"_target_": "visionfm_core.run_notes.EncoderSourceNote", "output_dir": "@ckpt_dir",
                                     "network": "@network"},
@@ -300,8 +301,9 @@ def evaluate_config(parts: TaskParts) -> dict:
             "_target_": "visionfm_core.precision.PrecisionAgreement", "reference": "%network_def",
             "ckpt_path": "@validate::checkpoint_loader::load_path", "precision": "@precision", "kind": parts.agreement,
             "output_dir": "@eval_dir", "device": "@device"},
-        "validate::handlers": ["%validate::checkpoint_loader", "%validate::stats", "%validate::writer",
-                               "%validate::precision_agreement"],
+        "validate::progress": {"_target_": "visionfm_core.progress.Progress", "name": "evaluation"},
+        "validate::handlers": ["%validate::checkpoint_loader", "%validate::stats", "%validate::progress",
+                               "%validate::writer", "%validate::precision_agreement"],
         "initialize": ["$monai.utils.set_determinism(seed=0)"],
         "run": ["$@validate::evaluator.run()"],
     }
@@ -343,9 +345,10 @@ def inference_config(parts: TaskParts, modality: str, dataset_dir: str) -> dict:
         "inferer": parts.infer_inferer,
         "postprocessing": {"_target_": "Compose", "transforms": parts.infer_postprocessing},
         "stats": {"_target_": "StatsHandler", "iteration_log": False},
+        "progress": {"_target_": "visionfm_core.progress.Progress", "name": "inference"},
         "writer": parts.infer_writer,
         "unreadable_report": {"_target_": "visionfm_core.handlers.UnreadableFilesReport", "output_dir": "@output_dir"},
-        "handlers": ["@stats", "@writer", "@unreadable_report"],
+        "handlers": ["@stats", "@progress", "@writer", "@unreadable_report"],
         "evaluator": evaluator("@dataloader", "@network", "@inferer", "@postprocessing", "@handlers")
         | ({"prepare_batch": "@prepare_batch"} if parts.extra_inputs else {}),
         "checkpointloader": {"_target_": "CheckpointLoader",
@@ -354,6 +357,25 @@ def inference_config(parts: TaskParts, modality: str, dataset_dir: str) -> dict:
         "initialize": ["$monai.utils.set_determinism(seed=0)", "$@checkpointloader(@evaluator)"],
         "run": ["$@evaluator.run()"],
     }
+
+
+def onnx_overlay(parts: TaskParts | None, model: str = "model") -> dict:
+    """configs/inference_onnx.json, an overlay of inference.json: the network is the exported models/<model>.onnx run
+    by ONNX Runtime on the CPU (`visionfm export <bundle> --format onnx`); preprocessing, inferer and writers stay
+    the same. `initialize` is replaced: no CheckpointLoader (the ONNX file holds the weights). A writer that reads
+    the PyTorch network's inside (the MIL attention table) is replaced by the plain ClassificationWriter."""
+    overlay = {
+        "onnx_path": f"$@bundle_root + '/models/{model}.onnx'",
+        "onnx_threads": None,
+        "device": "$torch.device('cpu')",
+        "network": {"_target_": "visionfm_core.export.OnnxRuntimeNetwork", "path": "@onnx_path",
+                    "threads": "@onnx_threads"},
+        "initialize": ["$monai.utils.set_determinism(seed=0)"],
+    }
+    if parts is not None and "@network" in str(parts.infer_writer):
+        overlay["writer"] = {"_target_": "visionfm_core.handlers.ClassificationWriter", "class_names": "@class_names",
+                             "output_dir": "@output_dir"}
+    return overlay
 
 
 def multi_gpu_config() -> dict:
@@ -366,6 +388,7 @@ def task_bundle(parts: TaskParts, modality: str, infer_dir: str, meta: dict, rea
         "configs/train.json": train_config(parts, modality),
         "configs/evaluate.json": evaluate_config(parts),
         "configs/inference.json": inference_config(parts, modality, infer_dir),
+        "configs/inference_onnx.json": onnx_overlay(parts),
         "configs/multi_gpu_train.json": multi_gpu_config(),
         "configs/metadata.json": meta,
         "docs/README.md": readme,

@@ -145,7 +145,7 @@ def load_bundle_weights(net: nn.Module, path: str | os.PathLike, bundle: str | o
                         pretraining: bool = False, **overrides) -> None:
     """models/model.pt into `net`, strictly (every key present, none extra, every shape equal), read with
     weights_only=True; pretraining bundles: models/encoder.pt through the encoder loader (header checks)."""
-    from .weights import WeightsError, load_bundle_encoder, read_checkpoint
+    from .weights import WeightsError, load_bundle_encoder, load_model_weights
 
     path, bundle = Path(path), Path(bundle)
     if not path.is_file():
@@ -156,32 +156,10 @@ def load_bundle_weights(net: nn.Module, path: str | os.PathLike, bundle: str | o
             load_bundle_encoder(net, path, parser["checkpoint_key"], parser["modality"],
                                 parser["allow_modality_mismatch"])
             return
-        state = read_checkpoint(path)
+        load_model_weights(net, path, f"the {bundle.name} network", hint="Was it trained with other settings "
+                           "(--arch, --image_size, the class list)? Pass the same overrides to the export.")
     except WeightsError as error:
         raise ExportError(str(error)) from None
-    # MONAI's CheckpointSaver writes the bare state dict for a single object, {"model": ...} otherwise
-    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
-        state = state["model"]
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ExportError(f"{path} is not a state dict of tensors (found {type(state).__name__}): expected the "
-                          f"models/model.pt that training the {bundle.name} bundle writes")
-    expected = net.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs network {tuple(expected[k].shape)}"
-              for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or shapes:
-        problems = []
-        if missing:
-            problems.append(f"{len(missing)} network keys missing (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            problems.append(f"{len(unexpected)} keys the network does not have (e.g. {', '.join(unexpected[:3])})")
-        if shapes:
-            problems.append(f"{len(shapes)} shape mismatches (e.g. {'; '.join(shapes[:2])})")
-        raise ExportError(f"{path} does not fit the {bundle.name} network: {'; '.join(problems)}. Was it trained "
-                          "with other settings (--arch, --image_size, the class list)? Pass the same overrides to "
-                          "the export.")
-    net.load_state_dict(state, strict=True)
 
 
 def _image_size(parser) -> int:

@@ -309,6 +309,34 @@ def require_checkpoint(path: str | os.PathLike, hint: str = "train the bundle fi
     return os.fspath(path)
 
 
+def load_model_weights(network: nn.Module, path: str | os.PathLike, what: str = "the network", hint: str = ""
+                       ) -> None:
+    """A bundle's models/model.pt (a state dict, or {"model": state dict} as MONAI's CheckpointSaver writes) into
+    `network`, strictly: every key present, none extra, every shape equal, read with weights_only=True. A file that
+    does not fit raises WeightsError naming it and what differs (plus `hint`), before any weight is changed."""
+    state = read_checkpoint(path)
+    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
+        state = state["model"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path} is not a state dict of tensors (found {type(state).__name__}): expected the "
+                           "models/model.pt that training a bundle writes")
+    expected = network.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs network {tuple(expected[k].shape)}"
+              for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or shapes:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} network keys missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} keys the network does not have (e.g. {', '.join(unexpected[:3])})")
+        if shapes:
+            problems.append(f"{len(shapes)} shape mismatches (e.g. {'; '.join(shapes[:2])})")
+        raise WeightsError(f"{path} does not fit {what}: {'; '.join(problems)}" + (f". {hint}" if hint else ""))
+    network.load_state_dict(state, strict=True)
+
+
 def load_bundle_encoder(encoder: nn.Module, path: str | os.PathLike, checkpoint_key: str = "teacher",
                         expected_modality: str | None = None, allow_modality_mismatch: bool = False) -> LoadReport:
     """The encoder weights of an embedding bundle: its pretrained `models/encoder.pt`, an original VisionFM file

@@ -258,7 +258,7 @@ def run(work: Path, url: str, models: list[str], skip_train: bool = False, overr
             r = post(url, target, photo)
             detail = r.json().get("detail", r.text) if r.status_code != 200 else ""
             report(f"bad input, mismatched checkpoint: HTTP {r.status_code}: {str(detail)[:220]}",
-                   r.status_code >= 400 and "model.pt" in str(detail) and "does not match" in str(detail))
+                   r.status_code >= 400 and "model.pt" in str(detail) and "does not fit" in str(detail))
         finally:
             shutil.move(keep, weights)
             os.utime(weights)  # a new mtime: the server reloads the right weights

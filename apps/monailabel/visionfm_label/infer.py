@@ -28,7 +28,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.bundle import BundleConstants, BundleInferTask
 from monailabel.transform.pre import LoadImageTensord
 from visionfm_core.data.readers import ImageReadError
-from visionfm_core.weights import WeightsError, load_bundle_encoder, read_checkpoint
+from visionfm_core.weights import WeightsError, load_bundle_encoder, load_model_weights
 
 from visionfm_label.bundles import (CLASSIFICATION, EMBEDDING, LANDMARKS, REGRESSION, SEGMENTATION, BundleInfo,
                                     class_table, points_table)
@@ -252,26 +252,9 @@ class VisionFMInferTask(BundleInferTask):
 
 
 def load_strict(network: torch.nn.Module, path: str) -> None:
-    """models/model.pt (a state dict, or {"model": state dict} as CheckpointSaver writes) into `network`, strictly."""
-    raw = read_checkpoint(path)
-    state = raw.get("model", raw) if isinstance(raw, dict) else raw
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path} holds a {type(state).__name__}, not a state dict")
-    expected = network.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs network {tuple(expected[k].shape)}" for k in expected
-              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} keys missing (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatches (e.g. {shapes[0]})")
-        raise WeightsError(f"weights file {path} does not match the bundle's network_def: {'; '.join(parts)}")
-    network.load_state_dict(state, strict=True)
+    """models/model.pt into `network`, strictly (visionfm_core.weights.load_model_weights)."""
+    load_model_weights(network, path, "the bundle's network_def",
+                       hint="Its settings (and --conf overrides) must be those the weights were trained with.")
 
 
 def label_map(pred: torch.Tensor, threshold: float = 0.5) -> np.ndarray:

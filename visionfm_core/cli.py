@@ -247,6 +247,70 @@ class Commands:
         except ExportError as e:
             sys.exit(f"visionfm export: {e}")
 
+    def synth_report(self, real_dir: str, synth_dir: str, modality: str, encoder: str | None = None,
+                     out: str = "synth_report", arch: str | None = None, patch_size: int | None = None,
+                     image_size: int = 224, k: int = 3, ssim_threshold: float | None = None,
+                     cosine_threshold: float | None = None, top: int = 16, batch_size: int = 32,
+                     device: str | None = None, allow_size_mismatch: bool = False,
+                     allow_modality_mismatch: bool = False) -> None:
+        """Quality and privacy of the synthetic images under SYNTH_DIR against the real (training) images under
+        REAL_DIR, in the feature space of a VisionFM encoder (--encoder encoder.pt; none: a random one, and the
+        report says so): Fréchet distance, k-NN precision/recall, and for every synthetic image its nearest training
+        image (features and pixel SSIM), near-copies flagged. Writes OUT/report.json and OUT/index.html."""
+        from .synth.quality import SSIM_THRESHOLD, SynthError, synth_report
+        from .weights import WeightsError
+
+        try:
+            report = synth_report(real_dir, synth_dir, modality, encoder=encoder, out=out, arch=arch,
+                                  patch_size=patch_size, image_size=image_size, k=k,
+                                  ssim_threshold=SSIM_THRESHOLD if ssim_threshold is None else ssim_threshold,
+                                  cosine_threshold=cosine_threshold, top=top, batch_size=batch_size, device=device,
+                                  allow_size_mismatch=allow_size_mismatch,
+                                  allow_modality_mismatch=allow_modality_mismatch)
+        except (SynthError, WeightsError, FileExistsError) as e:
+            sys.exit(f"visionfm synth-report: {e}")
+        c, enc = report["counts"], report["encoder"]
+        print(f"encoder: {enc['arch']}/{enc['patch_size']}, " + (f"{enc['path']} (sha256 {enc['sha256']})"
+                                                                 if enc["weights"] == "file" else "random init"))
+        print(f"{c['real']} real, {c['synthetic']} synthetic images ({c['real_skipped'] + c['synthetic_skipped']} "
+              f"unreadable skipped); Fréchet distance {report['frechet_distance']:.4g}, precision "
+              f"{report['precision']:.3f}, recall {report['recall']:.3f} (k={report['k']})")
+        print(f"{report['flagged_count']} near-copies flagged; wrote {os.path.join(out, 'index.html')}")
+
+    def turing_page(self, real_dir: str, synth_dir: str, out: str = "turing_test", n: int = 50, seed: int = 0,
+                    modality: str | None = None, size: int = 384) -> None:
+        """A blinded visual Turing test: N real and N synthetic images in a seeded random order under neutral names,
+        with an answer form saved by the browser as a JSON file. Share OUT/page only; OUT/key.json is the key."""
+        from .synth.quality import SynthError
+        from .synth.turing import turing_page
+
+        try:
+            key = turing_page(real_dir, synth_dir, out=out, n=n, seed=seed, modality=modality, size=size)
+        except (SynthError, FileExistsError) as e:
+            sys.exit(f"visionfm turing-page: {e}")
+        print(f"wrote {os.path.join(out, 'page', 'index.html')} ({key['n_per_kind']} real + {key['n_per_kind']} "
+              f"synthetic images) and the key {os.path.join(out, 'key.json')}: give readers the page folder only")
+
+    def turing_score(self, key: str, *answers: str, out: str | None = None) -> None:
+        """Score readers' answer files (ANSWERS..., saved from the Turing test page) against KEY: accuracy with a
+        Clopper-Pearson 95 % interval, sensitivity / specificity for "synthetic"; --out writes the numbers as JSON."""
+        import json
+
+        from .io import atomic_write_text
+        from .synth.quality import SynthError
+        from .synth.turing import format_score, score_turing
+
+        if not answers:
+            sys.exit("visionfm turing-score: give the key and at least one answers file")
+        try:
+            result = score_turing(list(answers), key)
+        except SynthError as e:
+            sys.exit(f"visionfm turing-score: {e}")
+        print(format_score(result))
+        if out:
+            atomic_write_text(out, json.dumps(result, indent=1) + "\n")
+            print(f"wrote {out}")
+
 
 def main(argv: list[str] | None = None) -> None:
     fire.Fire(Commands, command=argv if argv is not None else sys.argv[1:], name="visionfm")

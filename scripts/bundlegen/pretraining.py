@@ -72,11 +72,13 @@ def handlers() -> dict:
     the stats and TensorBoard handlers see them at the end of an epoch)."""
     return {
         "epoch_averages": {"_target_": "visionfm_core.ssl.EpochAverages"},
+        "synthetic_share": {"_target_": "visionfm_core.data.synthetic_mix.SyntheticShareReport"},
         "checkpoint": {"_target_": "visionfm_core.ssl.PretrainingCheckpoint", "ckpt_dir": "@ckpt_dir",
                        "resume": "@resume", "save_every_iterations": "@save_every_iterations", "save": True,
                        # what makes a checkpoint this run's (with the image count and folder the handler reads
                        # from the data loader): resuming another dataset's checkpoint is refused
-                       "run_identity": {"dataset_dir": "@dataset_dir"}},
+                       "run_identity": {"dataset_dir": "@dataset_dir", "synthetic_dir": "@synthetic_dir",
+                                        "synthetic_ratio": "@synthetic_ratio"}},
         "skipped_images": {"_target_": "visionfm_core.data.SkippedImagesReport"},
         "knn_probe": {"_target_": "visionfm_core.ssl.KNNProbe", "datalist": "@knn_datalist",
                       "modality": "@modality", "image_size": "@image_size"},
@@ -95,6 +97,9 @@ def train_config(folder: str, modality: str) -> dict:
         "ckpt_dir": "$@bundle_root + '/models'",
         "output_dir": "$@bundle_root + '/runs'",
         "dataset_dir": f"/workspace/data/{folder}_unlabelled",
+        # generated images (any generator; see `visionfm synth-report`): this share of every batch
+        "synthetic_dir": None,
+        "synthetic_ratio": 0.0,
         "modality": modality,
         "device": DEVICE,
         "num_workers": NUM_WORKERS,
@@ -111,7 +116,13 @@ def train_config(folder: str, modality: str) -> dict:
         "train": {
             "dataset": {"_target_": "visionfm_core.data.UnlabelledImageDataset", "folder": "@dataset_dir",
                         "modality": "@modality", "size": "@load_size", "max_aspect": "@load_max_aspect"},
-            "dataloader": dataloader("@train::dataset", shuffle=True, drop_last=True),
+            # train::dataset itself when synthetic_ratio is 0; the sampler is then None (the loader shuffles)
+            "mixed_dataset": {"_target_": "visionfm_core.data.synthetic_mix.mix_synthetic", "real": "@train::dataset",
+                              "synthetic_dir": "@synthetic_dir", "synthetic_ratio": "@synthetic_ratio"},
+            "sampler": {"_target_": "visionfm_core.data.synthetic_mix.train_sampler",
+                        "dataset": "@train::mixed_dataset", "batch_size": "@batch_size", "seed": "@seed"},
+            "dataloader": {**dataloader("@train::mixed_dataset", shuffle="$@train::sampler is None", drop_last=True),
+                           "sampler": "@train::sampler"},
             "inferer": {"_target_": "SimpleInferer", "_desc_": "unused by iBOT; a MONAI train property"},
             **train_handlers,
             "handlers": [f"%train::{name}" for name in train_handlers],
@@ -135,10 +146,8 @@ def train_config(folder: str, modality: str) -> dict:
 
 MULTI_GPU = {
     "device": "$visionfm_core.distributed.local_device()",
-    "train::sampler": {"_target_": "DistributedSampler", "dataset": "@train::dataset", "even_divisible": True,
-                       "shuffle": True},
-    "train::dataloader::sampler": "@train::sampler",
-    "train::dataloader::shuffle": False,
+    # MONAI's DistributedSampler, or this process's share of the mixed batches with synthetic images
+    "train::sampler::distributed_run": True,
     "train::checkpoint::save": "$visionfm_core.distributed.is_main_process()",
     "train::trainer::ddp": True,
     "train::trainer::train_handlers": "$visionfm_core.distributed.main_process_handlers(@train::handlers)",
@@ -348,6 +357,14 @@ def readme(folder: str, modality: str, files: str) -> str:
         are skipped with one warning line each and a count at the end; an empty folder, or images that look like
         another modality (colour photographs for a grey modality or the reverse), stop the run before it
         starts.""")
+    synthetic = paragraph("""Synthetic images (e.g. sampled with a latent-diffusion generation bundle):
+        `--synthetic_dir` names their folder (read as `dataset_dir` is, same modality check; not inside
+        `dataset_dir`) and `--synthetic_ratio` the share of every batch drawn from it (round(ratio x
+        `batch_size`) images per batch; 0, the default, trains on the real images alone, as without these ids). An
+        epoch is then one pass over the real images; the synthetic ones are reshuffled and repeated as needed. The
+        real and synthetic image counts and the share are logged every epoch (`real_images`, `synthetic_images`,
+        `synthetic_share`, also in TensorBoard). A ratio outside [0, 1], a ratio without a folder (or a folder
+        without a ratio), or a missing, empty or other-modality folder stops the run before it starts.""")
     outputs = paragraph(f"""Outputs in `models/`: `checkpoint.pt` (student, teacher, optimizer, scaler, loss centres,
         epoch, iteration and the recipe; written atomically every epoch, and every `save_every_iterations`
         iterations if set), `checkpoint_<epoch>.pt` every {r.keep_every_epochs} epochs, and `encoder.pt`, the
@@ -377,6 +394,8 @@ def readme(folder: str, modality: str, files: str) -> str:
 ## Data
 {data}
 
+{synthetic}
+
 {recipe_text()}
 ## Commands (from the bundle folder)
 ```
@@ -386,6 +405,9 @@ python -m monai.bundle run --config_file configs/train.json --dataset_dir /data/
 # from random weights: the from-scratch teacher temperatures
 python -m monai.bundle run --config_file configs/train.json --dataset_dir /data/{folder}_unlabelled \\
     --recipe_preset from_scratch
+# half of every batch from generated images
+python -m monai.bundle run --config_file configs/train.json --dataset_dir /data/{folder}_unlabelled \\
+    --synthetic_dir /data/{folder}_synthetic --synthetic_ratio 0.5
 # several GPUs or nodes
 torchrun --nnodes=1 --nproc_per_node=8 -m monai.bundle run \\
     --config_file "['configs/train.json','configs/multi_gpu_train.json']" --dataset_dir /data/{folder}_unlabelled

@@ -1,10 +1,12 @@
 """Quality and privacy checks of synthetic images (visionfm_core.synth): Fréchet distance, k-NN precision/recall,
 memorisation, the report and Turing-test pages, and bad input. Tiny phantoms and a ViT-Ti at 32 px keep it fast."""
 
+import html
 import json
 import os
 import re
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -200,6 +202,105 @@ def test_turing_scorer_accuracy_interval_sensitivity_specificity(tmp_path):
         score_turing(_answers(tmp_path / "d.json", "abc", "D", {"001": "maybe"}), key)
     with pytest.raises(SynthError, match="not in the test: 099"):
         score_turing(_answers(tmp_path / "e.json", "abc", "E", {"099": "real"}), key)
+
+
+CHROMIUM = shutil.which("chromium-headless-shell") or shutil.which("chromium")
+# appended to a copy of the page: a reader who names themselves, answers every image by clicking its radio button
+# and presses "Save answers"; the download (a Blob behind an <a download> link) is caught and its text written
+# into the DOM, which --dump-dom prints. confirm() is recorded: a complete answer sheet must not ask anything.
+READER = """<pre id="result">not run</pre>
+<script>
+window.addEventListener("load", function () {  // the images loaded (or failed) first
+  const confirms = [], links = [];
+  window.confirm = function (text) { confirms.push(text); return true; };
+  const createObjectURL = URL.createObjectURL;
+  let blob = null;
+  URL.createObjectURL = function (b) { blob = b; return createObjectURL.call(URL, b); };
+  HTMLAnchorElement.prototype.click = function () { links.push({download: this.download, href: this.href}); };
+  const reader = document.getElementById("reader");
+  if (READER_NAME !== null) {
+    reader.value = READER_NAME;
+    reader.dispatchEvent(new Event("input", {bubbles: true}));  // what typing fires
+  }
+  for (const [id, value] of Object.entries(ANSWERS)) {
+    document.querySelector('input[name="q' + id + '"][value="' + value + '"]').click();
+  }
+  document.getElementById("save").click();
+  const out = document.getElementById("result");
+  if (!blob) { out.textContent = JSON.stringify({error: "no download", confirms: confirms}); return; }
+  blob.text().then(function (text) {
+    const broken = Array.from(document.images).filter(function (im) { return !(im.complete && im.naturalWidth); });
+    out.textContent = JSON.stringify({file: text, type: blob.type, links: links, confirms: confirms,
+                                      status: document.getElementById("status").textContent,
+                                      images: document.images.length, broken: broken.length});
+  });
+});
+</script>"""
+
+
+def _run_page(page, reader: str | None, answers: dict, profile) -> dict:
+    """Open a copy of the Turing page with READER appended in headless Chromium; what the injected reader saw."""
+    html_text = page.read_text(encoding="utf-8")
+    script = READER.replace("READER_NAME", json.dumps(reader)).replace("ANSWERS", json.dumps(answers))
+    probe = page.parent / "probe.html"  # next to index.html: the same relative image links
+    probe.write_text(html_text.replace("</body>", script + "\n</body>"), encoding="utf-8")
+    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+                          f"--user-data-dir={profile}", "--virtual-time-budget=5000",
+                          "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=60)
+    found = re.search(r'<pre id="result">(.*?)</pre>', dom.stdout, re.S)
+    assert found, dom.stdout[-2000:] + dom.stderr[-2000:]
+    return json.loads(html.unescape(found.group(1)))
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (Debian: apt-get install "
+                    "chromium-headless-shell); test_turing_page_is_blinded_balanced_seeded_and_complete and the "
+                    "scorer tests check the page and the scoring without a browser")
+def test_turing_page_answered_in_headless_chromium_saves_answers_the_scorer_scores(tmp_path, capsys):
+    """The page's JavaScript run as a reader runs it: every image answered, "Save answers" pressed; the file the
+    browser would download is what `visionfm turing-score` takes, and it is scored against key.json."""
+    from visionfm_core.cli import main
+
+    real = write_phantom_folder(tmp_path / "real", "OCT", count=3, size=32)
+    synth = write_phantom_folder(tmp_path / "synth", "OCT", count=3, size=32, seed=50)
+    key = turing_page(real, synth, tmp_path / "test", n=3, seed=2, size=32)
+    truth = {i: v["truth"] for i, v in key["items"].items()}
+    wrong = sorted(i for i, t in truth.items() if t == "real")[0]  # one real image called synthetic: 5 of 6 right
+    answers = {i: ("synthetic" if i == wrong else t) for i, t in truth.items()}
+    page = tmp_path / "test" / "page" / "index.html"
+    seen = _run_page(page, "Dr. Ø 1", answers, tmp_path / "profile")
+    assert "error" not in seen, seen
+    assert (seen["images"], seen["broken"]) == (6, 0)  # every image shown
+    assert seen["confirms"] == [] and seen["status"] == "saved 6 answers" and seen["type"] == "application/json"
+    assert [link["download"] for link in seen["links"]] == ["answers_Dr____1.json"]
+    assert seen["links"][0]["href"].startswith("blob:")
+    saved = json.loads(seen["file"])
+    assert (saved["kind"], saved["page_id"], saved["reader"], saved["answers"]) == (
+        "visionfm_turing_answers", key["page_id"], "Dr. Ø 1", answers)
+    download = tmp_path / "answers_Dr____1.json"
+    download.write_text(seen["file"], encoding="utf-8")
+    result = score_turing(download, tmp_path / "test" / "key.json")
+    (reader,) = result["readers"]
+    assert reader["reader"] == "Dr. Ø 1" and reader["answered"] == 6 and reader["unanswered"] == 0
+    assert (reader["accuracy"]["k"], reader["accuracy"]["n"]) == (5, 6)
+    assert reader["sensitivity_synthetic"]["value"] == 1.0 and reader["specificity_synthetic"]["value"] == 2 / 3
+    capsys.readouterr()
+    main(["turing-score", str(tmp_path / "test" / "key.json"), str(download)])
+    assert "Dr. Ø 1: accuracy 83.3% " in capsys.readouterr().out
+
+    # the page reopened in the same browser: the reader's name and choices come back, saved without a new click
+    seen = _run_page(page, None, {}, tmp_path / "profile")
+    assert seen["confirms"] == [] and json.loads(seen["file"])["answers"] == answers
+    assert json.loads(seen["file"])["reader"] == "Dr. Ø 1"
+
+    # an unfinished, unnamed sheet in a fresh browser: the page asks before saving; the scorer counts the gaps
+    partial = dict(list(answers.items())[:4])
+    seen = _run_page(page, "", partial, tmp_path / "fresh")
+    assert seen["confirms"] == ["No name or reader code given. Save anyway?", "2 images have no answer. Save anyway?"]
+    assert [link["download"] for link in seen["links"]] == ["answers_reader.json"]
+    download = tmp_path / "answers_reader.json"
+    download.write_text(seen["file"], encoding="utf-8")
+    (reader,) = score_turing(download, tmp_path / "test" / "key.json")["readers"]
+    assert (reader["answered"], reader["unanswered"], reader["reader"]) == (4, 2, "answers_reader.json")
 
 
 def test_the_visionfm_commands_write_the_report_and_the_turing_test_and_refuse_bad_input(memorisation_folders,

@@ -10,13 +10,16 @@ from collections import Counter
 import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, run
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from bundle_harness import REPO, TINY
 from tests_common import chain_text
 from visionfm_core.data import UnlabelledImageDataset, write_phantom_folder
-from visionfm_core.data.synthetic_mix import (SyntheticMixDataset, SyntheticMixSampler, mix_synthetic,
-                                              synthetic_per_batch, train_sampler)
+from visionfm_core.data.phantoms import make_phantom
+from visionfm_core.data import synthetic_mix
+from visionfm_core.data.synthetic_mix import (SyntheticMixDataset, SyntheticMixSampler, check_synthetic_sizes,
+                                              mix_synthetic, synthetic_per_batch, train_sampler)
 
 FUNDUS = REPO / "bundles" / "fundus_ibot_pretraining" / "configs"
 SMALL = {**TINY, "out_dim": 64, "warmup_epochs": 0, "num_workers": 0}
@@ -114,6 +117,66 @@ def test_bad_synthetic_folders(tmp_path):
     assert mix_synthetic(real, None, 0.0) is real and train_sampler(real, 4) is None
 
 
+def test_synthetic_images_of_mixed_sizes_are_refused_naming_two_files(tmp_path):
+    real = UnlabelledImageDataset(write_phantom_folder(tmp_path / "real", "Fundus", count=2, size=48), "Fundus", 64)
+    synth = tmp_path / "synth"
+    write_phantom_folder(synth / "run1", "Fundus", count=2, size=48, seed=50)
+    write_phantom_folder(synth / "run2", "Fundus", count=1, size=40, seed=60)
+    with pytest.raises(ValueError) as info:
+        mix_synthetic(real, synth, 0.5)
+    message = str(info.value)
+    assert message.startswith(f"synthetic_dir {synth}: its images are not all the same size"), message
+    assert f"{synth / 'run1' / 'fundus_0000.png'} is 48 x 48 pixels" in message
+    assert f"but {synth / 'run2' / 'fundus_0000.png'} is 40 x 40" in message
+
+
+def test_synthetic_images_smaller_than_the_crops_are_refused(tmp_path):
+    real = UnlabelledImageDataset(write_phantom_folder(tmp_path / "real", "Fundus", count=2, size=48), "Fundus", 64)
+    small = write_phantom_folder(tmp_path / "small", "Fundus", count=2, size=24, seed=50)
+    with pytest.raises(ValueError) as info:  # load size 64: the recipe's default factor 2 gives 32 px crops
+        mix_synthetic(real, small, 0.5)
+    message = str(info.value)
+    assert message.startswith(f"synthetic_dir {small}: its images are 24 x 24 pixels (e.g. {small}"), message
+    assert "smaller than the 32 x 32 pixel crops" in message and "would be upsampled" in message
+    assert "short side is at least 32 pixels" in message
+    with pytest.raises(ValueError, match="smaller than the 28 x 28 pixel crops"):
+        mix_synthetic(real, small, 0.5, crop_size=28)
+    assert len(mix_synthetic(real, small, 0.5, crop_size=24)) == 4  # a short side of exactly the crop is kept
+    wide = tmp_path / "wide"  # the short side counts: 40 x 24 images are still too small for 32 px crops
+    wide.mkdir()
+    for i in range(2):
+        Image.fromarray(make_phantom("Fundus", 40, 70 + i)[:24]).save(wide / f"w{i}.png")
+    with pytest.raises(ValueError, match="its images are 40 x 24 pixels"):
+        mix_synthetic(real, wide, 0.5)
+
+
+def test_size_check_reads_the_headers_of_a_sample_only(tmp_path, monkeypatch):
+    files = [str(tmp_path / f"img_{i:04d}.png") for i in range(1000)]
+    read = []
+    monkeypatch.setattr(synthetic_mix, "_header_size",
+                        lambda path: read.append(path) or ((300, 200) if path == files[-1] else (256, 256)))
+    with pytest.raises(ValueError, match=f"{files[0]} is 256 x 256 pixels but {files[-1]} is 300 x 200"):
+        check_synthetic_sizes(files, str(tmp_path), 224)
+    assert len(read) <= synthetic_mix.SIZE_SAMPLE and read[0] == files[0] and read[-1] == files[-1]
+    read.clear()
+    monkeypatch.setattr(synthetic_mix, "_header_size", lambda path: read.append(path) or (256, 256))
+    check_synthetic_sizes(files, str(tmp_path), 224)
+    again = list(read)
+    read.clear()
+    check_synthetic_sizes(files, str(tmp_path), 224)
+    assert read == again and len(set(read)) == synthetic_mix.SIZE_SAMPLE  # the same sample every time
+    # a file PIL cannot open (a DICOM, a truncated file) is left to the dataset's own checks
+    monkeypatch.setattr(synthetic_mix, "_header_size", lambda path: None)
+    check_synthetic_sizes(files, str(tmp_path), 224)
+
+
+def test_header_size_reads_no_pixels(tmp_path):
+    Image.new("RGB", (30, 20)).save(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"not an image")
+    assert synthetic_mix._header_size(str(tmp_path / "a.png")) == (30, 20)
+    assert synthetic_mix._header_size(str(tmp_path / "b.png")) is None
+
+
 def test_ratio_zero_is_the_loader_of_before(tmp_path):
     raw = json.loads((FUNDUS / "train.json").read_text())
     assert (raw["synthetic_dir"], raw["synthetic_ratio"]) == (None, 0.0)
@@ -156,8 +219,10 @@ def test_bundle_run_draws_half_its_images_from_the_synthetic_folder(tmp_path, ca
 def test_bundle_refuses_a_bad_synthetic_folder_before_writing(tmp_path):
     real = write_phantom_folder(tmp_path / "real", "Fundus", count=4, size=48)
     oct_folder = write_phantom_folder(tmp_path / "oct", "OCT", count=2, size=48)
+    small = write_phantom_folder(tmp_path / "small", "Fundus", count=2, size=24)  # TINY: 32 px crops
     for folder, ratio, message in ((oct_folder, 0.5, f"synthetic_dir {oct_folder}"), (None, 0.5, "no synthetic_dir"),
-                                   (oct_folder, 2, "synthetic_ratio must be in [0, 1]")):
+                                   (oct_folder, 2, "synthetic_ratio must be in [0, 1]"),
+                                   (small, 0.5, f"synthetic_dir {small}: its images are 24 x 24 pixels")):
         with pytest.raises(Exception) as info:
             run(config_file=str(FUNDUS / "train.json"), dataset_dir=real, synthetic_dir=folder, synthetic_ratio=ratio,
                 ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "runs"), **SMALL)

@@ -118,7 +118,8 @@ def train_config(folder: str, modality: str) -> dict:
                         "modality": "@modality", "size": "@load_size", "max_aspect": "@load_max_aspect"},
             # train::dataset itself when synthetic_ratio is 0; the sampler is then None (the loader shuffles)
             "mixed_dataset": {"_target_": "visionfm_core.data.synthetic_mix.mix_synthetic", "real": "@train::dataset",
-                              "synthetic_dir": "@synthetic_dir", "synthetic_ratio": "@synthetic_ratio"},
+                              "synthetic_dir": "@synthetic_dir", "synthetic_ratio": "@synthetic_ratio",
+                              "crop_size": "@image_size"},
             "sampler": {"_target_": "visionfm_core.data.synthetic_mix.train_sampler",
                         "dataset": "@train::mixed_dataset", "batch_size": "@batch_size", "seed": "@seed"},
             "dataloader": {**dataloader("@train::mixed_dataset", shuffle="$@train::sampler is None", drop_last=True),
@@ -357,14 +358,16 @@ def readme(folder: str, modality: str, files: str) -> str:
         are skipped with one warning line each and a count at the end; an empty folder, or images that look like
         another modality (colour photographs for a grey modality or the reverse), stop the run before it
         starts.""")
-    synthetic = paragraph("""Synthetic images (e.g. sampled with a latent-diffusion generation bundle):
+    synthetic = paragraph(f"""Synthetic images (e.g. sampled with a latent-diffusion generation bundle):
         `--synthetic_dir` names their folder (read as `dataset_dir` is, same modality check; not inside
         `dataset_dir`) and `--synthetic_ratio` the share of every batch drawn from it (round(ratio x
         `batch_size`) images per batch; 0, the default, trains on the real images alone, as without these ids). An
         epoch is then one pass over the real images; the synthetic ones are reshuffled and repeated as needed. The
         real and synthetic image counts and the share are logged every epoch (`real_images`, `synthetic_images`,
         `synthetic_share`, also in TensorBoard). A ratio outside [0, 1], a ratio without a folder (or a folder
-        without a ratio), or a missing, empty or other-modality folder stops the run before it starts.""")
+        without a ratio), or a missing, empty or other-modality folder stops the run before it starts; so do
+        synthetic images of mixed sizes or with a short side below the {r.image_size} px crops (they would be
+        upsampled).""")
     outputs = paragraph(f"""Outputs in `models/`: `checkpoint.pt` (student, teacher, optimizer, scaler, loss centres,
         epoch, iteration and the recipe; written atomically every epoch, and every `save_every_iterations`
         iterations if set), `checkpoint_<epoch>.pt` every {r.keep_every_epochs} epochs, and `encoder.pt`, the

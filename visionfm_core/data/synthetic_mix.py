@@ -6,7 +6,9 @@ in every batch), the rest from the real folder:
 
 - `mix_synthetic` reads the synthetic folder with the real folder's settings (`UnlabelledImageDataset`: same
   modality check, size and canvas) and returns a `SyntheticMixDataset`, or the real dataset itself when the ratio
-  is 0, so that a run without synthetic images is exactly the run it was before;
+  is 0, so that a run without synthetic images is exactly the run it was before. It refuses a synthetic folder
+  whose images are of mixed sizes (a generator writes one size) or whose short side is below the crop size (they
+  would be upsampled), from the headers of a sample of the files (`check_synthetic_sizes`);
 - `SyntheticMixSampler` orders the indices so that every run of `batch_size` of them is one mixed batch. An epoch is
   one pass over the real images (each at most once); the synthetic images are reshuffled each time they are used
   up, so a small synthetic folder is repeated. The order is a function of (seed, epoch), the same on every process;
@@ -30,8 +32,13 @@ from .. import distributed
 from .unlabelled import UnlabelledImageDataset
 
 __all__ = ["SyntheticMixDataset", "SyntheticMixSampler", "SyntheticShareReport", "mix_synthetic", "train_sampler",
-           "synthetic_per_batch"]
+           "synthetic_per_batch", "check_synthetic_sizes"]
 logger = logging.getLogger(__name__)
+
+SIZE_SAMPLE = 64  # image headers read by check_synthetic_sizes (evenly spaced over the sorted files, + the last)
+# load_size / image_size in the pretraining recipe (IBOTRecipe.load_size_factor): the crop size mix_synthetic
+# assumes when it is not given one
+_DEFAULT_LOAD_SIZE_FACTOR = 2.0
 
 
 def _ratio(value) -> float:
@@ -58,6 +65,45 @@ def synthetic_per_batch(ratio: float, batch_size: int) -> int:
                          f"in a batch of {batch_size}, no real image: use a lower ratio, a larger batch_size, or 1.0 "
                          "to train on synthetic images only")
     return n
+
+
+def _header_size(path: str) -> tuple[int, int] | None:
+    """(width, height) from the file's header (PIL reads no pixels here), or None for a file PIL does not open
+    (DICOM, NIfTI: not what an image generator writes) or cannot read (the dataset skips those when training)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return tuple(im.size)  # type: ignore[return-value]
+    except Exception:  # UnidentifiedImageError, OSError, ...: not an image PIL reads
+        return None
+
+
+def check_synthetic_sizes(files: list[str], folder: str, crop_size: int, sample: int = SIZE_SAMPLE) -> None:
+    """Refuse a synthetic folder whose images (a deterministic sample of up to `sample` files, headers only) are
+    of more than one size, or whose short side is below `crop_size`, the side of the global crops pretraining
+    cuts: such images would be upsampled, the crops blurred. Messages name the folder and the files."""
+    sample = max(1, int(sample))
+    picked = files[:: max(1, len(files) // sample)][:sample]
+    if files and files[-1] not in picked:
+        picked[-1] = files[-1]  # the last file too: sorted names put a second generator run's images last
+    sizes = [(path, size) for path in picked if (size := _header_size(path)) is not None]
+    if not sizes:
+        return
+    first_path, first = sizes[0]
+    for path, size in sizes[1:]:
+        if size != first:
+            raise ValueError(
+                f"synthetic_dir {folder}: its images are not all the same size, as one image generator writes them: "
+                f"{first_path} is {first[0]} x {first[1]} pixels but {path} is {size[0]} x {size[1]} (width x "
+                "height). Were images of another generator or another run mixed in? Keep one generator's images "
+                "in the folder.")
+    if min(first) < crop_size:
+        raise ValueError(
+            f"synthetic_dir {folder}: its images are {first[0]} x {first[1]} pixels (e.g. {first_path}), smaller "
+            f"than the {crop_size} x {crop_size} pixel crops pretraining cuts (image_size): they would be "
+            f"upsampled, so the model would learn from blurred images. Generate images whose short side is at "
+            f"least {crop_size} pixels (or pretrain with a smaller image_size).")
 
 
 def _root(files: list[str]) -> str:
@@ -91,12 +137,17 @@ class SyntheticMixDataset(Dataset):
 
 
 def mix_synthetic(real: UnlabelledImageDataset, synthetic_dir: str | os.PathLike | None,
-                  synthetic_ratio: float = 0.0) -> UnlabelledImageDataset | SyntheticMixDataset:
+                  synthetic_ratio: float = 0.0, crop_size: int | None = None
+                  ) -> UnlabelledImageDataset | SyntheticMixDataset:
     """`real` itself when `synthetic_ratio` is 0 (and no `synthetic_dir`), else the mix with the images under
     `synthetic_dir`, read as `real` reads its own (modality, size, aspect, JPEG decode size). Every mistake is an
     error here, before anything is trained or written: a ratio outside [0, 1], a ratio without a folder or a folder
-    without a ratio, a missing or empty folder, images of another modality, and folders inside one another (the
-    real folder is read recursively: synthetic images under it would count as real)."""
+    without a ratio, a missing or empty folder, images of another modality, images of mixed sizes or with a short
+    side below `crop_size` (see `check_synthetic_sizes`), and folders inside one another (the real folder is read
+    recursively: synthetic images under it would count as real).
+
+    `crop_size`: the global crops' side, the recipe's `image_size`; by default `real.size` / 2, the recipe's
+    default `load_size_factor` (the real dataset is read at `load_size` = load_size_factor x image_size)."""
     ratio = _ratio(synthetic_ratio)
     if synthetic_dir in (None, ""):
         if ratio > 0:
@@ -112,6 +163,9 @@ def mix_synthetic(real: UnlabelledImageDataset, synthetic_dir: str | os.PathLike
                                            decode_size=real.decode_size)
     except ValueError as e:
         raise ValueError(f"synthetic_dir {folder}: {e}") from None
+    if crop_size is None:
+        crop_size = max(1, int(round(real.size / _DEFAULT_LOAD_SIZE_FACTOR)))
+    check_synthetic_sizes(synthetic.files, folder, int(crop_size))
     real_root, synthetic_root = _root(real.files), os.path.realpath(folder)
     if os.path.commonpath([real_root, synthetic_root]) in (real_root, synthetic_root):
         raise ValueError(f"synthetic_dir {folder} and the real images' folder {real_root} lie inside one another: "

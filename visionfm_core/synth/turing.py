@@ -134,6 +134,7 @@ try {{
   }}
 }} catch (e) {{}}
 document.addEventListener("change", remember);
+document.addEventListener("input", remember);  // a name typed just before closing the page
 document.getElementById("save").addEventListener("click", function () {{
   const answers = collect(), reader = document.getElementById("reader").value.trim();
   const missing = IDS.length - Object.keys(answers).length;

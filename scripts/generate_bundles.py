@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bundlegen.common import BUNDLE_DIR, REPO  # noqa: E402
 
 FAMILIES = ("pretraining", "classification", "segmentation", "landmarks", "multitask", "regression",
-            "forecasting", "fusion", "volume_classification", "oct_layers", "volume_segmentation")
+            "forecasting", "fusion", "volume_classification", "oct_layers", "volume_segmentation", "generation")
 
 
 def all_bundles() -> dict[str, dict[str, str]]:

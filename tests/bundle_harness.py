@@ -24,7 +24,7 @@ DENSE = {"working_size": 48, "feature_size": 8}
 
 # networks other than the plain VisionFMTaskModel, by class name -> their kind
 KIND_BY_NETWORK = {"VisionFMFusionModel": "fusion", "VisionFMForecastingModel": "forecasting",
-                   "SliceWiseTaskModel": "oct_layers", "VolumeMILModel": "volume_mil"}
+                   "SliceWiseTaskModel": "oct_layers", "VolumeMILModel": "volume_mil", "DiffusionModelUNet": "generation"}
 
 
 def kind_of(bundle: Path) -> str:
@@ -58,6 +58,21 @@ def _plugin(kind: str):
     if not (REPO / "tests" / f"harness_{kind}.py").is_file():
         return None
     return importlib.import_module(f"harness_{kind}")
+
+
+def tiny(bundle: Path) -> dict:
+    """TINY plus the kind's own shrinking overrides (a plugin's `OVERRIDES`)."""
+    return {**TINY, **getattr(_plugin(kind_of(bundle)), "OVERRIDES", {})}
+
+
+def scriptable(bundle: Path) -> bool:
+    """Whether torch.jit.script compiles the bundle's network (a plugin says `SCRIPTABLE = False` when not)."""
+    return getattr(_plugin(kind_of(bundle)), "SCRIPTABLE", True)
+
+
+def plugin(bundle: Path):
+    """The bundle's kind's plugin module (tests/harness_<kind>.py), or None."""
+    return _plugin(kind_of(bundle))
 
 
 def forward_args(bundle: Path, batch: int = 1) -> dict:

@@ -22,6 +22,7 @@ NEWEST_FOR_PYTHON_310 = {
     "pydicom": "3.0.2",
     "pillow": "12.3.0",
     "nibabel": "5.4.2",
+    "einops": "0.8.2",
 }
 TOP_LEVEL = {"monai_version": "monai", "pytorch_version": "torch", "numpy_version": "numpy"}
 

@@ -10,7 +10,7 @@ import torch
 from monai.bundle import ConfigParser
 from torch import nn
 
-from bundle_harness import BUNDLES, DENSE, TINY, export_shapes, forward_args, kind_of, spatial_dims
+from bundle_harness import BUNDLES, DENSE, TINY, export_shapes, forward_args, kind_of, spatial_dims, tiny
 from visionfm_core import precision as P
 
 
@@ -46,7 +46,7 @@ def test_compile_without_a_working_compiler_falls_back_with_one_warning(monkeypa
 def _network(bundle, seed=0):
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "inference.json"))
-    parser.update({**TINY, **(DENSE if kind_of(bundle) in ("segmentation", "landmarks") else {})})
+    parser.update({**tiny(bundle), **(DENSE if kind_of(bundle) in ("segmentation", "landmarks") else {})})
     torch.manual_seed(seed)
     return parser.get_parsed_content("network_def")
 

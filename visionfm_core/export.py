@@ -437,6 +437,10 @@ def export_bundle(bundle: str | os.PathLike, format: str = "onnx", quantize: str
     if quantize and fmt != "onnx":
         raise ExportError("--quantize int8 is ONNX Runtime's quantisation: use it with --format onnx")
     bundle = resolve_bundle(bundle)
+    if (bundle / "configs" / "train_diffusion.json").is_file():
+        raise ExportError(f"{bundle.name} is a generation bundle: it samples with two networks in a loop "
+                          "(autoencoder.pt and diffusion.pt), which export does not cover; sample with its "
+                          "configs/inference.json")
     pretraining = is_pretraining(bundle)
     default = bundle / "models" / ("encoder.pt" if pretraining else "model.pt")
     ckpt_path = default if ckpt is None else Path(ckpt)

@@ -36,7 +36,7 @@ PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0,
                     [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128],
                     [220, 190, 255], [170, 110, 40], [255, 250, 200], [128, 0, 0]], np.uint8)
 NETWORK_KINDS = {"VisionFMFusionModel": "fusion", "VisionFMForecastingModel": "forecasting",
-                 "SliceWiseTaskModel": "oct_layers", "VolumeMILModel": "volume_mil"}
+                 "SliceWiseTaskModel": "oct_layers", "VolumeMILModel": "volume_mil", "DiffusionModelUNet": "generation"}
 
 
 # --- drawing ------------------------------------------------------------------------------------------------------
@@ -215,9 +215,10 @@ def bundle_kind(bundle: str | os.PathLike) -> str:
 
 
 def task_bundles(bundles_dir: str | os.PathLike = BUNDLES_DIR) -> list[Path]:
-    """Every bundle under `bundles_dir` with an inference.json whose network is not a bare (pretraining) encoder."""
+    """Every bundle under `bundles_dir` with an inference.json whose network is not a bare (pretraining) encoder or
+    an image generator."""
     found = sorted(p.parent.parent for p in Path(bundles_dir).glob("*/configs/inference.json"))
-    return [b for b in found if bundle_kind(b) != "pretraining"]
+    return [b for b in found if bundle_kind(b) not in ("pretraining", "generation")]
 
 
 def _photo_or_phantom(modality: str, folder: Path, name: str = "sample") -> tuple[Path, str]:

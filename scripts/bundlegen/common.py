@@ -32,6 +32,7 @@ PINS = {
     "pydicom": "3.0.2",
     "nibabel": "5.4.2",
     "pillow": "12.3.0",
+    "einops": "0.8.2",
 }
 VERSIONS = {"monai_version": PINS["monai"], "pytorch_version": PINS["torch"], "numpy_version": PINS["numpy"]}
 AUTHORS = "VisionFM-MONAI contributors"

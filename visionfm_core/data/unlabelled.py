@@ -92,16 +92,22 @@ class UnlabelledImageDataset(Dataset):
     canvas is large (448 x 672 for 224 px crops: 1.2 MB as uint8 RGBA, 3.6 MB as float32 RGB) and goes through
     the DataLoader's shared memory and the host-to-device copy; the original works on 8-bit images too.
 
+    `files`: these images instead of every image under `folder` (e.g. the entries of a datalist).
+
     `decode_size` (default: `size`): JPEGs are decoded at the largest DCT reduction (1/2, 1/4, 1/8) whose short
     side stays >= it (see `EyeImageReader`); None decodes every file in full.
     """
 
     def __init__(self, folder: str | os.PathLike, modality: str, size: int = 448, check_modality: bool = True,
-                 expand_volumes: bool = True, max_aspect: float = 1.5, decode_size: int | None | str = "size"):
+                 expand_volumes: bool = True, max_aspect: float = 1.5, decode_size: int | None | str = "size",
+                 files: list[str] | None = None):
         self.modality = get_modality(modality)
         if max_aspect < 1:
             raise ValueError(f"UnlabelledImageDataset max_aspect must be >= 1 (long / short side), got {max_aspect}")
-        files = list_images(folder)  # raises a clear error for a missing or empty folder
+        if files is None:
+            files = list_images(folder)  # raises a clear error for a missing or empty folder
+        elif not files:
+            raise ValueError(f"no images listed for {folder}")
         # (path, slice or None): headers only are read here, so indexing a large folder stays cheap
         self.items: list[tuple[str, int | None]] = []
         for path in files:

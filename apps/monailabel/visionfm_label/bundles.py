@@ -75,6 +75,9 @@ def bundle_info(bundle: str | os.PathLike) -> BundleInfo:
     bundle = Path(bundle)
     if not (bundle / "configs" / "inference.json").is_file():
         raise BundleError(f"{bundle} has no configs/inference.json; MONAI Label serves a bundle from that file")
+    if (bundle / "configs" / "train_diffusion.json").is_file():
+        raise BundleError(f"{bundle.name} is a generation bundle (it samples new images from noise); MONAI Label "
+                          "serves models that label an image")
     meta = read_metadata(bundle)
     family = family_of(meta, str(bundle / "configs" / "metadata.json"))
     weights = "encoder.pt" if family == EMBEDDING else "model.pt"

@@ -269,3 +269,11 @@ def test_bf16_autocast_training_matches_fp32_in_the_first_steps(tmp_path):
                             autoencoder_path=str(tmp_path / "fp32" / "autoencoder.pt"))
         assert len(fp32) == len(bf16) == 1
         assert abs(bf16[0] - fp32[0]) <= 0.02 * abs(fp32[0]), (name, fp32, bf16)
+
+
+def test_sampling_before_training_says_what_to_train(tmp_path):
+    with pytest.raises(Exception) as e:
+        sample(OCT, tmp_path, tmp_path / "out")
+    text = chain_text(e.value)
+    assert "autoencoder.pt does not exist: train the autoencoder stage first (configs/train_autoencoder.json)" in text
+    assert not (tmp_path / "out").exists()

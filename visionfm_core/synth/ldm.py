@@ -121,6 +121,9 @@ class GenerationImages(Dataset):
 # ---------------------------------------------------------------------------------------------------------------
 def read_generation_file(path: str, stage: str) -> tuple[dict, dict]:
     """(state dict, header) of an `autoencoder.pt` / `diffusion.pt`, read safely (weights_only)."""
+    if not os.path.isfile(path):
+        raise WeightsError(f"{path} does not exist: train the {stage} stage first (configs/train_{stage}.json"
+                           + (", after train_autoencoder.json)" if stage == "diffusion" else ")"))
     obj = read_checkpoint(path)
     if not isinstance(obj, dict) or "state_dict" not in obj or HEADER not in obj:
         keys = sorted(obj)[:6] if isinstance(obj, dict) else type(obj).__name__

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests_common import assert_close_to_scale
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 2  # images per process per step
@@ -199,7 +200,7 @@ def test_ddp_without_find_unused_parameters_on_a_batch_with_no_masked_crop(two_p
     assert set(two) == set(one) and "backbone.masked_embed" in one  # every parameter got a gradient
     assert torch.count_nonzero(one["backbone.masked_embed"]) == 0  # nothing masked: the mask token weighs 0
     for name, grad in one.items():
-        torch.testing.assert_close(two[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+        assert_close_to_scale(two[name], grad, rel=1e-3, msg=name)  # 2 processes sum in another order
 
 
 if __name__ == "__main__":

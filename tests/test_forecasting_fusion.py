@@ -19,6 +19,7 @@ from visionfm_core.data.multi_input import FusionInputsd, load_forecasting_datal
 from visionfm_core.metrics import forecasting_metrics
 from visionfm_core.models import SinusoidalIntervalEncoding, VisionFMForecastingModel, VisionFMFusionModel
 from visionfm_core.models.fusion import _weights_per_modality
+from tests_common import assert_close_to_scale
 
 SMALL = {"arch": "vit_tiny", "img_size": 32}
 
@@ -59,14 +60,14 @@ def test_pair_mode_shares_the_encoder_and_orders_the_visits(pair_model):
         other_interval = pair_model(torch.cat([base, follow], 1), torch.tensor([30.0, 30.0]))
         # the batched pass equals encoding each visit on its own
         separate = torch.cat([pair_model.backbone(base), pair_model.backbone(follow)], -1)
-        assert torch.allclose(pair_model.image_features(torch.cat([base, follow], 1)), separate, atol=1e-5)
+        assert_close_to_scale(pair_model.image_features(torch.cat([base, follow], 1)), separate)
     assert out.shape == (2, 1)
     assert not torch.allclose(out, swapped) and not torch.allclose(out, other_interval)
     with pytest.raises(ValueError, match="expected 6 image channels"):
         pair_model(base, days)
     scripted = torch.jit.script(pair_model)
     with torch.no_grad(), torch.jit.optimized_execution(False):
-        assert torch.allclose(scripted(torch.cat([base, follow], 1), days), out, atol=1e-5)
+        assert_close_to_scale(scripted(torch.cat([base, follow], 1), days), out)
 
 
 def test_forecasting_trains_with_a_frozen_encoder():
@@ -176,7 +177,7 @@ def test_fusion_forward_backward_and_absent_pixels_do_not_matter(fusion_models, 
         torch.manual_seed(1)
         out_changed = model(changed, PRESENT.bool())
         assert out.shape == (3, 3) and torch.isfinite(out).all()
-        assert torch.allclose(out, out_changed, atol=1e-5), (fusion, training)
+        assert_close_to_scale(out, out_changed, msg=f"{fusion}, training={training}")
     model.train()
     torch.nn.functional.cross_entropy(model(x, PRESENT), torch.tensor([0, 1, 2])).backward()
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -191,7 +192,7 @@ def test_fusion_modes_script(fusion_models, fusion):
     x = torch.rand(3, 6, 32, 32)
     scripted = torch.jit.script(model)
     with torch.no_grad(), torch.jit.optimized_execution(False):  # no profiling runs: the same result, faster
-        assert torch.allclose(scripted(x, PRESENT), model(x, PRESENT), atol=1e-5)
+        assert_close_to_scale(scripted(x, PRESENT), model(x, PRESENT))
 
 
 def test_modality_dropout_never_drops_every_present_modality(fusion_models):
@@ -211,8 +212,8 @@ def test_pooled_mode_averages_one_shared_head_over_present_modalities(fusion_mod
         features = model.encode(x)
         per_modality = [model.head(f) for f in features]
         out = model(x, torch.tensor([[1.0, 1.0], [1.0, 0.0]]))
-    assert torch.allclose(out[0], (per_modality[0][0] + per_modality[1][0]) / 2, atol=1e-5)
-    assert torch.allclose(out[1], per_modality[0][1], atol=1e-5)
+    assert_close_to_scale(out[0], (per_modality[0][0] + per_modality[1][0]) / 2)
+    assert_close_to_scale(out[1], per_modality[0][1])
 
 
 def test_fusion_options_are_checked(tmp_path):

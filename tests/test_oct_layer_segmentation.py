@@ -21,6 +21,7 @@ from visionfm_core.data.oct_samples import OCT_LAYER_CLASSES, make_oct_cube, oct
 from visionfm_core.models import VisionFMTaskModel
 from visionfm_core.models.slicewise import SliceContextd, SliceWiseTaskModel, ValidateLabelVolumed, VolumeIntensityd
 from visionfm_core.thickness import LayerThicknessWriter, enface_png, thickness_maps, voxel_spacing_mm
+from tests_common import assert_close_to_scale
 
 CONFIGS = REPO / "bundles" / "oct_layer_segmentation" / "configs"
 LOG = str(CONFIGS / "logging.conf")
@@ -48,7 +49,7 @@ def test_slicewise_model_equals_the_2d_model_slice_by_slice():
         out = net(x)
         expected = torch.stack([flat(x[..., k]) for k in range(3)], dim=-1)
     assert out.shape == (2, 9, 32, 48, 3)
-    assert torch.allclose(out, expected, atol=1e-5)
+    assert_close_to_scale(out, expected)
     with pytest.raises(ValueError, match="volumes"):
         net(x[..., 0])
 

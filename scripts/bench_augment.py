@@ -29,7 +29,7 @@ def write_photos(folder: str, count: int, width: int, height: int) -> None:
     import numpy as np
     from PIL import Image
 
-    from visionfm_core.data.samples import real_fundus_photo
+    from visionfm_core.data.synthetic.samples import real_fundus_photo
 
     photo = (real_fundus_photo().transpose(1, 2, 0) * 255).round().astype(np.uint8)
     big = Image.fromarray(photo).resize((width, height), Image.BICUBIC)

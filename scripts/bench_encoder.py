@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 
 def measure(impl: str, arch: str, size: int, batch: int, iters: int, device: str, dtype: str, threads: int) -> dict:
@@ -30,7 +31,8 @@ def measure(impl: str, arch: str, size: int, batch: int, iters: int, device: str
     torch.manual_seed(0)
     ours = build_encoder(arch, img_size=size)
     if impl == "timm":
-        from visionfm_core.timm_reference import import_timm
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test-only timm shim
+        from timm_reference import import_timm
 
         model = import_timm().create_model(f"{arch}_patch16_{size}", pretrained=False, num_classes=0, img_size=size)
         model.load_state_dict(ours.state_dict(), strict=True)  # same weights, every key matched

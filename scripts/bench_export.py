@@ -38,9 +38,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from visionfm_core import precision as P  # noqa: E402
-from visionfm_core.export import (_first, _parser, _quantize_int8, _quiet, build_bundle_network,  # noqa: E402
-                                  OnnxRuntimeNetwork)
+from visionfm_core.engine import precision as P  # noqa: E402
+from visionfm_core.tools.export import _first, _parser, _quantize_int8, _quiet, build_bundle_network, OnnxRuntimeNetwork
 
 BUNDLE = REPO / "bundles" / "fundus_dr_classification"
 
@@ -125,7 +124,7 @@ def time_path(model, x: torch.Tensor, iters: int) -> float:
 def demo_agreement(demo: Path) -> dict:
     """`visionfm export --quantize int8` of a finished demo's fine-tuned DR model, compared with PyTorch fp32 on the
     demo's test split (the export's own check; files written to a temporary folder)."""
-    from visionfm_core.export import export_bundle
+    from visionfm_core.tools.export import export_bundle
 
     summary = json.loads((demo / "summary.json").read_text())
     cfg = summary["config"]
@@ -158,7 +157,7 @@ def main(argv=None) -> None:
         net = build_bundle_network(BUNDLE, **overrides)  # random encoder (seed 0)
         encoder = "random encoder (seed 0)"
         if args.encoder:
-            from visionfm_core.weights import load_encoder_weights
+            from visionfm_core.encoders import load_encoder_weights
 
             load_encoder_weights(net.encoder, args.encoder)
             encoder = f"encoder {args.encoder}"

@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from visionfm_core.precision import cpu_has_native_bf16
+    from visionfm_core.engine.precision import cpu_has_native_bf16
 
     autoencoder, unet, scheduler, channels, _ = build(args.modality, args.image_size)
     with torch.no_grad():

@@ -5,7 +5,7 @@
 2. Matrix-multiply peaks (n x n x n, best of a few): fp32 and bf16 (and int8 through torch._int_mm where it exists).
    FLOP counts use 2 FLOP per multiply-add everywhere.
 3. The ViT encoder (ViT-B/16, 224 px, batch 8), images/s for: fp32 eager; bf16 eager and bf16 compiled, both through
-   `visionfm_core.precision.for_inference` (what the bundles use), and bf16 compiled with inductor's freezing;
+   `visionfm_core.engine.precision.for_inference` (what the bundles use), and bf16 compiled with inductor's freezing;
    ONNX Runtime fp32 and its dynamic int8 quantisation (QInt8, per channel); torch.ao dynamic int8 on nn.Linear
    where it still works. The variants alternate round by round (median over rounds), so a burst of load from other
    processes hits all alike. The embedding cosine similarity of each variant against fp32 eager (same input) is
@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from visionfm_core import build_encoder
-from visionfm_core import precision as P
+from visionfm_core.engine import precision as P
 
 SIMD_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile")
 
@@ -116,7 +116,7 @@ def _onnx_variants(net, x, threads, tmp, notes) -> dict:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            # the TorchScript exporter, as tests/test_bundles.py does (dynamo=False): works for our ViT here
+            # the TorchScript exporter, as tests/bundles/test_bundles.py does (dynamo=False): works for our ViT here
             torch.onnx.export(net, (x,), fp32_path, dynamo=False, input_names=["image"], output_names=["embedding"],
                               dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}})
             logging.disable(logging.WARNING)  # its root-logger advice to run shape pre-processing first

@@ -37,11 +37,11 @@ def _rss_mb() -> float:
 def _write_volume(case: str, size: int, folder: Path) -> str:
     """A phantom of the case's kind: an OCT cube (512 x 512 x size) or an orbit MRI (size^3)."""
     if case == "oct":
-        from visionfm_core.data.oct_samples import make_oct_cube, write_oct_cube
+        from visionfm_core.data.synthetic.oct_samples import make_oct_cube, write_oct_cube
 
         image, _ = make_oct_cube(shape=(512, 512, size), seed=0)
         return write_oct_cube(folder / f"cube_{size}.nii.gz", image)
-    from visionfm_core.data.mri_samples import write_orbit_phantom
+    from visionfm_core.data.synthetic.mri_samples import write_orbit_phantom
 
     path = folder / f"orbit_{size}.nii.gz"
     write_orbit_phantom(path, size=size)

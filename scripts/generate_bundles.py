@@ -4,7 +4,7 @@
     python scripts/generate_bundles.py             # (re)write the generated bundles
     python scripts/generate_bundles.py --check     # exit 1 if a committed file differs from its description
 
-Edit the family modules in scripts/bundlegen/, never the generated files: tests/test_generated_bundles.py runs
+Edit the family modules in scripts/bundlegen/, never the generated files: tests/bundles/test_generated_bundles.py runs
 the check, so the committed bundles always match their descriptions.
 """
 

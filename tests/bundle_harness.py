@@ -1,10 +1,9 @@
 """What the bundle checks need to know about each kind of bundle: tiny overrides and small generated data.
 
-Every bundle under bundles/ is checked. A bundle's kind (`kind_of`) is what its network is: the head of a
-`VisionFMTaskModel` ("classification", "segmentation", "landmarks", "regression", "multitask", ...), "fusion" or
-"forecasting" for the networks with extra inputs, "pretraining" for the bare encoder. Each kind has a data builder:
-the built-in kinds below, the others in `tests/harness_<kind>.py` modules exposing `make_data(bundle, root)` and,
-for networks that take more than the image, `forward_args(batch) -> {name: tensor}`.
+Every bundle under bundles/ is checked. A bundle's kind (`kind_of`) is its task family, as its metadata.json
+records it (`visionfm_core.tasks.bundle_family`). Each family has a data builder: the built-in ones below, the others
+in `tests/tasks/<family>/harness_<family>.py` modules exposing `make_data(bundle, root)` and, for networks that take more than the
+image, `forward_args(batch) -> {name: tensor}`.
 """
 
 from __future__ import annotations
@@ -13,28 +12,20 @@ import importlib
 import json
 from pathlib import Path
 
+from visionfm_core.tasks import bundle_family
+
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = sorted(p.parent.parent for p in (REPO / "bundles").glob("*/configs/metadata.json"))
-SCHEMA = REPO / "tests" / "data" / "meta_schema_20240725.json"
+SCHEMA = REPO / "tests" / "fixtures" / "meta_schema_20240725.json"
 # shrink every bundle to seconds: ViT-Tiny at 32 px, no worker processes
 TINY = {"arch": "vit_tiny", "image_size": 32, "batch_size": 4, "num_workers": 0}
 # dense bundles also shrink the photo scale their sliding window runs at and the decoder width
 DENSE = {"working_size": 48, "feature_size": 8}
 
 
-# networks other than the plain VisionFMTaskModel, by class name -> their kind
-KIND_BY_NETWORK = {"VisionFMFusionModel": "fusion", "VisionFMForecastingModel": "forecasting",
-                   "SliceWiseTaskModel": "oct_layers", "VolumeMILModel": "volume_mil", "DiffusionModelUNet": "generation"}
-
-
 def kind_of(bundle: Path) -> str:
-    net = json.loads((bundle / "configs" / "inference.json").read_text())["network_def"]
-    kind = KIND_BY_NETWORK.get(net.get("_target_", "").rsplit(".", 1)[-1])
-    if kind:
-        return kind
-    if net.get("spatial_dims") == 3:  # the 3-D encoder: "segmentation3d"
-        return f"{net['head']}3d"
-    return net.get("head") or "pretraining"
+    """The bundle's task family."""
+    return bundle_family(bundle).name
 
 
 def spatial_dims(bundle: Path) -> int:
@@ -54,8 +45,8 @@ def export_shapes(bundle: Path, channels: int) -> list[tuple[int, ...]]:
 
 
 def _plugin(kind: str):
-    """tests/harness_<kind>.py, or None for the kinds built in here."""
-    if not (REPO / "tests" / f"harness_{kind}.py").is_file():
+    """tests/tasks/<kind>/harness_<kind>.py (on sys.path through conftest.py), or None for the kinds built in here."""
+    if not (REPO / "tests" / "tasks" / kind / f"harness_{kind}.py").is_file():
         return None
     return importlib.import_module(f"harness_{kind}")
 
@@ -71,7 +62,7 @@ def scriptable(bundle: Path) -> bool:
 
 
 def plugin(bundle: Path):
-    """The bundle's kind's plugin module (tests/harness_<kind>.py), or None."""
+    """The bundle's kind's plugin module (tests/tasks/<kind>/harness_<kind>.py), or None."""
     return _plugin(kind_of(bundle))
 
 
@@ -109,13 +100,13 @@ def make_data(bundle: Path, root: Path) -> dict:
         return {"train": {"dataset_dir": folder, "out_dim": 64, "warmup_epochs": 0}, "infer_dir": folder,
                 "trained": "encoder.pt"}
     if task == "segmentation":  # phantoms with a vessel tree drawn in, masks and field-of-view masks
-        from visionfm_core.data.dense_samples import write_vessel_dataset
+        from visionfm_core.data.synthetic.dense_samples import write_vessel_dataset
 
         datalist = write_vessel_dataset(root / "data", n=6, size=64)
         return {"train": {"dataset_dir": str(root / "data"), "datalist": datalist, **DENSE},
                 "infer_dir": str(root / "data" / "images"), "trained": "model.pt", "infer": DENSE}
     if task == "landmarks":  # images with the landmarks drawn in at known points
-        from visionfm_core.data.dense_samples import write_landmark_dataset
+        from visionfm_core.data.synthetic.dense_samples import write_landmark_dataset
 
         meta = metadata(bundle)
         names = list(meta["network_data_format"]["outputs"]["pred"]["channel_def"].values())
@@ -159,3 +150,34 @@ def tiny_meta_file(bundle: Path, tmp: Path) -> str:
     path = tmp / f"{bundle.name}_metadata.json"
     path.write_text(json.dumps(meta))
     return str(path)
+
+
+def infer_with_random_weights(bundle: str, dataset: str, tmp, **overrides) -> list[dict]:
+    """inference.json with a freshly initialised tiny network saved as the checkpoint; the CSV rows it wrote."""
+    import csv
+
+    import torch
+    from monai.bundle import ConfigParser, ConfigWorkflow
+
+    cfg = str(REPO / "bundles" / bundle / "configs" / "inference.json")
+    torch.manual_seed(0)
+    parser = ConfigParser()
+    parser.read_config(cfg)
+    parser.update({**TINY, **overrides})
+    torch.save(parser.get_parsed_content("network_def").state_dict(), tmp / "model.pt")
+    wf = ConfigWorkflow(config_file=cfg, workflow_type="infer", dataset_dir=dataset, ckpt_path=str(tmp / "model.pt"),
+                        output_dir=str(tmp / "out"), **TINY, **overrides)
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    with open(tmp / "out" / "predictions.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def train_one_epoch(configs, root, datalist, **extra):
+    """One epoch of the bundle whose configs folder is `configs`, on tiny overrides, under `root`."""
+    from monai.bundle import run
+
+    run(config_file=str(configs / "train.json"), logging_file=str(configs / "logging.conf"),
+        dataset_dir=str(root / "data"), datalist=datalist, ckpt_dir=str(root / "models"),
+        output_dir=str(root / "runs"), **TINY, **{"train::trainer::max_epochs": 1, **extra})

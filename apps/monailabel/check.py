@@ -58,7 +58,7 @@ def fresh_weights(bundle: Path, overrides: dict) -> str:
     (bundle / "models").mkdir(exist_ok=True)
     out = bundle / "models" / info.weights
     if info.family == EMBEDDING:
-        from visionfm_core.weights import save_encoder_weights
+        from visionfm_core.encoders import save_encoder_weights
 
         modality = parser.get_parsed_content("modality") if parser.get("modality") else None
         save_encoder_weights(net, out, modality=modality, source="fresh initialisation (monailabel_check)")
@@ -223,7 +223,7 @@ def run(work: Path, url: str, models: list[str], skip_train: bool = False, overr
     if "fundus_ibot_pretraining" in models:
         r = post(url, "fundus_ibot_pretraining", photo)
         if report("fundus_ibot_pretraining: HTTP 200", r.status_code == 200, outcome(r)):
-            from visionfm_core.models.vit import ARCHS
+            from visionfm_core.encoders import ARCHS
 
             arch = overrides_for(overrides or {}, "fundus_ibot_pretraining").get("arch", "vit_base")
             emb = r.json().get("embedding", [])

@@ -40,7 +40,7 @@ from monailabel.interfaces.exception import MONAILabelException  # noqa: E402
 from monailabel.interfaces.tasks.infer_v2 import InferTask  # noqa: E402
 from monailabel.interfaces.tasks.train import TrainTask  # noqa: E402
 from monailabel.utils.others.generic import strtobool  # noqa: E402
-from visionfm_core.weights import WeightsError  # noqa: E402
+from visionfm_core.encoders import WeightsError  # noqa: E402
 
 from visionfm_label.bundles import (BundleError, bundle_info, discover, link_into_app, overrides_for,  # noqa: E402
                                     parse_overrides, select)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import string
 import sys
 import textwrap
 from pathlib import Path
@@ -13,6 +15,7 @@ if str(REPO) not in sys.path:
 
 from visionfm_core import __version__  # noqa: E402
 from visionfm_core.modalities import get_modality  # noqa: E402
+from visionfm_core.tasks import get_family  # noqa: E402
 
 BUNDLE_DIR = REPO / "bundles"
 SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
@@ -55,15 +58,17 @@ IMAGES = {
 }
 
 
-# evaluation and inference of the per-image families (task.with_fast_decode); figures from scripts/bench_inference.py
+# evaluation and inference of the per-image families (task.with_fast_decode); the pixel count is arithmetic, the
+# time it saves is measured by scripts/bench_inference.py, so no speed-up is quoted here
 FAST_DECODE = (
     "Evaluation and inference decode JPEGs at a reduced scale (libjpeg's DCT scaling by 1/2, 1/4 or 1/8) that keeps "
-    "the short side >= `decode_size` (2 x the input, 448 px), about 10x less decoding and resizing for a 2000 px "
-    "photo; other formats are read whole, and `--decode_size None` reads JPEGs whole as well (training always does).")
+    "the short side >= `decode_size` (2 x the input, 448 px): a 2000 px photo is decoded at 500 px, 1/16 of its "
+    "pixels (`scripts/bench_inference.py` measures the time saved); other formats are read whole, and "
+    "`--decode_size None` reads JPEGs whole as well (training always does).")
 
 
 # every task bundle: inference past unreadable files (SkipUnreadableDataset, UnreadableFilesReport) and the
-# encoder source note of training (visionfm_core.run_notes.EncoderSourceNote), both wired in task.py
+# encoder source note of training (visionfm_core.engine.run_notes.EncoderSourceNote), both wired in task.py
 RUN_NOTES = """## Precision
 Inference runs in the fastest precision the hardware supports: `precision: auto` (default) picks bf16 on CPUs that
 multiply bf16 natively (AVX512-BF16 or AMX) and on GPUs (fp16 on GPUs without bf16), fp32 elsewhere, and logs its
@@ -107,9 +112,68 @@ own terms.
   Intelligence. NEJM AI 2024. doi:10.1056/AIoa2300221"""
 
 
-def wrap(text: str) -> str:
+CARD_WIDTH = 115  # the line length of the generated READMEs (the pretraining cards use 116)
+
+
+def wrap(text: str, width: int = CARD_WIDTH) -> str:
     """A model-card paragraph at the width of the generated READMEs."""
-    return textwrap.fill(text, 115, break_on_hyphens=False, break_long_words=False)
+    return textwrap.fill(" ".join(text.split()), width, break_on_hyphens=False, break_long_words=False)
+
+
+FIGURES = REPO / "docs" / "figures"
+
+
+def measured(name: str) -> dict:
+    """The figures a run wrote to docs/figures/<name>.json (docs/figures/README.md says which command): model cards
+    quote measured numbers from these files, never typed into the generator."""
+    path = FIGURES / f"{name}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the model cards quote the figures it records; write it with the "
+                                f"command that {FIGURES / 'README.md'} gives for {path.name}")
+    return json.loads(path.read_text())
+
+
+def modality_text(modality: str) -> dict[str, str]:
+    """The model-card values of a modality: its name, image wording and normalisation (4 decimals)."""
+    m = get_modality(modality)
+    return {"modality": m.name, "modality_lower": m.name.lower(), "images": images(modality),
+            "Images": sentence_case(images(modality)), "image": images(modality, False),
+            "mean": str([round(v, 4) for v in m.mean]), "std": str([round(v, 4) for v in m.std])}
+
+
+def sentence_case(text: str) -> str:
+    return text[0].upper() + text[1:]
+
+
+# `<!-- wrap -->` (or `<!-- wrap 116 -->`, another width) on its own line: the paragraph or bullet list below it, up
+# to the next blank line or `<!-- /wrap -->` line, is re-flowed once the values are in (they change line lengths)
+WRAP_BLOCK = re.compile(r"<!-- wrap(?: (\d+))? -->\n(.*?)(?:\n<!-- /wrap -->(?=\n)|(?=\n\n|\n?\Z))", re.S)
+
+
+def _reflow(match: re.Match) -> str:
+    width, block = int(match.group(1) or CARD_WIDTH), match.group(2)
+    if not block.startswith("- "):
+        return wrap(block, width)
+    # a bullet list: each item filled on its own, continuation lines indented under the item's text
+    return "\n".join(textwrap.fill(" ".join(item[2:].split()), width, initial_indent="- ", subsequent_indent="  ",
+                                   break_on_hyphens=False, break_long_words=False)
+                     for item in re.split(r"\n(?=- )", block))
+
+
+def model_card(family: str, template: str = "model_card.md", **values) -> str:
+    """A bundle's docs/README.md: the family's Markdown template (`visionfm_core.tasks.get_family(family).model_card`,
+    or `template`, another file in that folder: a section only some bundles have) with its `${placeholders}` filled
+    from `values` and from the blocks every task bundle shares (`${run_notes}`, `${licence_and_references}`,
+    `${fast_decode}`); `$$` is a literal dollar. The prose lives in the template, the values are computed here."""
+    path = get_family(family).model_card.with_name(template)
+    shared = {"run_notes": RUN_NOTES, "licence_and_references": LICENCE_AND_REFERENCES, "fast_decode": FAST_DECODE}
+    try:
+        text = string.Template(path.read_text()).substitute(shared, **values)
+    except KeyError as error:
+        raise ValueError(f"{path}: no value given for placeholder ${{{error.args[0]}}}") from None
+    except ValueError as error:  # a `$` not followed by a name: a typo, or a dollar that should be `$$`
+        raise ValueError(f"{path}: {error} (write $$ for a literal dollar sign)") from None
+    return WRAP_BLOCK.sub(_reflow, text)
 
 
 def images(modality: str, plural: bool = True) -> str:
@@ -158,12 +222,14 @@ def required_packages(extra_packages=()) -> dict:
             **{name: PINS[name] for name in extra_packages}}
 
 
-def metadata(*, name: str, task: str, description: str, changelog: str, modality: str, data_source: str,
+def metadata(*, family: str, name: str, task: str, description: str, changelog: str, modality: str, data_source: str,
              image_classes: str, label_classes: str, pred_classes: str, outputs: dict, references: list[str] = (),
              extra_packages=None, eval_metrics: dict | None = None,
              data_type: str = "png, jpeg, tiff, bmp, dicom") -> dict:
-    """configs/metadata.json; `extra_packages`: the names of the packages the bundle needs beyond MONAI
-    (versions from `PINS`)."""
+    """configs/metadata.json; `family`: the bundle's task family (`visionfm_core.tasks.FAMILIES`), which
+    `visionfm_core.tasks.bundle_family` reads back; `extra_packages`: the names of the packages the bundle needs
+    beyond MONAI (versions from `PINS`)."""
+    get_family(family)  # a family the library knows, or a clear error here rather than in every consumer
     return {
         "schema": SCHEMA_URL,
         "version": "0.1.0",
@@ -172,6 +238,7 @@ def metadata(*, name: str, task: str, description: str, changelog: str, modality
         "required_packages_version": required_packages(extra_packages or ()),
         "supported_apps": {},
         "name": name,
+        "family": family,
         "task": task,
         "description": description,
         "authors": AUTHORS,
@@ -242,20 +309,20 @@ def evaluator(loader: str, network: str, inferer: str, postprocessing: str, hand
 
 
 MULTI_GPU_TASK = {
-    "device": "$visionfm_core.distributed.local_device()",
-    "network": "$visionfm_core.distributed.wrap_ddp(@network_def, @device)",
+    "device": "$visionfm_core.engine.distributed.local_device()",
+    "network": "$visionfm_core.engine.distributed.wrap_ddp(@network_def, @device)",
     "train::sampler": {"_target_": "DistributedSampler", "dataset": "@train::dataset", "even_divisible": True,
                        "shuffle": True},
     "train::dataloader::sampler": "@train::sampler",
     "train::dataloader::shuffle": False,
     # a last batch of one image is dropped (batch norm in training), unless it is the only one: never an empty epoch
     "train::dataloader::drop_last": "$len(@train::sampler) % @batch_size == 1 and len(@train::sampler) > 1",
-    "train::trainer::train_handlers": "$visionfm_core.distributed.main_process_handlers(@train::handlers)",
+    "train::trainer::train_handlers": "$visionfm_core.engine.distributed.main_process_handlers(@train::handlers)",
     "validate::sampler": {"_target_": "DistributedSampler", "dataset": "@validate::dataset", "even_divisible": True,
                           "shuffle": False},
     "validate::dataloader::sampler": "@validate::sampler",
-    "validate::evaluator::val_handlers": "$visionfm_core.distributed.main_process_handlers(@validate::handlers)",
-    "initialize": ["$visionfm_core.distributed.init_distributed()", "$monai.utils.set_determinism(seed=0)"],
+    "validate::evaluator::val_handlers": "$visionfm_core.engine.distributed.main_process_handlers(@validate::handlers)",
+    "initialize": ["$visionfm_core.engine.distributed.init_distributed()", "$monai.utils.set_determinism(seed=0)"],
     "run": ["$@train::trainer.run()"],
-    "finalize": ["$visionfm_core.distributed.destroy_distributed()"],
+    "finalize": ["$visionfm_core.engine.distributed.destroy_distributed()"],
 }

@@ -5,20 +5,20 @@ discriminator), `train_diffusion.json` (stage 2, DiffusionModelUNet on the froze
 `inference.json` (DDIM sampling of N images to PNG files + manifest.json), `multi_gpu_train.json` (an overlay for
 either stage under torchrun). The networks are declared once here and written into every config under the same
 ids (`autoencoder_def`, `network_def`), so the files of one stage always fit the next. The Python behind the
-configs is `visionfm_core.synth.ldm`.
+configs is `visionfm_core.tasks.generation.ldm`.
 """
 
 from __future__ import annotations
 
 from visionfm_core.modalities import get_modality
 
-from .common import DEVICE, data_licence, dataloader, images, metadata, render, static_files, wrap
+from .common import DEVICE, data_licence, dataloader, images, metadata, model_card, render, static_files
 
 # bundle folder prefix -> modality. The groups with few images of a modality are the ones that need it most.
 MODALITIES = {"fundus": "Fundus", "oct": "OCT", "slitlamp": "SlitLamp", "ubm": "UBM", "ultrasound": "Ultrasound",
               "mri": "MRI"}
 IMAGE_SIZE = 256
-IMPORTS = ["$import torch", "$import visionfm_core", "$import visionfm_core.synth.ldm"]
+IMPORTS = ["$import torch", "$import visionfm_core", "$import visionfm_core.tasks.generation"]
 TEST_DATA = "The tests use synthetic phantoms (visionfm_core.data) written at test time."
 DATA_LICENCES = ["Public datasets of the modality (e.g. EyePACS, APTOS, Kermany OCT): their own terms apply; "
                  "a generator trained on them inherits those terms, and generated images of patients' data are "
@@ -41,10 +41,6 @@ NETWORK_IDS = {
     "class_names": [],
 }
 SCHEDULE = {"schedule": "scaled_linear_beta", "beta_start": 0.0015, "beta_end": 0.0195}
-
-
-def para(text: str) -> str:
-    return wrap(" ".join(text.split()))
 
 
 def autoencoder_def() -> dict:
@@ -80,7 +76,7 @@ def common_ids(folder: str, modality: str) -> dict:
 
 def handlers(stage: str) -> dict:
     return {
-        "checkpoint": {"_target_": "visionfm_core.synth.ldm.GenerationCheckpoint", "ckpt_dir": "@ckpt_dir",
+        "checkpoint": {"_target_": "visionfm_core.tasks.generation.GenerationCheckpoint", "ckpt_dir": "@ckpt_dir",
                        "resume": "@resume", "save_every_iterations": "@save_every_iterations", "save": True,
                        "run_identity": {"dataset_dir": "@dataset_dir", "datalist": "@datalist"}},
         "skipped_images": {"_target_": "visionfm_core.data.SkippedImagesReport"},
@@ -88,14 +84,14 @@ def handlers(stage: str) -> dict:
                   "output_transform": "$lambda x: x[0]['loss']"},
         "tensorboard": {"_target_": "TensorBoardStatsHandler", "log_dir": "@output_dir",
                         "output_transform": "$lambda x: x[0]"},
-        "progress": {"_target_": "visionfm_core.progress.Progress"},
+        "progress": {"_target_": "visionfm_core.engine.progress.Progress"},
     }
 
 
 def train_section(stage: str, trainer: dict, optimizers: dict) -> dict:
     stage_handlers = handlers(stage)
     return {
-        "dataset": {"_target_": "visionfm_core.synth.ldm.GenerationImages", "folder": "@dataset_dir",
+        "dataset": {"_target_": "visionfm_core.tasks.generation.GenerationImages", "folder": "@dataset_dir",
                     "modality": "@modality", "image_size": "@image_size", "datalist": "@datalist",
                     "num_classes": "@num_classes"},
         "dataloader": {**dataloader("@train::dataset", shuffle=True, drop_last=True),
@@ -104,7 +100,7 @@ def train_section(stage: str, trainer: dict, optimizers: dict) -> dict:
         **optimizers,
         **stage_handlers,
         "handlers": [f"%train::{name}" for name in stage_handlers],
-        "trainer": {"_target_": f"visionfm_core.synth.ldm.{trainer.pop('_class')}", "device": "@device",
+        "trainer": {"_target_": f"visionfm_core.tasks.generation.{trainer.pop('_class')}", "device": "@device",
                     "max_epochs": "@max_epochs", "train_data_loader": "@train::dataloader", "modality": "@modality",
                     "image_size": "@image_size", **trainer, "amp": "@amp", "train_handlers": "@train::handlers"},
     }
@@ -160,17 +156,17 @@ def train_diffusion(folder: str, modality: str) -> dict:
 
 
 MULTI_GPU = {
-    "device": "$visionfm_core.distributed.local_device()",
+    "device": "$visionfm_core.engine.distributed.local_device()",
     "train::trainer::ddp": True,
     "train::sampler": {"_target_": "DistributedSampler", "dataset": "@train::dataset", "even_divisible": True,
                        "shuffle": True},
     "train::dataloader::sampler": "@train::sampler",
     "train::dataloader::shuffle": False,
-    "train::checkpoint::save": "$visionfm_core.distributed.is_main_process()",
-    "train::trainer::train_handlers": "$visionfm_core.distributed.main_process_handlers(@train::handlers)",
-    "initialize": ["$visionfm_core.distributed.init_distributed()", "$monai.utils.set_determinism(seed=@seed)"],
+    "train::checkpoint::save": "$visionfm_core.engine.distributed.is_main_process()",
+    "train::trainer::train_handlers": "$visionfm_core.engine.distributed.main_process_handlers(@train::handlers)",
+    "initialize": ["$visionfm_core.engine.distributed.init_distributed()", "$monai.utils.set_determinism(seed=@seed)"],
     "run": ["$@train::trainer.run()"],
-    "finalize": ["$visionfm_core.distributed.destroy_distributed()"],
+    "finalize": ["$visionfm_core.engine.distributed.destroy_distributed()"],
 }
 
 
@@ -179,7 +175,7 @@ def inference(folder: str, modality: str) -> dict:
     ids["dataset_dir"] = None  # sampling reads no images; kept because MONAI's inference properties require it
     ids["ckpt_path"] = "$@bundle_root + '/models/diffusion.pt'"
     # the classes the diffusion file was conditioned on (0 before training), so its UNet is built to fit
-    ids["num_classes"] = "$visionfm_core.synth.ldm.conditioning_classes(@ckpt_path)"
+    ids["num_classes"] = "$visionfm_core.tasks.generation.conditioning_classes(@ckpt_path)"
     return {
         **ids,
         "output_dir": "$@bundle_root + '/generated'",
@@ -195,26 +191,26 @@ def inference(folder: str, modality: str) -> dict:
         "num_workers": 0,
         "precision": "auto",
         "network_def": diffusion_def(),
-        "models": {"_target_": "visionfm_core.synth.ldm.GenerationModels", "autoencoder": "@autoencoder_def",
+        "models": {"_target_": "visionfm_core.tasks.generation.GenerationModels", "autoencoder": "@autoencoder_def",
                    "diffusion": "@network_def", "autoencoder_path": "@autoencoder_path",
                    "diffusion_path": "@ckpt_path", "device": "@device"},
         "network": "$@models.diffusion",
         "scheduler": {"_target_": "DDIMScheduler", "num_train_timesteps": "@num_train_timesteps", "clip_sample": False,
                       **SCHEDULE},
-        "dataset": {"_target_": "visionfm_core.synth.ldm.SampleRequests", "models": "@models",
+        "dataset": {"_target_": "visionfm_core.tasks.generation.SampleRequests", "models": "@models",
                     "num_images": "@num_images", "seed": "@seed", "class_index": "@class_index"},
         "dataloader": dataloader("@dataset"),
-        "inferer": {"_target_": "visionfm_core.synth.ldm.LatentSamplingInferer", "models": "@models",
+        "inferer": {"_target_": "visionfm_core.tasks.generation.LatentSamplingInferer", "models": "@models",
                     "scheduler": "@scheduler", "num_inference_steps": "@num_inference_steps",
                     "guidance_scale": "@guidance_scale", "precision": "@precision"},
         "postprocessing": {"_target_": "Compose", "transforms": []},
-        "progress": {"_target_": "visionfm_core.progress.Progress", "name": "sampling"},
-        "writer": {"_target_": "visionfm_core.synth.ldm.SampleWriter", "output_dir": "@output_dir",
+        "progress": {"_target_": "visionfm_core.engine.progress.Progress", "name": "sampling"},
+        "writer": {"_target_": "visionfm_core.tasks.generation.SampleWriter", "output_dir": "@output_dir",
                    "models": "@models", "inferer": "@inferer", "prefix": f"{folder}_synthetic"},
         "handlers": ["@progress", "@writer"],
         "evaluator": {"_target_": "SupervisedEvaluator", "device": "@device", "val_data_loader": "@dataloader",
                       "network": "@network", "inferer": "@inferer", "postprocessing": "@postprocessing",
-                      "prepare_batch": {"_target_": "visionfm_core.synth.ldm.SampleBatch"},
+                      "prepare_batch": {"_target_": "visionfm_core.tasks.generation.SampleBatch"},
                       "val_handlers": "@handlers"},
         "initialize": ["$monai.utils.set_determinism(seed=@seed)"],
         "run": ["$@evaluator.run()"],
@@ -225,6 +221,7 @@ def bundle_metadata(folder: str, modality: str) -> dict:
     m = get_modality(modality)
     latent = IMAGE_SIZE // 4
     meta = metadata(
+        family="generation",
         name=f"VisionFM {m.name} latent diffusion generation",
         task=f"Generation of synthetic {images(modality)} (latent diffusion)",
         description=f"Trains a MONAI latent diffusion model (AutoencoderKL, then a DiffusionModelUNet on its latents) "
@@ -261,103 +258,13 @@ def bundle_metadata(folder: str, modality: str) -> dict:
 
 
 def readme(folder: str, modality: str) -> str:
+    """docs/README.md from visionfm_core/tasks/generation/model_card.md."""
     m = get_modality(modality)
-    name = f"{folder}_ldm_generation"
-    intro = para(f"""Synthetic {images(modality)} from a MONAI latent diffusion model, to supplement VisionFM
-        pretraining where {images(modality)} are few (the original supplemented its corpus with generated images).
-        Generated by `scripts/generate_bundles.py` from `scripts/bundlegen/generation.py`; the Python behind the
-        configs is `visionfm_core.synth.ldm`. Layout after model-zoo's brats_mri_generative_diffusion.""")
-    data = para(f"""`dataset_dir`: a folder of {images(modality)}, read as the pretraining bundles read theirs: every
-        image under it, every slice of a volume, unreadable files skipped with a warning and counted. Images are
-        resized so the short side is `image_size` ({IMAGE_SIZE}) and centre-cropped square, {'grey (1 channel)' if
-        m.grey else 'RGB'}, intensities in [0, 1]. Class conditioning (optional): `--datalist` names a MONAI datalist
-        (key "training"; `image` relative to `dataset_dir`, `label` a class index) and `--num_classes N
-        --class_names "['...']"` the classes, in both stages' commands the same way (the autoencoder ignores the
-        labels). A label outside [0, N) stops the run naming the datalist entry.""")
-    stages = para(f"""Stage 1, `configs/train_autoencoder.json`: `AutoencoderKL` ({IMAGE_SIZE} px -> 3 x
-        {IMAGE_SIZE // 4} x {IMAGE_SIZE // 4} latents; `ae_channels`, `latent_channels`) with L1 + `kl_weight` x KL
-        and, from epoch `adv_start_epoch`, `adv_weight` x a least-squares patch-adversarial term
-        (`PatchDiscriminator`). No perceptual loss: its ImageNet/RadImageNet weights cannot be downloaded here. Writes
-        `models/autoencoder.pt`. Stage 2, `configs/train_diffusion.json`: `DiffusionModelUNet` (`unet_channels`,
-        attention on the two coarser levels) trained through `LatentDiffusionInferer` to predict the noise of a DDPM
-        schedule ({NETWORK_IDS['num_train_timesteps']} steps, scaled-linear betas 0.0015-0.0195) on the frozen
-        autoencoder's latents, scaled to unit variance (the factor is measured on the first batch and stored).
-        Writes `models/diffusion.pt`, whose header records the autoencoder's sha256 and latent shape. Class
-        conditioning is a one-hot class through cross-attention, dropped for `uncond_prob` (0.1) of the steps so
-        classifier-free guidance works.""")
-    files = para("""Both stages write `models/<stage>_checkpoint.pt` (networks, optimisers, epoch, iteration; atomic,
-        every epoch and every `save_every_iterations`) and resume from it after a kill (`resume: auto`); a
-        checkpoint of another run (other data, sizes, autoencoder) is refused with the way out. `amp: auto`: bf16
-        autocast on GPUs that support it (else fp16 with a grad scaler) and on CPUs with native bf16 (AVX512-BF16 or
-        AMX), fp32 elsewhere; losses in fp32; `--amp fp32` turns it off.""")
-    sampling = para(f"""`configs/inference.json` draws `num_images` images with DDIM (`num_inference_steps`, 50) into
-        `generated/` as `{folder}_synthetic_<n>.png` plus `manifest.json`: seed of every image (`seed` + n, so an
-        image does not depend on the batch size), steps, class, guidance, precision and the sha256 of both model
-        files. Files are staged and moved into place when the run completes: a failed or interrupted run writes
-        nothing. `precision: auto` samples in bf16 autocast on GPUs and CPUs with native bf16, fp32 elsewhere.""")
-    bad = para("""Refused with a message naming the file: a class index outside the conditioning classes (or a class
-        for an unconditional model); a diffusion.pt trained on another autoencoder than the autoencoder.pt given
-        (sha256), an autoencoder whose latent shape the diffusion UNet cannot take, model files with other keys
-        or layer sizes, a datalist label out of range.""")
-    check = para(f"""Before pretraining on generated images, compare them with real ones and look for copies of
-        training images: `visionfm synth-report REAL_DIR generated --modality {m.name} --encoder encoder.pt`
-        (Fréchet distance and precision/recall in a VisionFM encoder's feature space, nearest training image of
-        every synthetic one, near-copies flagged and shown side by side) and, with clinicians, `visionfm
-        turing-page` / `turing-score`. Then `--synthetic_dir generated --synthetic_ratio 0.25` in
-        {folder}_ibot_pretraining.""")
-    return f"""# {name}
-
-{intro}
-
-## Data
-{data}
-
-## Training
-{stages}
-
-{files}
-
-## Sampling
-{sampling}
-
-## Bad input
-{bad}
-
-## Commands (from the bundle folder)
-```
-python -m monai.bundle run --config_file configs/train_autoencoder.json --dataset_dir /data/{folder}_unlabelled
-python -m monai.bundle run --config_file configs/train_diffusion.json --dataset_dir /data/{folder}_unlabelled
-python -m monai.bundle run --config_file configs/inference.json --num_images 100 --num_inference_steps 50
-# class-conditioned (both stages take the same datalist and classes), then the rare class on purpose
-python -m monai.bundle run --config_file configs/train_diffusion.json --dataset_dir /data/{folder} \\
-    --datalist /data/{folder}/datalist.json --num_classes 5 --class_names "['0','1','2','3','4']"
-python -m monai.bundle run --config_file configs/inference.json --class_index 4 --guidance_scale 3.0
-# several GPUs (either stage)
-torchrun --nproc_per_node=8 -m monai.bundle run \\
-    --config_file "['configs/train_diffusion.json','configs/multi_gpu_train.json']" --dataset_dir /data/{folder}
-```
-
-## Checking the images
-{check}
-
-## Performance
-No real {m.name} data was available where this bundle was built: it was trained only on small synthetic phantoms,
-for correctness, and no weights ship with it. Speed on CPU: see `scripts/bench_generation.py` and the project
-README.
-
-## Limitations
-Research only, not a medical device. Generated images can reproduce training images: run the memorisation check
-before sharing them or training on them. The networks cannot be exported with `torch.jit.script` (MONAI's
-generative blocks are not scriptable); ONNX and `torch.export` work.
-
-## Licence
-Code and configs: Apache-2.0. Models trained on a dataset inherit its terms (docs/data_license.txt).
-
-## References
-- Rombach R. et al. High-Resolution Image Synthesis with Latent Diffusion Models. CVPR 2022
-- Pinaya W.H.L. et al. Generative AI for Medical Imaging: extending the MONAI Framework. arXiv:2307.15208, 2023
-- Qiu J. et al. VisionFM. NEJM AI 2024. doi:10.1056/AIoa2300221
-"""
+    return model_card(
+        "generation", name=f"{folder}_ldm_generation", folder=folder, modality=m.name, images=images(modality),
+        channels="grey (1 channel)" if m.grey else "RGB", image_size=IMAGE_SIZE, latent_size=IMAGE_SIZE // 4,
+        latent_channels=NETWORK_IDS["latent_channels"], timesteps=NETWORK_IDS["num_train_timesteps"],
+        beta_start=SCHEDULE["beta_start"], beta_end=SCHEDULE["beta_end"])
 
 
 def bundles() -> dict[str, dict[str, str]]:

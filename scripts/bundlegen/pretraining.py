@@ -17,14 +17,13 @@ from __future__ import annotations
 import inspect
 import math
 import re
-import textwrap
 
-from visionfm_core.models.vit import ARCHS
+from visionfm_core.encoders import ARCHS
 from visionfm_core.modalities import get_modality
 from visionfm_core.ssl import IBOTRecipe, MultiCropAugmentation
 from visionfm_core.ssl.recipe import RECIPE_PRESETS
 
-from .common import DEVICE, a, dataloader, evaluator, images, metadata, render, static_files
+from .common import DEVICE, a, dataloader, evaluator, images, metadata, model_card, render, static_files
 from .task import onnx_overlay
 
 # bundle folder prefix -> (modality, the files a dataset folder holds, after the images' name)
@@ -41,7 +40,6 @@ MODALITIES = {
 RECIPE = IBOTRecipe()
 NUM_WORKERS = 8
 INFERENCE_BATCH = 16
-WIDTH = 116  # README line length
 IMPORTS = ["$import os", "$import torch", "$import visionfm_core", "$import visionfm_core.ssl"]
 DATA_LICENCE = ("No data ships with this bundle. Tests use synthetic phantoms.\n"
                 "The original VisionFM weights are CC BY-NC 4.0 (non-commercial).\n")
@@ -85,7 +83,7 @@ def handlers() -> dict:
         "stats": {"_target_": "StatsHandler", "tag_name": "loss", "output_transform": "$lambda x: x[0]['loss']"},
         "tensorboard": {"_target_": "TensorBoardStatsHandler", "log_dir": "@output_dir",
                         "output_transform": "$lambda x: x[0]"},
-        "progress": {"_target_": "visionfm_core.progress.Progress"},
+        "progress": {"_target_": "visionfm_core.engine.progress.Progress"},
     }
 
 
@@ -146,21 +144,21 @@ def train_config(folder: str, modality: str) -> dict:
 
 
 MULTI_GPU = {
-    "device": "$visionfm_core.distributed.local_device()",
+    "device": "$visionfm_core.engine.distributed.local_device()",
     # MONAI's DistributedSampler, or this process's share of the mixed batches with synthetic images
     "train::sampler::distributed_run": True,
-    "train::checkpoint::save": "$visionfm_core.distributed.is_main_process()",
+    "train::checkpoint::save": "$visionfm_core.engine.distributed.is_main_process()",
     "train::trainer::ddp": True,
-    "train::trainer::train_handlers": "$visionfm_core.distributed.main_process_handlers(@train::handlers)",
-    "initialize": ["$visionfm_core.distributed.init_distributed()", "$monai.utils.set_determinism(seed=@seed)"],
+    "train::trainer::train_handlers": "$visionfm_core.engine.distributed.main_process_handlers(@train::handlers)",
+    "initialize": ["$visionfm_core.engine.distributed.init_distributed()", "$monai.utils.set_determinism(seed=@seed)"],
     "run": ["$@train::trainer.run()"],
-    "finalize": ["$visionfm_core.distributed.destroy_distributed()"],
+    "finalize": ["$visionfm_core.engine.distributed.destroy_distributed()"],
 }
 
 
 def inference_config(folder: str, modality: str) -> dict:
     return {
-        "imports": ["$import os", "$import torch", "$import visionfm_core", "$import visionfm_core.precision"],
+        "imports": ["$import os", "$import torch", "$import visionfm_core", "$import visionfm_core.engine.precision"],
         "bundle_root": ".",
         "output_dir": "$@bundle_root + '/embeddings'",
         "ckpt_path": "$@bundle_root + '/models/encoder.pt'",
@@ -177,10 +175,10 @@ def inference_config(folder: str, modality: str) -> dict:
         "num_workers": 4,
         "network_def": {"_target_": "visionfm_core.build_encoder", "arch": "@arch", "patch_size": "@patch_size",
                         "img_size": "@image_size"},
-        # weights converted once to the fastest precision the hardware supports (visionfm_core.precision)
+        # weights converted once to the fastest precision the hardware supports (visionfm_core.engine.precision)
         "precision": "auto",
         "compile": False,
-        "network": "$visionfm_core.precision.for_inference(@network_def.to(@device), @precision, @compile)",
+        "network": "$visionfm_core.engine.precision.for_inference(@network_def.to(@device), @precision, @compile)",
         "preprocessing": {
             "_target_": "Compose",
             "transforms": [
@@ -193,21 +191,21 @@ def inference_config(folder: str, modality: str) -> dict:
         },
         # an unreadable file is reported in unreadable.csv, not fatal (skip_unreadable: false stops on the first)
         "skip_unreadable": True,
-        "dataset": {"_target_": "visionfm_core.data.SkipUnreadableDataset", "data": "@datalist",
+        "dataset": {"_target_": "visionfm_core.engine.unreadable.SkipUnreadableDataset", "data": "@datalist",
                     "transform": "@preprocessing", "skip_unreadable": "@skip_unreadable"},
         "dataloader": dataloader("@dataset"),
         "inferer": {"_target_": "SimpleInferer"},
         "postprocessing": {"_target_": "Compose", "transforms": []},
         "stats": {"_target_": "StatsHandler", "iteration_log": False},
-        "progress": {"_target_": "visionfm_core.progress.Progress", "name": "embedding"},
-        "writer": {"_target_": "visionfm_core.handlers.EmbeddingWriter", "output_dir": "@output_dir",
+        "progress": {"_target_": "visionfm_core.engine.progress.Progress", "name": "embedding"},
+        "writer": {"_target_": "visionfm_core.tasks.pretraining.EmbeddingWriter", "output_dir": "@output_dir",
                    "root": "@dataset_dir"},
-        "unreadable_report": {"_target_": "visionfm_core.handlers.UnreadableFilesReport", "output_dir": "@output_dir"},
+        "unreadable_report": {"_target_": "visionfm_core.engine.unreadable.UnreadableFilesReport", "output_dir": "@output_dir"},
         "handlers": ["@stats", "@progress", "@writer", "@unreadable_report"],
         "evaluator": evaluator("@dataloader", "@network", "@inferer", "@postprocessing", "@handlers"),
         "initialize": [
             "$monai.utils.set_determinism(seed=0)",
-            "$visionfm_core.weights.load_bundle_encoder(@network, @ckpt_path, @checkpoint_key, @modality, "
+            "$visionfm_core.encoders.load_bundle_encoder(@network, @ckpt_path, @checkpoint_key, @modality, "
             "@allow_modality_mismatch)",
         ],
         "run": ["$@evaluator.run()"],
@@ -221,6 +219,7 @@ def embed_dim() -> int:
 def bundle_metadata(folder: str, modality: str, files: str) -> dict:
     m = get_modality(modality)
     return metadata(
+        family="pretraining",
         name=f"VisionFM {m.name} iBOT pretraining",
         task="Self-supervised pretraining (iBOT: masked image modelling + self-distillation) of "
              + a(images(modality, plural=False) + " encoder"),
@@ -257,183 +256,31 @@ def arch_name() -> str:
     return f"ViT-{size}/{RECIPE.patch_size}"
 
 
-def augmentation_text() -> str:
-    """The photometric augmentation, from MultiCropAugmentation's own defaults (the same for every modality)."""
-    d = {name: p.default for name, p in inspect.signature(MultiCropAugmentation).parameters.items()}
-    return (f"flip {num(d['flip_p'])}; colour jitter {num(d['jitter'])} p {num(d['jitter_p'])}; greyscale "
-            f"{num(d['grey_p'])}; Gaussian blur sigma U{num(d['blur_sigma'])} p {num(d['blur_p'][0])} / "
-            f"{num(d['blur_p'][1])}; solarisation p {num(d['solarize_p'])} on the second crop; aspect ratio "
-            f"{num(d['ratio'])}")
-
-
-def paragraph(text: str) -> str:
-    return textwrap.fill(" ".join(text.split()), width=WIDTH, break_on_hyphens=False)
-
-
-def bullets(items: list[str]) -> str:
-    return "\n".join(textwrap.fill(" ".join(item.split()), width=WIDTH, initial_indent="- ", subsequent_indent="  ",
-                                    break_on_hyphens=False) for item in items)
-
-
-def recipe_text() -> str:
+def readme(folder: str, modality: str, files: str) -> str:
+    """docs/README.md from visionfm_core/tasks/pretraining/model_card.md: every recipe value is a placeholder of
+    its own name (`${base_lr}`), so the card says what `IBOTRecipe` says."""
+    m = get_modality(modality)
     r = RECIPE
+    # the photometric augmentation, from MultiCropAugmentation's own defaults (the same for every modality)
+    aug = {name: p.default for name, p in inspect.signature(MultiCropAugmentation).parameters.items()}
     local = (f"{r.n_local} local crops of {r.local_size} px at scale {num(r.local_crops_scale)}" if r.n_local
              else f"no local crops (`n_local`; if on: {r.local_size} px, scale {num(r.local_crops_scale)})")
     amp = ("fp16 with a grad scaler on GPU, bf16 autocast on CPUs with native bf16 (AVX512-BF16 or AMX), fp32 on "
            "other CPUs; centres, teacher softmax and losses stay fp32") if r.amp == "auto" else f"`amp` {r.amp}"
-    intro = paragraph("""The values below are `visionfm_core.ssl.IBOTRecipe`'s; train.json writes each one as a
-        top-level id (override any of them, e.g. `--base_lr 1e-4`) and gathers them into `recipe`, which
-        `visionfm_core.ssl.build_ibot_trainer` turns into the trainer.""")
-    items = [
-        f"""Student and teacher: {arch_name()} (`arch` {r.arch}, `patch_size` {r.patch_size}), drop path
-        {num(r.drop_path_rate)} on the student only (`drop_path_rate`); shared iBOT head {embed_dim()} ->
-        {r.hidden_dim} -> {r.hidden_dim} -> {r.bottleneck_dim} -> {r.out_dim} (`hidden_dim`, `bottleneck_dim`,
-        `out_dim`; weight-normalised last layer, gain fixed at 1).""",
-        f"""2 global crops of {r.image_size} px (`image_size`), scale {num(r.global_crops_scale)}
-        (`global_crops_scale`), bicubic, cut from a copy with short side {r.load_size} (`load_size_factor`
-        {num(r.load_size_factor)}), aspect ratio kept up to {num(r.load_max_aspect)} (`load_max_aspect`);
-        {local}; {augmentation_text()}. Batched on the training device.""",
-        f"""Block masks (BEiT-style, blocks of at least {r.mask_min_num_patches} patches,
-        `mask_min_num_patches`) on each global crop: ratio 0 with probability {num(r.prob_no_mask)}
-        (`prob_no_mask`), else U{num(r.mask_ratio_range)}
-        (`mask_ratio_range`).""",
-        f"""Loss: {num(r.lambda_cls)} x DINO CLS term + {num(r.lambda_patch)} x masked-patch term (`lambda_cls`,
-        `lambda_patch`; head and loss on masked tokens only), centres with momentum {num(r.center_momentum)}
-        (`center_momentum`); teacher temperature CLS {num(r.warmup_teacher_temp)} -> {num(r.teacher_temp)}
-        (`warmup_teacher_temp`, `teacher_temp`) and patch {num(r.warmup_teacher_patch_temp)} ->
-        {num(r.teacher_patch_temp)} (`warmup_teacher_patch_temp`, `teacher_patch_temp`) over
-        {r.warmup_teacher_temp_epochs} epochs (`warmup_teacher_temp_epochs`); student {num(r.student_temp)}
-        (`student_temp`).""",
-        f"""AdamW, lr {num(r.base_lr)} x total batch / {r.lr_reference_batch} (`base_lr`, `lr_reference_batch`),
-        warm-up {num(r.warmup_epochs)} epochs (`warmup_epochs`), cosine to {num(r.min_lr)} (`min_lr`); weight decay
-        {num(r.weight_decay)} -> {num(r.weight_decay_end)} (`weight_decay`, `weight_decay_end`); teacher EMA
-        {num(r.momentum_teacher)} -> {num(r.momentum_teacher_end)} (`momentum_teacher`, `momentum_teacher_end`);
-        per-parameter gradient clipping {num(r.clip_grad)} (`clip_grad`); last layer frozen
-        {r.freeze_last_layer_epochs} epochs (`freeze_last_layer_epochs`); {amp} (`amp`: {r.amp}).""",
-        f"""{r.epochs} epochs by default (`train::trainer::max_epochs`; the published command used 400), batch
-        {r.batch_size} per GPU (`batch_size`), seed {r.seed} (`seed`), a numbered checkpoint every
-        {r.keep_every_epochs} epochs (`keep_every_epochs`).""",
-    ]
-    return f"## Recipe (VisionFM's, `recipe_preset` visionfm; every value is a config id)\n{intro}\n{bullets(items)}\n"
-
-
-def start_text(m) -> str:
-    """The section that makes the recommended start plain."""
-    scratch = RECIPE_PRESETS["from_scratch"]
-    return "## Start from pretrained weights\n" + paragraph(f"""VisionFM starts pretraining from ImageNet DINO
-        {arch_name()} weights (`dino_vitbase16_pretrain.pth` from the DINO release, same key names), and its recipe
-        assumes that start: the CLS teacher temperature begins high ({num(RECIPE.warmup_teacher_temp)}, falling to
-        {num(RECIPE.teacher_temp)}), which is unstable from random weights (the loss tends to stay at
-        ln({RECIPE.out_dim}), uniform collapse). Give `--init_weights` (ImageNet DINO, or the VisionFM {m.name}
-        weights to continue from them). The config's default, `init_weights` null, is random weights: the run then
-        logs a warning, and `--recipe_preset from_scratch` is the setting for that start: the CLS teacher temperature
-        stays at {num(scratch.teacher_temp)} (DINO's default; a cold teacher with centring gives sharp targets from
-        the first step), everything else unchanged. It is the literature's setting, not one validated here: a small CPU
-        run from random weights (ViT-Ti, 64 px synthetic phantoms, 16 epochs) was too small to tell it apart from
-        VisionFM's (both ended near ln(out_dim); iBOT's rising 0.04 -> 0.07 ended closest to it). Starting from
-        pretrained weights remains the recommended way. `recipe_preset` sets only the fields that differ
-        between the presets ({", ".join(f"`{n}`" for n in preset_fields())}); an explicit value of one of them
-        wins.""")
-
-
-def readme(folder: str, modality: str, files: str) -> str:
-    m = get_modality(modality)
-    r = RECIPE
-    channels = "grey, replicated to 3 channels" if m.grey else "RGB"
-    intro = paragraph(f"""Self-supervised pretraining of a VisionFM encoder on unlabelled {images(modality)} with the
-        VisionFM form of iBOT (masked image modelling + self-distillation), as a MONAI bundle. Generated by
-        `scripts/generate_bundles.py` from `scripts/bundlegen/pretraining.py` (edit that, not these files).""")
-    data = paragraph(f"""`dataset_dir`: a folder of {images(modality)} {files}; every image under it, recursively, is
-        used, and every slice or frame of a volume or cine (3-D NIfTI, multi-frame DICOM). Images are read as 3-channel
-        [0, 1] ({channels}) and resized so that the short side is `load_size` ({r.load_size}, `load_size_factor`
-        {num(r.load_size_factor)} x the {r.image_size} px crops), keeping the aspect ratio up to `load_max_aspect`
-        {num(r.load_max_aspect)} (a longer side is centre-cropped; portrait images keep their centred square); JPEGs
-        are decoded at a reduced scale when that still gives the short side. The crops are cut from this copy, their
-        area and aspect ratio relative to the whole image, as the original cuts them from the image as stored: at
-        the smallest scale, {num(r.global_crops_scale[0])}, a global crop still spans at least
-        {int(math.sqrt(r.global_crops_scale[0] * 0.8) * r.load_size)} source pixels, so no global crop is
-        upsampled and lesion-level detail survives (the earlier {r.image_size * 8 // 7} px square copy upsampled
-        about two thirds of them). After augmentation the crops are normalised with the VisionFM {m.name} mean
-        {list(m.mean)} and std {list(m.std)}. Unreadable or zero-byte files
-        are skipped with one warning line each and a count at the end; an empty folder, or images that look like
-        another modality (colour photographs for a grey modality or the reverse), stop the run before it
-        starts.""")
-    synthetic = paragraph(f"""Synthetic images (e.g. sampled with a latent-diffusion generation bundle):
-        `--synthetic_dir` names their folder (read as `dataset_dir` is, same modality check; not inside
-        `dataset_dir`) and `--synthetic_ratio` the share of every batch drawn from it (round(ratio x
-        `batch_size`) images per batch; 0, the default, trains on the real images alone, as without these ids). An
-        epoch is then one pass over the real images; the synthetic ones are reshuffled and repeated as needed. The
-        real and synthetic image counts and the share are logged every epoch (`real_images`, `synthetic_images`,
-        `synthetic_share`, also in TensorBoard). A ratio outside [0, 1], a ratio without a folder (or a folder
-        without a ratio), or a missing, empty or other-modality folder stops the run before it starts; so do
-        synthetic images of mixed sizes or with a short side below the {r.image_size} px crops (they would be
-        upsampled).""")
-    outputs = paragraph(f"""Outputs in `models/`: `checkpoint.pt` (student, teacher, optimizer, scaler, loss centres,
-        epoch, iteration and the recipe; written atomically every epoch, and every `save_every_iterations`
-        iterations if set), `checkpoint_<epoch>.pt` every {r.keep_every_epochs} epochs, and `encoder.pt`, the
-        teacher's backbone, which task bundles of the modality take as `--pretrained_encoder models/encoder.pt`.
-        A stopped run continues where it stopped (`resume: auto`); a checkpoint of another architecture is
-        refused.""")
-    handler_ids = ", ".join(f"`train::{name}`" for name in handlers())
-    handler_text = paragraph(f"""Handlers have their own ids ({handler_ids}); `train::handlers` lists them with `%`
-        macros (copies made when the config is parsed), so override the ids, e.g. `--train::checkpoint::save False`,
-        or `--train::progress "{{'_target_': 'my_module.MyHandler'}}"` to put your own handler in the progress
-        bar's place.""")
-    monitoring = paragraph(f"""Monitoring (console and TensorBoard in `runs/`): per-iteration and per-epoch CLS and
-        patch loss, lr, weight decay, teacher momentum and temperatures, teacher-output entropy and KL(teacher ||
-        student). A CLS loss that stays at ln({r.out_dim}) = {math.log(r.out_dim):.2f} after warm-up (uniform
-        collapse) or a teacher entropy near 0 (one-hot collapse) stops the run with an explanation
-        (`stop_on_collapse`); a NaN loss stops it with the iteration named; the last good checkpoint is kept.
-        `--knn_datalist small.json` (a MONAI datalist with labels: "training" is the memory bank, "validation" the
-        queries) adds a weighted k-NN accuracy of the teacher's embedding every epoch (`knn_top1`).""")
-    performance = paragraph(f"""No real {m.name} data was available where this bundle was built: it was run only on
-        synthetic phantoms, for correctness. No pretrained weights ship with it.""")
-    return f"""# {folder}_ibot_pretraining
-
-{intro}
-
-{start_text(m)}
-
-## Data
-{data}
-
-{synthetic}
-
-{recipe_text()}
-## Commands (from the bundle folder)
-```
-# recommended, as the original: start from ImageNet DINO {arch_name()} weights (or the VisionFM weights), a local file
-python -m monai.bundle run --config_file configs/train.json --dataset_dir /data/{folder}_unlabelled \\
-    --init_weights /weights/dino_vitbase16_pretrain.pth
-# from random weights: the from-scratch teacher temperatures
-python -m monai.bundle run --config_file configs/train.json --dataset_dir /data/{folder}_unlabelled \\
-    --recipe_preset from_scratch
-# half of every batch from generated images
-python -m monai.bundle run --config_file configs/train.json --dataset_dir /data/{folder}_unlabelled \\
-    --synthetic_dir /data/{folder}_synthetic --synthetic_ratio 0.5
-# several GPUs or nodes
-torchrun --nnodes=1 --nproc_per_node=8 -m monai.bundle run \\
-    --config_file "['configs/train.json','configs/multi_gpu_train.json']" --dataset_dir /data/{folder}_unlabelled
-# embeddings (one .npy per image + embeddings.csv) with the exported teacher
-python -m monai.bundle run --config_file configs/inference.json --dataset_dir /data/{folder}_images
-```
-The embedding run uses `precision: auto` (bf16 weights on CPUs with native bf16 and on GPUs, fp32 elsewhere;
-`--precision fp32` to force full precision, `--compile True` for torch.compile) and skips files it cannot read,
-listing them in `unreadable.csv`.
-
-{outputs}
-
-{handler_text}
-
-{monitoring}
-
-## Performance
-{performance}
-
-## Licence
-Code and configs: Apache-2.0. The original VisionFM weights are CC BY-NC 4.0: an encoder pretrained from them
-inherits that restriction.
-"""
+    return model_card(
+        "pretraining", **{name: num(value) for name, value in r.as_dict().items()},
+        folder=folder, modality=m.name, images=images(modality), files=files, arch_name=arch_name(),
+        embed_dim=embed_dim(), channels="grey, replicated to 3 channels" if m.grey else "RGB",
+        mean=str(list(m.mean)), std=str(list(m.std)), load_size=r.load_size,
+        min_global_scale=num(r.global_crops_scale[0]),
+        min_crop_pixels=int(math.sqrt(r.global_crops_scale[0] * 0.8) * r.load_size),
+        old_copy_size=r.image_size * 8 // 7, local_crops=local, amp_text=amp,
+        aug_flip_p=num(aug["flip_p"]), aug_jitter=num(aug["jitter"]), aug_jitter_p=num(aug["jitter_p"]),
+        aug_grey_p=num(aug["grey_p"]), aug_blur_sigma=num(aug["blur_sigma"]), aug_blur_p_first=num(aug["blur_p"][0]),
+        aug_blur_p_second=num(aug["blur_p"][1]), aug_solarize_p=num(aug["solarize_p"]), aug_ratio=num(aug["ratio"]),
+        scratch_teacher_temp=num(RECIPE_PRESETS["from_scratch"].teacher_temp),
+        preset_fields=", ".join(f"`{n}`" for n in preset_fields()),
+        handler_ids=", ".join(f"`train::{name}`" for name in handlers()), ln_out_dim=f"{math.log(r.out_dim):.2f}")
 
 
 def bundles() -> dict[str, dict[str, str]]:

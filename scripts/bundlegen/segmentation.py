@@ -7,9 +7,7 @@ the probabilities back on the photo's own grid (`Invertd`).
 
 from __future__ import annotations
 
-from visionfm_core.modalities import get_modality
-
-from .common import LICENCE_AND_REFERENCES, RUN_NOTES, images, metadata
+from .common import images, metadata, modality_text, model_card, sentence_case
 from .task import TaskParts, family_bundles, load_image, load_label_map, normalise
 
 TEST_DATA = ("The tests use synthetic phantoms with vessels drawn in (visionfm_core.data) and the CC0 photograph "
@@ -44,7 +42,7 @@ def resize_short(keys, mode: str) -> dict:
 
 
 def validate_masks() -> dict:
-    return {"_target_": "visionfm_core.data.ValidateMaskd", "keys": MASKS, "image_key": "image",
+    return {"_target_": "visionfm_core.tasks.segmentation.ValidateMaskd", "keys": MASKS, "image_key": "image",
             "allow_missing_keys": True}
 
 
@@ -64,7 +62,7 @@ def back_to_input_grid(transform: str) -> dict:
 
 
 def writer(output_dir: str) -> dict:
-    return {"_target_": "visionfm_core.handlers.SegmentationWriter", "output_dir": output_dir,
+    return {"_target_": "visionfm_core.tasks.segmentation.SegmentationWriter", "output_dir": output_dir,
             "threshold": "@threshold"}
 
 
@@ -124,6 +122,7 @@ def parts(d: dict) -> TaskParts:
 def bundle_metadata(name: str, d: dict) -> dict:
     m, classes = d["modality"], d["classes"]
     return metadata(
+        family="segmentation",
         name=f"VisionFM {d['title']}",
         task=f"Segmentation of {d['target']} in {images(m)}",
         description=f"A VisionFM ViT-B/16 {images(m, False)} encoder with a UNETR-style 2-D decoder (blocks 3, 5, 7 "
@@ -151,82 +150,9 @@ def bundle_metadata(name: str, d: dict) -> dict:
 
 
 def readme(name: str, d: dict) -> str:
-    m = d["modality"]
-    mod = get_modality(m)
-    converters = " | ".join(d["converters"])
-    return f"""# {name}
-
-{d['title'][0].upper() + d['title'][1:]} with the VisionFM {m} encoder (ViT-B/16) and a UNETR-style 2-D decoder, as
-a MONAI bundle. Generated from the segmentation template (`scripts/bundlegen/segmentation.py`; edit that, not these
-files).
-
-## Model overview
-- **Encoder**: VisionFM ViT-B/16, frozen by default (`freeze_encoder`), position embeddings resampled to the
-  512 px input (32 x 32 patches) when the weights are loaded and on the fly for any other multiple of 16.
-- **Decoder**: `visionfm_core.models.VisionFMTaskModel(head="segmentation")`: the feature maps of blocks 3, 5, 7 and
-  11 (`forward_intermediates`, NCHW) are upsampled to 1/8, 1/4, 1/2 and full resolution and merged, UNETR-style, with
-  features of the image itself (`feature_size` 32 base channels); one output channel per class (sigmoid for one
-  class).
-- **Loss**: DiceFocal (sigmoid). AdamW, lr 1e-3 x batch / 256, weight decay 0.05, cosine schedule; fine-tuning
-  (`--freeze_encoder False`) gives the encoder 0.1 x the decoder's lr. The best epoch is chosen by mean Dice on the
-  **validation** split only (the test split is never looked at during training).
-
-## Data
-A MONAI datalist with `training`, `validation` and `test` lists of `{{"image": photo, "label": mask, "fov": field-of-view
-mask}}` (`fov` optional). The public vessel datasets convert with one command each:
-```
-visionfm prepare-data {converters} /data/DRIVE --out /data/DRIVE/datalist.json
-```
-(where a dataset has no validation split, a fixed, seeded part of its training images is set aside for model
-selection). Masks are read without intensity scaling (0/1 or 0/255, PNG, GIF, TIFF, PPM), must have exactly the
-photo's size and only those values: a mask of another size or with other values, or an empty folder, stops with a
-message naming the file; nothing partial is written.
-
-## Preprocessing
-Read to 3 channels in [0, 1] (MONAI `LoadImaged` with `visionfm_core.data.EyeImageReader`) -> rescale so the short
-side is `working_size` ({d['working_size']} px, about DRIVE's native scale; `EyeResizeShortSided`, the same anti-aliased
-resize as pretraining; masks nearest-neighbour) -> normalise with the VisionFM {m} mean
-{[round(v, 4) for v in mod.mean]} and std {[round(v, 4) for v in mod.std]}. Training: random `image_size` (512) crops,
-flips and 90-degree rotations.
-
-## Inference on whole photos
-`SlidingWindowInferer` with a 512 px window (`image_size`), `sw_overlap` 0.25 and Gaussian blending (`sw_mode`),
-`sw_batch_size` windows at a time; then `Invertd` puts the probabilities back on the input photo's grid, so every
-output has exactly the photo's size:
-- `<name>_mask.png` (0/255, threshold `threshold` 0.5), `<name>_prob.png` (probability x 255), `<name>_overlay.png`
-  (the photo with vessels tinted).
-With labels (evaluate.json), `segmentation.csv` (per image) and `metrics.json` (mean): Dice, clDice (topology),
-AUROC, sensitivity, specificity and accuracy, inside the field of view when a FOV mask is given.
-
-## Commands (from the bundle folder)
-```
-python -m monai.bundle run --config_file configs/train.json --dataset_dir /data/DRIVE \\
-    --pretrained_encoder /weights/fundus_encoder.pt
-python -m monai.bundle run --config_file "['configs/train.json','configs/evaluate.json']" --dataset_dir /data/DRIVE
-python -m monai.bundle run --config_file configs/inference.json --dataset_dir /data/new_photos
-torchrun --standalone --nnodes=1 --nproc_per_node=4 -m monai.bundle run \\
-    --config_file "['configs/train.json','configs/multi_gpu_train.json']" --dataset_dir /data/DRIVE
-```
-
-## Export
-`python -m monai.bundle ckpt_export network_def --filepath model.ts --ckpt_file models/model.pt --meta_file
-configs/metadata.json --config_file configs/inference.json` scripts the network (`torch.jit.script`, as model-zoo's
-verifier does); ONNX export is tested too. The scripted network takes any input whose sides are multiples of 16.
-
-{RUN_NOTES}
-## Performance
-No trained weights ship with this bundle and no public dataset could be used where it was built (no network):
-**no real-data performance is claimed**. The tests train it on synthetic phantoms with vessels drawn in and run it on
-the real 1411 x 1411 `skimage.data.retina()` photo, for correctness only. Speed on the build machine:
-`scripts/bench_segmentation.py`.
-
-## Limitations
-- Research use only; not a medical device.
-- One class (vessels); artery/vein separation would be `num_classes` 2 with softmax and labelled data.
-- The field-of-view mask is used for scoring, not in the loss.
-
-{LICENCE_AND_REFERENCES}
-"""
+    """docs/README.md from visionfm_core/tasks/segmentation/model_card.md."""
+    return model_card("segmentation", name=name, **modality_text(d["modality"]), Title=sentence_case(d["title"]),
+                      converters=" | ".join(d["converters"]), working_size=d["working_size"])
 
 
 def bundles() -> dict[str, dict[str, str]]:

@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from .common import DEVICE, MULTI_GPU_TASK, data_licence, dataloader, evaluator, render, static_files
 
 IMPORTS = ["$import os", "$import torch", "$import ignite", "$import monai", "$import visionfm_core",
-           "$import visionfm_core.models", "$import visionfm_core.data", "$import visionfm_core.precision"]
+           "$import visionfm_core.models", "$import visionfm_core.data", "$import visionfm_core.engine.precision"]
 
 
 READER = "$visionfm_core.data.EyeImageReader()"
 FAST_READER = "$visionfm_core.data.EyeImageReader(decode_size=@decode_size)"
-# JPEGs decoded at a reduced DCT scale that keeps the short side >= 2x the network input: ~1.6x the end-to-end
-# throughput on 2000 px photos (scripts/bench_inference.py), for outputs not tied to the photo's pixel grid
+# JPEGs decoded at a reduced DCT scale that keeps the short side >= 2x the network input, for outputs not tied to
+# the photo's pixel grid; scripts/bench_inference.py measures what it gains end to end on 2000 px photos
 DECODE_SIZE = "$2 * @image_size"
 
 
@@ -211,7 +211,7 @@ def train_config(parts: TaskParts, modality: str) -> dict:
         "network_def": network_def(parts, training=True),
         "network": "$@network_def.to(@device)",
         "loss": parts.loss,
-        "optimizer": "$visionfm_core.optim.build_optimizer(@network, @learning_rate, @weight_decay, "
+        "optimizer": "$visionfm_core.engine.optim.build_optimizer(@network, @learning_rate, @weight_decay, "
                      "@encoder_lr_scale, @layer_decay)",
         "lr_scheduler": {"_target_": "torch.optim.lr_scheduler.CosineAnnealingLR", "optimizer": "@optimizer",
                          "T_max": "@train::trainer::max_epochs"},
@@ -224,7 +224,7 @@ def train_config(parts: TaskParts, modality: str) -> dict:
             # a last batch of one image is dropped (batch norm in training), unless it is the only one
             "dataloader": dataloader("@train::dataset", shuffle=True, drop_last=DROP_LONE_LAST),
             # bf16 autocast on CPUs with native bf16 (amp "auto"); on GPUs the trainer's own amp (fp16 + scaler)
-            "inferer": {"_target_": "visionfm_core.precision.AutocastInferer", "precision": "@amp",
+            "inferer": {"_target_": "visionfm_core.engine.precision.AutocastInferer", "precision": "@amp",
                         "device": "@device"},
             "postprocessing": {"_target_": "Compose", "transforms": parts.train_postprocessing},
             "lr_schedule": {"_target_": "LrScheduleHandler", "lr_scheduler": "@lr_scheduler", "print_lr": True},
@@ -235,9 +235,9 @@ def train_config(parts: TaskParts, modality: str) -> dict:
             "tensorboard": {"_target_": "TensorBoardStatsHandler", "log_dir": "@output_dir", "tag_name": "train_loss",
                             "output_transform": "$monai.handlers.from_engine(['loss'], first=True)"},
             # a tqdm bar on a terminal, a log line every 30 s elsewhere (VISIONFM_PROGRESS=bar|log|off)
-            "progress": {"_target_": "visionfm_core.progress.Progress"},
+            "progress": {"_target_": "visionfm_core.engine.progress.Progress"},
             # where the encoder weights came from (models/encoder_source.json); warns about a frozen random encoder
-            "encoder_source_note": {"_target_": "visionfm_core.run_notes.EncoderSourceNote", "output_dir": "@ckpt_dir",
+            "encoder_source_note": {"_target_": "visionfm_core.engine.run_notes.EncoderSourceNote", "output_dir": "@ckpt_dir",
                                     "network": "@network"},
             **parts.extra_train_handlers,
             "handlers": ["%train::lr_schedule", "%train::validation", "%train::stats", "%train::tensorboard",
@@ -287,21 +287,21 @@ def evaluate_config(parts: TaskParts) -> dict:
         "eval_dir": "$@bundle_root + '/eval'",
         # fp32 by default; another precision (bf16, int8) is evaluated against fp32 on the same images
         "precision": "fp32",
-        "network": "$visionfm_core.precision.for_inference(@network_def.to(@device), @precision)",
+        "network": "$visionfm_core.engine.precision.for_inference(@network_def.to(@device), @precision)",
         "validate::dataset::data": f"${parts.datalist_loader}(@datalist, @eval_split{parts.datalist_args})",
         **overrides,
         "validate::checkpoint_loader": {
             "_target_": "CheckpointLoader",
-            "load_path": "$visionfm_core.weights.require_checkpoint(@ckpt_dir + '/model.pt')",
+            "load_path": "$visionfm_core.encoders.require_checkpoint(@ckpt_dir + '/model.pt')",
             "load_dict": {"model": "@network"},
             "map_location": "@device",
         },
         "validate::writer": parts.eval_writer,
         "validate::precision_agreement": {
-            "_target_": "visionfm_core.precision.PrecisionAgreement", "reference": "%network_def",
+            "_target_": "visionfm_core.engine.precision.PrecisionAgreement", "reference": "%network_def",
             "ckpt_path": "@validate::checkpoint_loader::load_path", "precision": "@precision", "kind": parts.agreement,
             "output_dir": "@eval_dir", "device": "@device"},
-        "validate::progress": {"_target_": "visionfm_core.progress.Progress", "name": "evaluation"},
+        "validate::progress": {"_target_": "visionfm_core.engine.progress.Progress", "name": "evaluation"},
         "validate::handlers": ["%validate::checkpoint_loader", "%validate::stats", "%validate::progress",
                                "%validate::writer", "%validate::precision_agreement"],
         "initialize": ["$monai.utils.set_determinism(seed=0)"],
@@ -332,27 +332,27 @@ def inference_config(parts: TaskParts, modality: str, dataset_dir: str) -> dict:
         "num_workers": 2,
         "network_def": net,
         # weights converted once to the precision the hardware runs fastest ("auto": bf16 on CPUs with native
-        # bf16 and on GPUs, else fp32; outputs back in fp32), optionally compiled: visionfm_core.precision
+        # bf16 and on GPUs, else fp32; outputs back in fp32), optionally compiled: visionfm_core.engine.precision
         "precision": "auto",
         "compile": False,
-        "network": "$visionfm_core.precision.for_inference(@network_def.to(@device), @precision, @compile)",
+        "network": "$visionfm_core.engine.precision.for_inference(@network_def.to(@device), @precision, @compile)",
         "preprocessing": {"_target_": "Compose", "transforms": infer_transforms},
         # an unreadable file is reported in unreadable.csv, not fatal (skip_unreadable: false stops on the first)
         "skip_unreadable": True,
-        "dataset": {"_target_": "visionfm_core.data.SkipUnreadableDataset", "data": "@datalist",
+        "dataset": {"_target_": "visionfm_core.engine.unreadable.SkipUnreadableDataset", "data": "@datalist",
                     "transform": "@preprocessing", "skip_unreadable": "@skip_unreadable"},
         "dataloader": dataloader("@dataset"),
         "inferer": parts.infer_inferer,
         "postprocessing": {"_target_": "Compose", "transforms": parts.infer_postprocessing},
         "stats": {"_target_": "StatsHandler", "iteration_log": False},
-        "progress": {"_target_": "visionfm_core.progress.Progress", "name": "inference"},
+        "progress": {"_target_": "visionfm_core.engine.progress.Progress", "name": "inference"},
         "writer": parts.infer_writer,
-        "unreadable_report": {"_target_": "visionfm_core.handlers.UnreadableFilesReport", "output_dir": "@output_dir"},
+        "unreadable_report": {"_target_": "visionfm_core.engine.unreadable.UnreadableFilesReport", "output_dir": "@output_dir"},
         "handlers": ["@stats", "@progress", "@writer", "@unreadable_report"],
         "evaluator": evaluator("@dataloader", "@network", "@inferer", "@postprocessing", "@handlers")
         | ({"prepare_batch": "@prepare_batch"} if parts.extra_inputs else {}),
         "checkpointloader": {"_target_": "CheckpointLoader",
-                             "load_path": "$visionfm_core.weights.require_checkpoint(@ckpt_path)",
+                             "load_path": "$visionfm_core.encoders.require_checkpoint(@ckpt_path)",
                              "load_dict": {"model": "@network"}, "map_location": "@device"},
         "initialize": ["$monai.utils.set_determinism(seed=0)", "$@checkpointloader(@evaluator)"],
         "run": ["$@evaluator.run()"],
@@ -368,12 +368,12 @@ def onnx_overlay(parts: TaskParts | None, model: str = "model") -> dict:
         "onnx_path": f"$@bundle_root + '/models/{model}.onnx'",
         "onnx_threads": None,
         "device": "$torch.device('cpu')",
-        "network": {"_target_": "visionfm_core.export.OnnxRuntimeNetwork", "path": "@onnx_path",
+        "network": {"_target_": "visionfm_core.tools.export.OnnxRuntimeNetwork", "path": "@onnx_path",
                     "threads": "@onnx_threads"},
         "initialize": ["$monai.utils.set_determinism(seed=0)"],
     }
     if parts is not None and "@network" in str(parts.infer_writer):
-        overlay["writer"] = {"_target_": "visionfm_core.handlers.ClassificationWriter", "class_names": "@class_names",
+        overlay["writer"] = {"_target_": "visionfm_core.tasks.classification.ClassificationWriter", "class_names": "@class_names",
                              "output_dir": "@output_dir"}
     return overlay
 

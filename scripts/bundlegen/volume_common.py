@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-VOLUME_READER = "$visionfm_core.data.volumes.EyeVolumeReader()"
+VOLUME_READER = "$visionfm_core.data.io.volumes.EyeVolumeReader()"
 # inference on a folder: NIfTI files, multi-frame DICOM files and folders of DICOM slices (one series each)
 VOLUME_DATALIST = "$visionfm_core.data.volume_datalist(@dataset_dir)"
 

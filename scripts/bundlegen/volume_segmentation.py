@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from visionfm_core.modalities import get_modality
 
-from .common import LICENCE_AND_REFERENCES, RUN_NOTES, metadata
+from .common import metadata, model_card
 from .task import TaskParts, family_bundles
 from .volume_common import MEAN_DICE, ONE_HOT, VOLUME_DATALIST, load_volume
 
 # NaN or constant volumes stop with the file named; a spacing over 2x from the training spacing is a warning
 VALIDATE = {"expected_spacing": "@pixdim", "spacing_tolerance": 2.0, "warning_key": "volume_warning"}
 
-TEST_DATA = ("The tests use small synthetic orbit phantoms (visionfm_core.data.mri_samples: globe, optic nerve, four "
+TEST_DATA = ("The tests use small synthetic orbit phantoms (visionfm_core.data.synthetic.mri_samples: globe, optic nerve, four "
              "extraocular muscles and orbital fat drawn as simple shapes) and, for inference on real volumes, "
              "nibabel's test volume anatomical.nii and nilearn's MNI152 template (brain MRI, not orbits).")
 
@@ -122,12 +122,12 @@ def parts(d: dict) -> TaskParts:
                 softmax(), back_to_input_grid("@validate::preprocessing"), argmax()]},
             "validate::evaluator::key_val_metric": None,
         },
-        eval_writer={"_target_": "visionfm_core.segmentation3d.VolumeDiceWriter", "output_dir": "@eval_dir",
+        eval_writer={"_target_": "visionfm_core.tasks.segmentation3d.VolumeDiceWriter", "output_dir": "@eval_dir",
                      "class_names": "@class_names"},
         infer_transforms=infer_in,
         infer_inferer=sliding_window(),
         infer_postprocessing=[softmax(), back_to_input_grid("@preprocessing"), argmax(), save_label_map()],
-        infer_writer={"_target_": "visionfm_core.segmentation3d.StructureVolumesWriter", "output_dir": "@output_dir",
+        infer_writer={"_target_": "visionfm_core.tasks.segmentation3d.StructureVolumesWriter", "output_dir": "@output_dir",
                       "class_names": "@class_names"},
         infer_batch_size=1,
         agreement="mask",
@@ -143,6 +143,7 @@ def volume_input() -> dict:
 def bundle_metadata(name: str, d: dict) -> dict:
     classes = d["classes"]
     meta = metadata(
+        family="segmentation3d",
         name=f"VisionFM {d['title']}",
         task="3-D segmentation of the globe, optic nerve, extraocular muscles and orbital fat in orbital MRI",
         description="The VisionFM MRI encoder (ViT-B/16) inflated to 3-D (16 x 16 x 16 patches; patch kernel spread "
@@ -172,84 +173,9 @@ def bundle_metadata(name: str, d: dict) -> dict:
 
 
 def readme(name: str, d: dict) -> str:
+    """docs/README.md from visionfm_core/tasks/segmentation3d/model_card.md."""
     mod = get_modality(d["modality"])
-    return f"""# {name}
-
-3-D segmentation of orbital structures (globe, optic nerve, extraocular muscles, orbital fat) in MRI volumes with the
-VisionFM MRI encoder inflated to 3-D and a 3-D UNETR decoder, as a MONAI bundle. Generated from the volume
-segmentation template (`scripts/bundlegen/volume_segmentation.py`; edit that, not these files).
-
-## Model overview
-- **Encoder**: `visionfm_core.models.vit3d.VisionTransformer3D`, the VisionFM ViT-B/16 blocks (same weights, same
-  names) on 16 x 16 x 16 patches of the volume (`VisionFMTaskModel(..., spatial_dims=3)`; `depth_patch` sets the
-  patch along the slice axis). Frozen by default (`freeze_encoder`).
-- **Inflation rule** (2-D MRI weights -> 3-D, applied by `visionfm_core.weights.load_encoder_weights`):
-  the 2-D patch kernel is spread evenly over the depth of the 3-D patch (`W3[..., d] = W2 / depth_patch`, bias
-  unchanged); the 2-D position embeddings (resampled in-plane) are shared by every depth position; a learned depth
-  embedding starts at zero, so at load time the model sees depth only through content. The CLS key gets an
-  attention-logit bias log(number of depth positions), as if the CLS token were repeated once per depth: the CLS
-  keeps the share of attention it had in 2-D. Consequence (tested): on a volume made of one slice repeated, the
-  inflated encoder gives the 2-D encoder's CLS embedding of that slice (to 1e-4).
-- **Decoder**: MONAI's UNETR decoder in 3-D on blocks 3, 5, 7 and 11 (NCDHW maps from `forward_intermediates`) plus
-  the volume itself (`feature_size` 16 base channels); 5 softmax outputs. Loss DiceCE; AdamW, lr 1e-3 x batch / 256,
-  cosine schedule; the best epoch by mean foreground Dice on the **validation** split.
-
-## 3-D path or slice-wise?
-Use this 3-D path for near-isotropic volumes (MRI at about 1 mm, 3-D sequences) whose structures run across slices
-(the optic nerve, the muscles): the encoder sees 3-D context in every token. Use the slice-wise bundles
-(`oct_layer_segmentation`, `oct_volume_classification`) for OCT cubes and thick-slice stacks, where each B-scan is a
-complete image like those the 2-D encoder was pretrained on and the slice spacing is many times the in-plane one;
-they also cost linearly in the number of slices.
-
-## Data
-A MONAI datalist (`datalist.json`) with `training`, `validation` and `test` lists of `{{"image": volume, "label":
-label map}}` (NIfTI, or DICOM series folders), label values 0 background, 1 globe, 2 optic_nerve,
-3 extraocular_muscles, 4 orbital_fat, on the image's grid.
-
-## Preprocessing
-MONAI `LoadImaged` (`visionfm_core.data.volumes.EyeVolumeReader`, channel first, affine kept) -> `Orientationd` RAS
--> `Spacingd` to `pixdim` (default 1 mm isotropic; labels nearest) -> intensity to [0, 1] by the 0.5 / 99.5
-percentiles (MRI has no absolute scale), clipped -> the grey channel copied to 3 channels (the encoder was
-pretrained on 3-channel images, grey MRI slices repeated on all three) -> normalised with the VisionFM MRI mean
-{round(mod.mean[0], 4)} and std {round(mod.std[0], 4)}. Training: `RandCropByPosNegLabeld` cubes of `roi_size`
-(96^3, `image_size`), left-right flips, small intensity scaling and shifts.
-
-## Inference
-`SlidingWindowInferer` with a `roi_size` window, `sw_overlap` 0.25, Gaussian blending (`sw_mode`), `sw_batch_size`
-windows at a time -> softmax -> `Invertd` (the probabilities back on the input's grid) -> argmax -> `SaveImaged`:
-`<name>_seg.nii.gz`, a uint8 label map with the input's shape, affine and spacing (opens on the input in 3D Slicer,
-ITK-SNAP, OHIF). `volumes.csv`: per volume its grid and the volume (mL) of each structure. evaluate.json: `dice.csv`
-(per volume, Dice of each structure on the input's grid) and `metrics.json` (mean Dice per structure, `mean_dice`).
-
-## Commands (from the bundle folder)
-```
-python -m monai.bundle run --config_file configs/train.json --dataset_dir /data/orbit_mri \\
-    --pretrained_encoder /weights/mri_encoder.pt
-python -m monai.bundle run --config_file "['configs/train.json','configs/evaluate.json']" --dataset_dir /data/orbit_mri
-python -m monai.bundle run --config_file configs/inference.json --dataset_dir /data/new_volumes
-torchrun --standalone --nnodes=1 --nproc_per_node=4 -m monai.bundle run \\
-    --config_file "['configs/train.json','configs/multi_gpu_train.json']" --dataset_dir /data/orbit_mri
-```
-`--pretrained_encoder` takes a **2-D** MRI encoder (`models/encoder.pt` of the MRI pretraining bundle, or
-`VFM_MRI_weights.pth` converted by `visionfm import-weights`): it is inflated to 3-D when loaded (the header's
-modality, architecture and patch size are checked); a 3-D encoder file loads as is. `--pixdim "[0.5,0.5,0.5]"`,
-`--image_size 128` and `--sw_overlap 0.5` change the working resolution, window and overlap.
-
-{RUN_NOTES}
-## Performance
-No trained weights ship with this bundle and no labelled orbital MRI could be used where it was built (no network):
-**no real-data performance is claimed**. The tests train it on synthetic orbit phantoms and run it on real MRI
-volumes that install offline (nibabel's `anatomical.nii`, nilearn's MNI152 template) for geometry only: the label
-map must have the input's shape, spacing, orientation and affine. Speed: `scripts/bench_volume.py`.
-
-## Limitations
-- Research use only; not a medical device.
-- MONAI Label with monai 1.6.1 fails on bundles whose inference has `Spacingd` on `image` (its `image_path` key;
-  see the project's MONAI Label notes); serve with monai 1.5.2 until that is fixed.
-- A volume far from `pixdim` (e.g. 5 mm slices) is resampled anyway: expect poor results on thick slices.
-
-{LICENCE_AND_REFERENCES}
-"""
+    return model_card("segmentation3d", name=name, mean=round(mod.mean[0], 4), std=round(mod.std[0], 4))
 
 
 def bundles() -> dict[str, dict[str, str]]:

@@ -1,28 +1,38 @@
-"""Data loading for VisionFM: the MONAI image reader and transforms, the one resize, datalists and built-in data."""
+"""Data for VisionFM: image and volume readers (`io`), public-dataset converters (`datasets`), built-in samples and
+phantoms (`synthetic`), and the MONAI transforms, the one resize and the datalists every family uses.
 
-from visionfm_core.data.datalist import folder_to_datalist, inference_datalist, load_datalist, retfound_to_datalist
-from visionfm_core.data.datalist import CLASS_NAMES_FILE, datalist_class_names, save_class_names, trained_class_names
-from visionfm_core.data.readers import (
-    IMAGE_EXTENSIONS,
-    LABEL_EXTENSIONS,
-    EyeImageReader,
-    ImageReadError,
-    count_slices,
-    list_images,
-    read_image,
+Family-specific transforms (masks, landmarks, multi-task labels, regression targets, visit pairs) live with their
+family under `visionfm_core.tasks`.
+"""
+
+from visionfm_core.data.datalist import (
+    CLASS_NAMES_FILE,
+    datalist_class_names,
+    folder_to_datalist,
+    inference_datalist,
+    load_datalist,
+    retfound_to_datalist,
+    save_class_names,
+    trained_class_names,
 )
-from visionfm_core.data.resize import EyeResize, EyeResized, EyeResizeShortSided, resize
-from visionfm_core.data.samples import make_fundus_phantom, real_fundus_photo, write_demo_dataset
-from visionfm_core.data.transforms import (
-    EyeChannelsd,
-    LabelMapd,
-    LoadEyeImaged,
-    ModalityNormalized,
-    ValidateLabeld,
-    eval_transforms,
+from visionfm_core.data.datasets.classification import (
+    DR_GRADES,
+    MULTITASK_LABELS,
+    aptos_to_datalist,
+    csv_to_datalist,
+    idrid_grading_to_datalist,
+    jsiec_to_datalist,
+    kermany_to_datalist,
+    messidor2_to_datalist,
+    octid_to_datalist,
+    papila_to_datalist,
+    refuge_to_datalist,
+    report_datalist,
+    retfound_split_datalist,
+    stratified_group_split,
+    summarize_datalist,
 )
-from visionfm_core.data.phantoms import make_phantom, write_phantom_folder
-from visionfm_core.data.converters import (
+from visionfm_core.data.datasets.converters import (
     chase_to_datalist,
     drive_to_datalist,
     hrf_to_datalist,
@@ -31,30 +41,37 @@ from visionfm_core.data.converters import (
     split_train_val_test,
     stare_to_datalist,
 )
-from visionfm_core.data.dense import HeatmapsToLandmarksd, ScaleLandmarksd, ValidateLandmarksd, ValidateMaskd, scale_points
-from visionfm_core.data.dense_samples import (
+from visionfm_core.data.io.oct_convert import OCT_FORMATS, OCTConversionError, convert_oct
+from visionfm_core.data.io.readers import (
+    IMAGE_EXTENSIONS,
+    LABEL_EXTENSIONS,
+    EyeImageReader,
+    ImageReadError,
+    count_slices,
+    list_images,
+    read_image,
+)
+from visionfm_core.data.io.volumes import EyeVolumeReader, ValidateVolumed, VolumeReadError, read_volume, volume_datalist
+from visionfm_core.data.modality_check import ModalityCheckd, chroma, modality_mismatch
+from visionfm_core.data.resize import EyeResize, EyeResized, EyeResizeShortSided, resize
+from visionfm_core.data.synthetic.dense_samples import (
     LANDMARK_NAMES,
     make_landmark_phantom,
     make_vessel_phantom,
     write_landmark_dataset,
     write_vessel_dataset,
 )
-from visionfm_core.data.modality_check import ModalityCheckd, chroma, modality_mismatch
-from visionfm_core.data.unreadable import SkipUnreadableDataset
-from visionfm_core.data.unlabelled import SkippedImagesReport, UnlabelledImageDataset, check_modality_of_images
-from visionfm_core.data.targets import (
-    MultiTaskLabelsd,
-    RegressionTargetsd,
-    datalist_targets,
-    load_multitask_datalist,
-    load_regression_datalist,
-    save_targets,
-    target_stats,
-    trained_targets,
+from visionfm_core.data.synthetic.phantoms import make_phantom, write_phantom_folder
+from visionfm_core.data.synthetic.samples import make_fundus_phantom, real_fundus_photo, write_demo_dataset
+from visionfm_core.data.transforms import (
+    EyeChannelsd,
+    LabelMapd,
+    LoadEyeImaged,
+    ModalityNormalized,
+    ValidateLabeld,
+    eval_transforms,
 )
-from visionfm_core.data.volumes import (VOLUME_BUNDLES, EyeVolumeReader, ValidateVolumed, VolumeReadError, read_volume,
-                                        volume_datalist)
-from visionfm_core.data.oct_convert import OCT_FORMATS, OCTConversionError, convert_oct
+from visionfm_core.data.unlabelled import SkippedImagesReport, UnlabelledImageDataset, check_modality_of_images
 
 __all__ = [
     # reading (EyeImageReader is also registered with MONAI as reader="EyeImageReader")
@@ -92,12 +109,12 @@ __all__ = [
     "write_demo_dataset",
     "make_phantom",
     "write_phantom_folder",
-    # dense tasks: masks, landmarks, public-dataset converters, synthetic data
-    "ValidateMaskd",
-    "ValidateLandmarksd",
-    "ScaleLandmarksd",
-    "HeatmapsToLandmarksd",
-    "scale_points",
+    "make_vessel_phantom",
+    "make_landmark_phantom",
+    "write_vessel_dataset",
+    "write_landmark_dataset",
+    "LANDMARK_NAMES",
+    # public datasets -> datalists, with the leak-free seeded splits
     "drive_to_datalist",
     "stare_to_datalist",
     "chase_to_datalist",
@@ -105,44 +122,36 @@ __all__ = [
     "idrid_landmarks_to_datalist",
     "landmark_csv_to_datalist",
     "split_train_val_test",
-    "make_vessel_phantom",
-    "make_landmark_phantom",
-    "write_vessel_dataset",
-    "write_landmark_dataset",
-    "LANDMARK_NAMES",
+    "stratified_group_split",
+    "idrid_grading_to_datalist",
+    "aptos_to_datalist",
+    "messidor2_to_datalist",
+    "octid_to_datalist",
+    "kermany_to_datalist",
+    "refuge_to_datalist",
+    "papila_to_datalist",
+    "jsiec_to_datalist",
+    "retfound_split_datalist",
+    "csv_to_datalist",
+    "summarize_datalist",
+    "report_datalist",
+    "DR_GRADES",
+    "MULTITASK_LABELS",
     # pretraining folders
     "UnlabelledImageDataset",
-    # inference keeps going past unreadable files (reported in unreadable.csv)
-    "SkipUnreadableDataset",
     "SkippedImagesReport",
     "check_modality_of_images",
     # does an image look like the bundle's modality (inference: a per-image warning)
     "ModalityCheckd",
     "modality_mismatch",
     "chroma",
-    # multi-task labels and regression targets (masked when unknown)
-    "load_multitask_datalist",
-    "MultiTaskLabelsd",
-    "load_regression_datalist",
-    "RegressionTargetsd",
-    "datalist_targets",
-    "target_stats",
-    "save_targets",
-    "trained_targets",
     # volumes: NIfTI, DICOM series, multi-frame DICOM (EyeVolumeReader), their checks, vendor OCT -> NIfTI
     "EyeVolumeReader",
     "VolumeReadError",
     "ValidateVolumed",
     "read_volume",
     "volume_datalist",
-    "VOLUME_BUNDLES",
     "convert_oct",
     "OCTConversionError",
     "OCT_FORMATS",
 ]
-
-# public classification datasets and generic CSVs -> datalists, with the leak-free seeded split
-from visionfm_core.data import classification_datasets  # noqa: E402
-from visionfm_core.data.classification_datasets import *  # noqa: E402,F401,F403
-
-__all__ += classification_datasets.__all__

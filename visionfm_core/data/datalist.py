@@ -11,8 +11,8 @@ import numbers
 import os
 from pathlib import Path
 
-from visionfm_core.data.readers import _find_images, list_images
-from visionfm_core.io import atomic_write_text
+from visionfm_core.data.io.readers import _find_images, list_images
+from visionfm_core.engine.io import atomic_write_text
 
 __all__ = [
     "load_datalist",
@@ -57,7 +57,7 @@ def load_datalist(
             a label may also be given as one of these names (it becomes its index).
         modality: if given, the split's images must look like this modality (colour photographs for Fundus,
             SlitLamp, External; grey images for the others): see
-            :func:`visionfm_core.data.check_modality_of_images`. Catches e.g. a folder of fundus photos given to
+            :func:`visionfm_core.data.unlabelled.check_modality_of_images`. Catches e.g. a folder of fundus photos given to
             an OCT bundle before any training starts.
 
     Returns:

@@ -17,7 +17,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from visionfm_core.data.readers import unit_rgb
+from visionfm_core.data.io.readers import unit_rgb
 from visionfm_core.modalities import Modality, get_modality
 
 __all__ = ["CHROMA_COLOUR", "CHROMA_GREY", "chroma", "modality_mismatch", "ModalityCheckd"]

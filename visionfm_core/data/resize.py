@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms.utils import scale_affine
 from monai.transforms import MapTransform, Resize, Resized
 from monai.transforms.inverse import TraceableTransform
 from monai.transforms.transform import LazyTransform
+from monai.transforms.utils import scale_affine
 from monai.utils import TraceKeys, convert_to_tensor, ensure_tuple_rep
 
 __all__ = ["RESIZE_MODES", "resize", "EyeResize", "EyeResized", "EyeResizeShortSided"]

@@ -28,8 +28,8 @@ import torch
 from ignite.engine import Engine, Events
 from torch.utils.data import Dataset, DistributedSampler
 
-from .. import distributed
-from .unlabelled import UnlabelledImageDataset
+from visionfm_core.data.unlabelled import UnlabelledImageDataset
+from visionfm_core.engine import distributed
 
 __all__ = ["SyntheticMixDataset", "SyntheticMixSampler", "SyntheticShareReport", "mix_synthetic", "train_sampler",
            "synthetic_per_batch", "check_synthetic_sizes"]

@@ -13,7 +13,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureTyped, LoadImaged, MapTransform, Transform
 
-from visionfm_core.data.readers import SCALING_KEYS, EyeImageReader, label_channel_first, unit_rgb
+from visionfm_core.data.io.readers import SCALING_KEYS, EyeImageReader, label_channel_first, unit_rgb
 from visionfm_core.data.resize import EyeResized
 from visionfm_core.modalities import Modality, get_modality
 
@@ -54,7 +54,7 @@ class EyeChannels(Transform):
     Scaling follows the stored type (8-bit / 255, 16-bit / 65535, DICOM / (2**BitsStored - 1), min-max for
     signed data), grey is copied to 3 channels, alpha dropped, palette colours looked up, MONOCHROME1 inverted;
     grey modalities (OCT, FFA, ultrasound, UBM, MRI) get 3 copies of the luminance. The rules are
-    :func:`visionfm_core.data.readers.unit_rgb`, the ones :func:`read_image` uses. Meta is kept (``spatial_shape``
+    :func:`visionfm_core.data.io.readers.unit_rgb`, the ones :func:`read_image` uses. Meta is kept (``spatial_shape``
     = original (H, W), ``filename_or_obj``, affine), with ``original_channel_dim`` = 0.
     """
 

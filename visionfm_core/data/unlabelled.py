@@ -21,10 +21,10 @@ import torch
 from ignite.engine import Engine, Events
 from torch.utils.data import Dataset
 
-from ..modalities import get_modality
-from .modality_check import CHROMA_COLOUR, CHROMA_GREY, chroma
-from .readers import ImageReadError, count_slices, list_images, read_array, read_image, unit_rgb
-from .resize import resize
+from visionfm_core.data.io.readers import ImageReadError, count_slices, list_images, read_array, read_image, unit_rgb
+from visionfm_core.data.modality_check import CHROMA_COLOUR, CHROMA_GREY, chroma
+from visionfm_core.data.resize import resize
+from visionfm_core.modalities import get_modality
 
 __all__ = ["UnlabelledImageDataset", "SkippedImagesReport", "check_modality_of_images", "fit_short_side"]
 logger = logging.getLogger(__name__)

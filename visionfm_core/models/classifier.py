@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from .task import VisionFMTaskModel
+from visionfm_core.encoders.config import EncoderConfig
+from visionfm_core.models.task import VisionFMTaskModel
 
 __all__ = ["VisionFMClassifier"]
 
@@ -20,24 +23,11 @@ class VisionFMClassifier(VisionFMTaskModel):
     of it afterwards.
     """
 
-    def __init__(
-        self,
-        num_classes: int,
-        arch: str = "vit_base",
-        patch_size: int = 16,
-        img_size: int = 224,
-        n_last_blocks: int = 4,
-        freeze_encoder: bool = True,
-        drop_path_rate: float = 0.0,
-        pretrained: str | None = None,
-        checkpoint_key: str = "teacher",
-        modality: str | None = None,
-        allow_modality_mismatch: bool = False,
-    ):
-        super().__init__("classification", num_classes, arch=arch, patch_size=patch_size, img_size=img_size,
-                         freeze_encoder=freeze_encoder, drop_path_rate=drop_path_rate, pretrained=pretrained,
-                         checkpoint_key=checkpoint_key, modality=modality,
-                         allow_modality_mismatch=allow_modality_mismatch, n_last_blocks=n_last_blocks)
+    def __init__(self, num_classes: int, n_last_blocks: int = 4, encoder: EncoderConfig | None = None,
+                 **encoder_args: Any):
+        """`encoder` or its settings as keyword arguments (`EncoderConfig`: arch, patch_size, img_size, ...)."""
+        super().__init__("classification", num_classes, EncoderConfig.take(encoder, encoder_args),
+                         n_last_blocks=n_last_blocks, **encoder_args)
         self.n_last_blocks = n_last_blocks
 
     @torch.jit.unused

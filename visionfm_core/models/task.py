@@ -10,10 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..weights import load_encoder_weights
-from .heads import HEADS
-from .vit import build_encoder
-from .vit3d import build_encoder3d
+from visionfm_core.encoders.config import EncoderConfig
+from visionfm_core.encoders.weights import load_encoder_weights
+from visionfm_core.models.heads import get_head
 
 __all__ = ["VisionFMTaskModel"]
 logger = logging.getLogger(__name__)
@@ -41,67 +40,51 @@ class VisionFMTaskModel(nn.Module):
 
     `encoder_source` says where the encoder's weights came from: the weights file and its header, "random
     initialisation", or weights loaded later through `load_state_dict` (a trained model.pt, `load_encoder_weights`
-    on `.encoder`). `visionfm_core.run_notes.EncoderSourceNote` writes it next to a run's model. A frozen encoder
+    on `.encoder`). `visionfm_core.engine.run_notes.EncoderSourceNote` writes it next to a run's model. A frozen encoder
     that still has its random initial weights when the model is first put in training mode gets a loud warning:
     the head would learn from random features.
     """
 
-    __jit_ignored_attributes__ = ["encoder_source"]  # a plain dict of provenance, not part of the network
+    # provenance and the build recipe, plain Python objects: not part of the scripted network
+    __jit_ignored_attributes__ = ["encoder_source", "encoder_config"]
 
-    def __init__(
-        self,
-        head: str,
-        num_outputs: int,
-        arch: str = "vit_base",
-        patch_size: int = 16,
-        img_size: int = 224,
-        freeze_encoder: bool = True,
-        drop_path_rate: float = 0.0,
-        pretrained: str | None = None,
-        checkpoint_key: str = "teacher",
-        modality: str | None = None,
-        allow_modality_mismatch: bool = False,
-        spatial_dims: int = 2,
-        depth_patch: int | None = None,
-        **head_kwargs: Any,
-    ):
+    def __init__(self, head: str, num_outputs: int, encoder: EncoderConfig | None = None, **kwargs: Any):
+        """`encoder`: how to build the encoder; its settings may also come as keyword arguments (arch, patch_size,
+        img_size, freeze_encoder, drop_path_rate, pretrained, checkpoint_key, modality, allow_modality_mismatch,
+        spatial_dims, depth_patch: see `EncoderConfig`). The other keyword arguments go to the head."""
         super().__init__()
-        if head not in HEADS:
-            raise ValueError(f"unknown head {head!r}; choose one of {', '.join(sorted(HEADS))}")
+        config = EncoderConfig.take(encoder, kwargs)
+        head_kwargs = kwargs
+        head_class = get_head(head)
         if num_outputs < 1:
             raise ValueError(f"num_outputs must be at least 1, not {num_outputs}")
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 (images) or 3 (volumes), not {spatial_dims}")
-        # drop path only when the encoder trains: a frozen encoder must give the same features every time
-        rate = 0.0 if freeze_encoder else drop_path_rate
-        if spatial_dims == 3:
-            self.encoder = build_encoder3d(arch, patch_size, img_size, drop_path_rate=rate, depth_patch=depth_patch)
-        else:
-            self.encoder = build_encoder(arch, patch_size, img_size, drop_path_rate=rate)
-        self.spatial_dims = spatial_dims
-        self.map_fmt = "NCDHW" if spatial_dims == 3 else "NCHW"  # the encoder's patch-map layout
+        self.encoder_config = config
+        self.encoder = config.build()
+        self.spatial_dims = config.spatial_dims
+        self.map_fmt = "NCDHW" if config.spatial_dims == 3 else "NCHW"  # the encoder's patch-map layout
+        pretrained, modality = config.pretrained, config.modality
         if pretrained:
-            report = load_encoder_weights(self.encoder, pretrained, checkpoint_key, expected_modality=modality,
-                                          allow_modality_mismatch=allow_modality_mismatch)
+            report = load_encoder_weights(self.encoder, pretrained, config.checkpoint_key, expected_modality=modality,
+                                          allow_modality_mismatch=config.allow_modality_mismatch)
             logger.info("%s", report)
             self.encoder_source = {"weights": os.path.abspath(os.fspath(pretrained)), "entry": report.entry,
                                    "declared_modality": report.modality, "header": report.header}
         else:
             self.encoder_source = {"weights": None, "initialisation": "random initialisation"}
-        self.encoder_source.update(task_modality=modality, arch=arch, patch_size=patch_size,
-                                   freeze_encoder=bool(freeze_encoder))
-        if spatial_dims == 3:
+        self.encoder_source.update(task_modality=modality, arch=config.arch, patch_size=config.patch_size,
+                                   freeze_encoder=bool(config.freeze_encoder))
+        if config.spatial_dims == 3:
             self.encoder_source.update(spatial_dims=3, depth_patch=self.encoder.depth_patch)
         self.warned_random_frozen = False
         # weights loaded into the encoder after construction (model.pt, load_encoder_weights) replace the random ones
         self.encoder.register_load_state_dict_pre_hook(self._encoder_weights_loaded)
-        self.head = HEADS[head](self.encoder, num_outputs, **head_kwargs)
+        self.head = head_class(self.encoder, num_outputs, **head_kwargs)
         self.task = head
-        self.freeze_encoder = freeze_encoder
+        self.freeze_encoder = config.freeze_encoder
         # what the head takes from the encoder, fixed at construction (plain attributes, so TorchScript sees them)
         self.block_indices = list(self.head.block_indices)
         self.uses_patch_maps = bool(self.head.uses_patch_maps)
-        if freeze_encoder:
+        if config.freeze_encoder:
             self.encoder.requires_grad_(False)
 
     def train(self, mode: bool = True):

@@ -15,9 +15,11 @@ Pieces, each small and tested on its own:
 """
 
 from visionfm_core.ssl.augment import MultiCropAugmentation, image_extents
+from visionfm_core.ssl.checkpoint import PretrainingCheckpoint
 from visionfm_core.ssl.head import IBOTHead, IBOTModel, WeightNormLinear, build_ibot_models, masked_patch_index
 from visionfm_core.ssl.loss import DINOClsLoss, IBOTPatchLoss, entropy, patch_weights
 from visionfm_core.ssl.masking import BlockMaskGenerator, random_mask
+from visionfm_core.ssl.monitor import EpochAverages, KNNProbe, knn_accuracy, load_initial_weights
 from visionfm_core.ssl.recipe import DEFAULT_RECIPE, RECIPE_PRESETS, IBOTRecipe, start_warning
 from visionfm_core.ssl.schedules import (
     IBOTSchedules,
@@ -30,8 +32,6 @@ from visionfm_core.ssl.schedules import (
     teacher_temp_schedule,
 )
 from visionfm_core.ssl.trainer import IBOTTrainer, build_ibot_trainer
-from visionfm_core.ssl.checkpoint import PretrainingCheckpoint
-from visionfm_core.ssl.monitor import EpochAverages, KNNProbe, knn_accuracy, load_initial_weights
 
 __all__ = [
     "IBOTRecipe",

@@ -21,9 +21,9 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
-from ..io import atomic_torch_save
-from ..modalities import get_modality
-from ..weights import WeightsError, read_checkpoint, save_encoder_weights
+from visionfm_core.encoders.weights import WeightsError, read_checkpoint, save_encoder_weights
+from visionfm_core.engine.io import atomic_torch_save
+from visionfm_core.modalities import get_modality
 
 __all__ = ["PretrainingCheckpoint", "RUN_IDENTITY_IGNORES"]
 logger = logging.getLogger(__name__)

@@ -169,7 +169,7 @@ def build_ibot_models(
     Only the student has drop path (regularises the learner; the teacher is a smoothed target) and a
     mask token. The teacher's parameters do not require grad: it is updated by EMA only.
     """
-    from visionfm_core.models.vit import build_encoder
+    from visionfm_core.encoders.vit import build_encoder
 
     def make(drop: float, masked: bool) -> IBOTModel:
         backbone = build_encoder(arch, patch_size, img_size, drop_path_rate=drop, masked_im_modeling=masked)

@@ -78,7 +78,8 @@ class KNNProbe:
         from monai.data import DataLoader, Dataset
         from monai.transforms import Compose
 
-        from ..data import ValidateLabeld, eval_transforms, load_datalist
+        from visionfm_core.data.datalist import load_datalist
+        from visionfm_core.data.transforms import ValidateLabeld, eval_transforms
 
         # the evaluation preprocessing of every VisionFM pipeline: same reader, same resize as pretraining
         transform = Compose([eval_transforms(self.modality, self.image_size), ValidateLabeld("label", 10**6)])
@@ -107,7 +108,7 @@ class KNNProbe:
         return knn_accuracy(*train, *val, k=self.k)
 
     def __call__(self, engine: Engine) -> None:
-        from ..distributed import broadcast_from_main, is_main_process
+        from visionfm_core.engine.distributed import broadcast_from_main, is_main_process
 
         teacher = engine.checkpoint_dict()["teacher"]
         backbone = getattr(teacher, "backbone", teacher)
@@ -123,7 +124,7 @@ def load_initial_weights(models, source: str | None, checkpoint_key: str = "teac
     loaded into the student's and the teacher's backbones; the heads start fresh. Returns `models`."""
     if not source:
         return models
-    from ..weights import load_encoder_weights
+    from visionfm_core.encoders.weights import load_encoder_weights
 
     student, teacher = models
     logger.info("%s", load_encoder_weights(student.backbone, source, checkpoint_key))

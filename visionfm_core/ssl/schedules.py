@@ -138,7 +138,7 @@ def param_groups(model: nn.Module) -> list[dict]:
     """Two AdamW parameter groups, as the original: with weight decay, and without it for biases and 1-D tensors
     (LayerNorm weights) only. cls_token, pos_embed and the mask token (masked_embed) are decayed like any other
     weight, as in VisionFM/iBOT/DINO pretraining (timm's `no_weight_decay()` list is deliberately not used here;
-    the task bundles' fine-tuning optimiser, `visionfm_core.optim`, keeps using it).
+    the task bundles' fine-tuning optimiser, `visionfm_core.engine.optim`, keeps using it).
 
     The first group carries `apply_wd=True`: the trainer writes the weight-decay schedule into the
     groups that have it and leaves the other at 0. Frozen parameters are left out.

@@ -49,7 +49,7 @@ from monai.engines.utils import IterationEvents
 from monai.engines.workflow import Workflow
 from torch import nn
 
-from visionfm_core.distributed import gather_from_processes, mean_over_processes, world_size
+from visionfm_core.engine.distributed import gather_from_processes, mean_over_processes, world_size
 from visionfm_core.ssl.head import IBOTModel, masked_patch_index
 from visionfm_core.ssl.loss import DINOClsLoss, IBOTPatchLoss, entropy, patch_weights
 from visionfm_core.ssl.masking import BlockMaskGenerator
@@ -94,7 +94,7 @@ def _amp_dtype(amp: str | bool | None, device: torch.device) -> torch.dtype | No
     if amp == "auto":  # VisionFM's fp16 + grad scaler on CUDA; bf16 on CPUs that multiply it natively; else fp32
         if device.type == "cuda":
             return torch.float16
-        from visionfm_core.precision import cpu_has_native_bf16
+        from visionfm_core.engine.precision import cpu_has_native_bf16
 
         return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None
     if amp is True:  # fp16 where a GradScaler matters (CUDA), else bf16
@@ -451,7 +451,7 @@ def build_ibot_trainer(
     The trainer keeps the recipe as `trainer.recipe` and every part as an attribute (student, teacher, optimizer,
     augmentation, mask_generator, cls_loss, patch_loss, schedules).
     """
-    from visionfm_core import distributed
+    from visionfm_core.engine import distributed
     from visionfm_core.ssl.augment import MultiCropAugmentation
     from visionfm_core.ssl.head import build_ibot_models
     from visionfm_core.ssl.monitor import load_initial_weights

@@ -6,9 +6,19 @@
 - `turing`: a blinded visual Turing test page for readers and the scorer of their answers.
 """
 
-from .quality import (COSINE_THRESHOLD, SSIM_THRESHOLD, FeatureSet, SynthError, extract_features, frechet_distance,
-                      knn_precision_recall, load_feature_encoder, memorisation, synth_report)
-from .turing import format_score, score_turing, turing_page
+from visionfm_core.synth.quality import (
+                      COSINE_THRESHOLD,
+                      SSIM_THRESHOLD,
+                      FeatureSet,
+                      SynthError,
+                      extract_features,
+                      frechet_distance,
+                      knn_precision_recall,
+                      load_feature_encoder,
+                      memorisation,
+                      synth_report,
+)
+from visionfm_core.synth.turing import format_score, score_turing, turing_page
 
 __all__ = ["COSINE_THRESHOLD", "SSIM_THRESHOLD", "FeatureSet", "SynthError", "extract_features", "frechet_distance",
            "knn_precision_recall", "load_feature_encoder", "memorisation", "synth_report", "format_score",

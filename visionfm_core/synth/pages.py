@@ -17,9 +17,9 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from ..data.readers import read_image
-from ..data.resize import resize
-from ..io import atomic_write_bytes, atomic_write_text
+from visionfm_core.data.io.readers import read_image
+from visionfm_core.data.resize import resize
+from visionfm_core.engine.io import atomic_write_bytes, atomic_write_text
 
 __all__ = ["display_png", "check_publishable", "publish_folder", "is_synth_report", "write_report_folder",
            "PAGE_STYLE"]
@@ -89,7 +89,7 @@ def publish_folder(out: str | os.PathLike, build: Callable[[str], None], replace
 def is_synth_report(folder: str) -> bool:
     try:
         with open(os.path.join(folder, "report.json")) as f:
-            from .quality import REPORT_KIND
+            from visionfm_core.synth.quality import REPORT_KIND
 
             return json.load(f).get("kind") == REPORT_KIND
     except (OSError, ValueError, AttributeError):

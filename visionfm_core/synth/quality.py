@@ -27,12 +27,12 @@ from skimage.color import rgb2gray
 from skimage.metrics import structural_similarity
 from sklearn.neighbors import NearestNeighbors
 
-from ..data.readers import ImageReadError, count_slices, list_images, read_image
-from ..data.resize import resize
-from ..data.unlabelled import check_modality_of_images
-from ..modalities import get_modality
-from ..models import build_encoder
-from ..weights import declared_header, load_encoder_weights, read_checkpoint, sha256sum
+from visionfm_core.data.io.readers import ImageReadError, count_slices, list_images, read_image
+from visionfm_core.data.resize import resize
+from visionfm_core.data.unlabelled import check_modality_of_images
+from visionfm_core.encoders.vit import build_encoder
+from visionfm_core.encoders.weights import declared_header, load_encoder_weights, read_checkpoint, sha256sum
+from visionfm_core.modalities import get_modality
 
 __all__ = ["SynthError", "FeatureSet", "SSIM_THRESHOLD", "COSINE_THRESHOLD", "REPORT_KIND", "list_items",
            "load_feature_encoder", "extract_features", "frechet_distance", "knn_precision_recall", "grey_image",
@@ -43,7 +43,7 @@ REPORT_KIND = "visionfm_synth_report"
 # Near-copy thresholds. SSIM >= 0.90 is the usual "near-duplicate" line (identical images score 1). It is computed
 # on grey images shrunk to SSIM_SIZE = 32 px (antialiased): a copy that a generator reproduces with fresh speckle or
 # slightly blurred must still count as a copy, so the comparison is of layout (vessels, layers, globe), not of the
-# finest texture. Measured on 64 px phantoms (tests/test_synth_quality.py; SSIM of the closest of 8 training images):
+# finest texture. Measured on 64 px phantoms (tests/synth/test_synth_quality.py; SSIM of the closest of 8 training images):
 #                     blurred copy (Gaussian sigma 1)   unrelated phantom   two different training phantoms
 #   OCT, 32 px        0.956                             0.809               0.822
 #   fundus, 32 px     0.971                             0.389               0.363
@@ -324,7 +324,7 @@ def synth_report(real_dir: str | os.PathLike, synth_dir: str | os.PathLike, moda
     Bad input (a folder of another modality, synthetic images of a size no real image has, an encoder of another
     modality, too few images) raises SynthError / WeightsError naming the folder or file before anything is
     written."""
-    from .pages import check_publishable, is_synth_report, write_report_folder
+    from visionfm_core.synth.pages import check_publishable, is_synth_report, write_report_folder
 
     m = get_modality(modality)
     check_publishable(out, is_synth_report)

@@ -19,10 +19,10 @@ import random
 
 from scipy.stats import binomtest
 
-from ..data.readers import ImageReadError
-from ..io import atomic_write_bytes, atomic_write_text
-from .pages import PAGE_STYLE, display_png, publish_folder
-from .quality import SynthError, check_folder_modality, list_items
+from visionfm_core.data.io.readers import ImageReadError
+from visionfm_core.engine.io import atomic_write_bytes, atomic_write_text
+from visionfm_core.synth.pages import PAGE_STYLE, display_png, publish_folder
+from visionfm_core.synth.quality import SynthError, check_folder_modality, list_items
 
 __all__ = ["KEY_KIND", "ANSWERS_KIND", "turing_page", "score_turing", "format_score"]
 

@@ -1,6 +1,7 @@
-"""Which bundles the app serves, what family each one is, and where MONAI Label finds them.
+"""Which bundles the app serves, how it serves each one, and where MONAI Label finds them.
 
-Pure Python on purpose: no monailabel or torch import, so tests in the main environment cover it.
+No monailabel import, so tests in the main environment cover it. What a bundle is comes from the library's one
+lookup, `visionfm_core.tasks.bundle_family` (the "family" its metadata.json records).
 """
 
 from __future__ import annotations
@@ -11,17 +12,15 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-# Families, decided from the bundle's metadata (network_data_format.outputs.pred), not from folder names.
+from visionfm_core.tasks import FamilyError, bundle_family
+
+# How the app serves a bundle: its task family's `served_as` (visionfm_core.tasks.Family), never the folder name.
 SEGMENTATION = "segmentation"
 CLASSIFICATION = "classification"
 LANDMARKS = "landmarks"
 EMBEDDING = "embedding"
 REGRESSION = "regression"
 FAMILIES = (SEGMENTATION, CLASSIFICATION, LANDMARKS, EMBEDDING, REGRESSION)
-
-# pred "format" (or "type" for embeddings) -> family
-_FORMATS = {"segmentation": SEGMENTATION, "classes": CLASSIFICATION, "heatmaps": LANDMARKS, "features": EMBEDDING,
-            "values": REGRESSION}
 
 
 class BundleError(ValueError):
@@ -49,41 +48,28 @@ def read_metadata(bundle: Path) -> dict:
         raise BundleError(f"{path} is not valid JSON: {e}") from None
 
 
-def family_of(metadata: dict, where: str = "metadata.json") -> str:
-    """The family of a bundle from its metadata's first output (what MONAI Label also reads as the pred key)."""
-    outputs = metadata.get("network_data_format", {}).get("outputs", {})
-    if not outputs:
-        raise BundleError(f"{where} has no network_data_format.outputs")
-    pred = next(iter(outputs.values()))
-    if pred.get("type") == "embedding":
-        return EMBEDDING
-    family = _FORMATS.get(str(pred.get("format", "")).lower())
-    if family is None:
-        raise BundleError(f"{where}: output format {pred.get('format')!r} is not one this app serves "
-                          f"(known: {', '.join(sorted(_FORMATS))})")
-    return family
-
-
-def dimension_of(metadata: dict) -> int:
-    inputs = metadata.get("network_data_format", {}).get("inputs", {})
-    image = next(iter(inputs.values()), {}) if inputs else {}
-    shape = image.get("spatial_shape") or [0, 0, 0]
-    return len(shape)
+def family_of(bundle: str | os.PathLike) -> str:
+    """How the app serves the bundle: one of `FAMILIES`, from the bundle's task family."""
+    try:
+        family = bundle_family(bundle)
+    except FamilyError as error:
+        raise BundleError(str(error)) from None
+    if family.served_as not in FAMILIES:
+        raise BundleError(f"{Path(bundle).name} is a {family.name} bundle ({family.summary[0].lower()}"
+                          f"{family.summary[1:].rstrip('.')}); MONAI Label serves models that label an image")
+    return family.served_as
 
 
 def bundle_info(bundle: str | os.PathLike) -> BundleInfo:
     bundle = Path(bundle)
     if not (bundle / "configs" / "inference.json").is_file():
         raise BundleError(f"{bundle} has no configs/inference.json; MONAI Label serves a bundle from that file")
-    if (bundle / "configs" / "train_diffusion.json").is_file():
-        raise BundleError(f"{bundle.name} is a generation bundle (it samples new images from noise); MONAI Label "
-                          "serves models that label an image")
-    meta = read_metadata(bundle)
-    family = family_of(meta, str(bundle / "configs" / "metadata.json"))
-    weights = "encoder.pt" if family == EMBEDDING else "model.pt"
+    read_metadata(bundle)  # a missing or broken metadata.json is named before anything else
+    family = family_of(bundle)
+    weights = bundle_family(bundle).weights
     # only segmentation: MONAI Label's datastore hands the trainer {"image", "label"} pairs of label maps
     trainable = family == SEGMENTATION and (bundle / "configs" / "train.json").is_file()
-    return BundleInfo(bundle.name, bundle, family, dimension_of(meta), weights, trainable)
+    return BundleInfo(bundle.name, bundle, family, bundle_family(bundle).spatial_dims, weights, trainable)
 
 
 def discover(bundles_dir: str | os.PathLike) -> dict[str, Path]:

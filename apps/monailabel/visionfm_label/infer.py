@@ -6,7 +6,7 @@ What it changes in monailabel's BundleInferTask, and why:
 * strict weight loading with weights_only=True (the stock loader is non-strict: a wrong checkpoint would serve
   random weights); a mismatch raises WeightsError naming the file;
 * pretraining bundles ship models/encoder.pt, not model.pt: the encoder is loaded with the bundle's own
-  visionfm_core.weights.load_bundle_encoder and the response is the CLS embedding;
+  visionfm_core.encoders.load_bundle_encoder and the response is the CLS embedding;
 * MONAI Label adds the string `image_path` to the request; monai 1.6's Spacingd updates every `image_*` key as a
   dict and fails on it, so it is kept under `input_path` while the transforms run;
 * the network is built on first use, not at start-up (a server with every bundle would hold them all in memory);
@@ -27,8 +27,8 @@ from monai.transforms import Compose, Invertd, LoadImaged, SaveImaged
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.bundle import BundleConstants, BundleInferTask
 from monailabel.transform.pre import LoadImageTensord
-from visionfm_core.data.readers import ImageReadError
-from visionfm_core.weights import WeightsError, load_bundle_encoder, load_model_weights
+from visionfm_core.data.io.readers import ImageReadError
+from visionfm_core.encoders import WeightsError, load_bundle_encoder, load_model_weights
 
 from visionfm_label.bundles import (CLASSIFICATION, EMBEDDING, LANDMARKS, REGRESSION, SEGMENTATION, BundleInfo,
                                     class_table, points_table)
@@ -252,7 +252,7 @@ class VisionFMInferTask(BundleInferTask):
 
 
 def load_strict(network: torch.nn.Module, path: str) -> None:
-    """models/model.pt into `network`, strictly (visionfm_core.weights.load_model_weights)."""
+    """models/model.pt into `network`, strictly (visionfm_core.encoders.load_model_weights)."""
     load_model_weights(network, path, "the bundle's network_def",
                        hint="Its settings (and --conf overrides) must be those the weights were trained with.")
 

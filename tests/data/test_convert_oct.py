@@ -1,0 +1,256 @@
+"""`visionfm convert-oct`: vendor OCT files -> NIfTI (axial, lateral, B-scans) + JSON sidecar, written atomically.
+
+Tested for real on small synthetic files: Zeiss .img (raw cube, read by oct-converter), Topcon .fda and .fds
+(built with oct-converter's own construct definitions, read by oct-converter) and Heidelberg .vol (read by our
+numpy reader). .e2e and Bioptigen .OCT are passed through to oct-converter (no file to test with offline).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from visionfm_core.tools.cli import main
+from visionfm_core.data.io import oct_convert
+from visionfm_core.data.io.oct_convert import OCTConversionError, OCTVolume, convert_oct
+
+RNG = np.random.default_rng(5)
+AXIAL, LATERAL, BSCANS = 16, 12, 5
+
+
+def sidecar(path) -> dict:
+    return json.loads(open(str(path).replace(".nii.gz", ".json")).read())
+
+
+def test_zeiss_img_round_trip_through_the_cli(tmp_path, caplog):
+    cube = RNG.integers(0, 256, (AXIAL, LATERAL, BSCANS), dtype=np.uint8)
+    (tmp_path / "P1_Macular Cube 512x128_OD_sn1.img").write_bytes(cube.tobytes(order="F"))  # the raw Zeiss layout
+    out = tmp_path / "out" / "cube.nii.gz"
+    main(["convert-oct", str(tmp_path / "P1_Macular Cube 512x128_OD_sn1.img"), "--out", str(out),
+          "--rows", str(AXIAL), "--cols", str(LATERAL)])
+    img = nib.load(out)
+    assert img.shape == (AXIAL, LATERAL, BSCANS) and img.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(np.asarray(img.dataobj), cube)
+    np.testing.assert_allclose(img.header.get_zooms(), [1.0, 1.0, 1.0])
+    meta = sidecar(out)
+    assert meta["format"] == "img" and meta["shape"] == [AXIAL, LATERAL, BSCANS] and meta["laterality"] == "R"
+    assert meta["spacing_source"] == ["unknown (1.0)"] * 3 and meta["source"].endswith("sn1.img")
+    assert "axial, lateral, between B-scans spacing is not in what oct-converter reads" in caplog.text
+    # --spacing replaces the unknown spacing
+    main(["convert-oct", str(tmp_path / "P1_Macular Cube 512x128_OD_sn1.img"), "--out", str(tmp_path / "given.nii.gz"),
+          "--rows", str(AXIAL), "--cols", str(LATERAL), "--spacing", "0.002,0.012,0.047"])
+    np.testing.assert_allclose(nib.load(tmp_path / "given.nii.gz").header.get_zooms(), [0.002, 0.012, 0.047])
+    assert sorted(os.listdir(tmp_path / "out")) == ["cube.json", "cube.nii.gz"]  # no temporary files left
+
+
+def write_topcon(path, volume: np.ndarray, x_mm=6.0, y_mm=6.0, z_um=2.6, eye=1):
+    """A minimal Topcon .fda (.fds): file header, @IMG_MOT_COMP_03 (@IMG_SCAN_03) with uint16 B-scans,
+    @PARAM_SCAN_04, @CAPTURE_INFO_02, built with oct-converter's own construct definitions."""
+    from oct_converter.readers.binary_structs import fda_binary as fb
+
+    axial, lateral, n = volume.shape
+    fds = str(path).endswith(".fds")
+    scan_header = fb.oct_header_2.build(dict(scan_mode=0, width=lateral, height=axial, bits_per_pixel=16,
+                                             number_slices=n, format=0, size=volume.size * 2))
+    chunks = {
+        b"@IMG_SCAN_03" if fds else b"@IMG_MOT_COMP_03": scan_header
+        + np.ascontiguousarray(volume.transpose(2, 0, 1)).astype("<u2").tobytes(),
+        b"@PARAM_SCAN_04": fb.param_scan_04_header.build(dict(
+            fixation=0, mirror_pos=0, polar=0, x_dimension_mm=x_mm, y_dimension_mm=y_mm, z_resolution_um=z_um,
+            comp_eff_2=0.0, comp_eff_3=0.0, base_pos=0, used_calib_data=0)),
+        b"@CAPTURE_INFO_02": fb.capture_info_02_header.build(dict(eye=eye, scan_mode=0, session_id=1, label="",
+                                                                  cap_date=[2024, 5, 6, 7, 8, 9])),
+    }
+    data = fb.header.build(dict(file_code="FOCT", file_type="FDS" if fds else "FDA", major_ver=1, minor_ver=0))
+    for name, body in chunks.items():
+        data += bytes([len(name)]) + name + np.uint32(len(body)).tobytes() + body
+    path.write_bytes(data + b"\0")
+    return path
+
+
+@pytest.mark.parametrize("ext", ["fda", "fds"])
+def test_topcon_round_trip_with_header_spacing(tmp_path, ext):
+    cube = RNG.integers(0, 65536, (AXIAL, LATERAL, BSCANS), dtype=np.uint16)
+    written = convert_oct(write_topcon(tmp_path / f"scan.{ext}", cube), tmp_path / "scan.nii.gz")
+    assert written == [str(tmp_path / "scan.nii.gz")]
+    img = nib.load(written[0])
+    np.testing.assert_array_equal(np.asarray(img.dataobj), cube)
+    # axial = 2.6 um, lateral = 6 mm / 12 A-scans, between B-scans = 6 mm / 5 B-scans
+    np.testing.assert_allclose(img.header.get_zooms(), [0.0026, 0.5, 1.2], rtol=1e-6)
+    meta = sidecar(written[0])
+    assert meta["spacing_source"] == ["header"] * 3 and meta["laterality"] == "L" and meta["format"] == ext
+
+
+def write_vol(path, scans: np.ndarray, scale=(0.0039, 0.0114, 0.12), eye=b"OS"):
+    """A Heidelberg .vol: 2048-byte header, a 4 x 4 SLO image, per B-scan a 456-byte header + float32 data."""
+    n, size_z, size_x = scans.shape
+    header = bytearray(2048)
+    header[0:12] = b"HSF-OCT-103\0"
+    header[12:24] = np.array([size_x, n, size_z], "<i4").tobytes()
+    header[24:48] = np.array([scale[1], scale[2], scale[0]], "<f8").tobytes()  # ScaleX, Distance, ScaleZ
+    header[48:56] = np.array([4, 4], "<i4").tobytes()  # SLO size
+    header[84:88] = eye.ljust(4, b"\0")
+    header[100:104] = np.array([456], "<i4").tobytes()
+    data = bytes(header) + bytes(16)
+    for s in scans:
+        data += b"HSF-BS-103".ljust(456, b"\0") + s.astype("<f4").tobytes()
+    path.write_bytes(data)
+    return path
+
+
+def test_heidelberg_vol_round_trip(tmp_path):
+    scans = RNG.random((BSCANS, AXIAL, LATERAL)).astype(np.float32)
+    scans[1, 2, 3] = np.finfo(np.float32).max  # "no data"
+    written = convert_oct(write_vol(tmp_path / "eye.vol", scans), tmp_path / "eye.nii.gz")
+    img = nib.load(written[0])
+    expected = scans ** 0.25
+    expected[1, 2, 3] = 0.0
+    np.testing.assert_allclose(img.get_fdata(), expected.transpose(1, 2, 0), atol=1e-6)
+    np.testing.assert_allclose(img.header.get_zooms(), [0.0039, 0.0114, 0.12], rtol=1e-6)
+    assert sidecar(written[0])["laterality"] == "L"
+
+
+def test_several_volumes_numbered_and_atomic(tmp_path, monkeypatch):
+    volumes = [OCTVolume(RNG.random((4, 3, 2)).astype(np.float32), [0.004, None, None], "R", f"v{k}")
+               for k in range(2)]
+    monkeypatch.setattr(oct_convert, "read_oct", lambda *a, **k: ("e2e", volumes))
+    written = convert_oct(tmp_path / "in.e2e", tmp_path / "out" / "exam.nii.gz")
+    assert [os.path.basename(p) for p in written] == ["exam_1.nii.gz", "exam_2.nii.gz"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["exam_1.json", "exam_1.nii.gz", "exam_2.json", "exam_2.nii.gz"]
+    assert sidecar(written[1])["volume_id"] == "v1" and sidecar(written[1])["spacing_source"][0] == "header"
+    # a failure while writing the second volume leaves nothing behind
+    calls = []
+
+    def failing_save(img, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        img.to_filename(path)
+
+    monkeypatch.setattr(nib, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        convert_oct(tmp_path / "in.e2e", tmp_path / "fail" / "exam.nii.gz")
+    assert os.listdir(tmp_path / "fail") == []
+
+
+def test_errors_name_the_file(tmp_path, capsys):
+    (tmp_path / "scan.xyz").write_bytes(b"x")
+    with pytest.raises(OCTConversionError, match=r"Cannot tell the OCT format of .*scan.xyz"):
+        convert_oct(tmp_path / "scan.xyz", tmp_path / "o.nii.gz")
+    (tmp_path / "cube.img").write_bytes(bytes(1000))
+    with pytest.raises(OCTConversionError, match=r"cube.img has 1000 bytes, not a whole number of 16 x 12"):
+        convert_oct(tmp_path / "cube.img", tmp_path / "o.nii.gz", rows=16, cols=12)
+    (tmp_path / "broken.fda").write_bytes(b"FOCTFDA" + bytes(8) + b"\x05@JUNK" + bytes(3))
+    with pytest.raises(SystemExit, match=r"visionfm convert-oct: OCT file .*broken.fda could not be read as fda"):
+        main(["convert-oct", str(tmp_path / "broken.fda"), "--out", str(tmp_path / "o.nii.gz")])
+    (tmp_path / "short.vol").write_bytes(b"HSF-OCT-103\0" + bytes(3000))
+    with pytest.raises(OCTConversionError, match="short.vol is truncated or its .vol header is inconsistent"):
+        convert_oct(tmp_path / "short.vol", tmp_path / "o.nii.gz")
+    assert not any(p.name.startswith("o.") or p.name.startswith(".convert") for p in tmp_path.iterdir())
+
+
+def write_e2e(path, series: dict[int, np.ndarray], scaley=0.0039, laterality="R"):
+    """A minimal Heidelberg .e2e built with oct-converter's construct definitions: file header, main directory,
+    one directory block listing the chunks, then per series a laterality chunk (3), B-scan metadata (10004) and
+    one image chunk per B-scan (raw uint16 "ufloat16" values, slice_id = 2 x B-scan index)."""
+    from oct_converter.readers.binary_structs import e2e_binary as eb
+
+    chunks = []  # (series, slice_id, type, ind, body)
+    for sid, raw in series.items():
+        chunks.append((sid, 0, 3, 0, eb.pre_data.build(dict(unknown=0, laterality=laterality))))
+        meta = {name: 0 for name in ("unknown1", "imgSizeY", "imgSizeX", "zero1", "zero2", "zero3", "imgSizeWidth",
+                                     "numImages", "aktImage", "scanType", "unknown5", "numAve")}
+        meta.update({name: 0.0 for name in ("posX1", "posY1", "posX2", "posY2", "unknown2", "unknown3", "centrePosX",
+                                            "centrePosY", "imgQuality")})
+        meta.update(scaley=scaley, unknown4=[0.0, 0.0], acquisitionTime=int((1.7e9 + 11644473600) * 1e7))
+        chunks.append((sid, 0, 10004, 0, eb.bscan_metadata.build(meta)))
+        for k, bscan in enumerate(raw):
+            h, w = bscan.shape
+            head = eb.image_structure.build(dict(size=bscan.size * 2, type=0, unknown=0, height=h, width=w))
+            chunks.append((sid, 2 * k, 1073741824, 1, head + bscan.astype("<u2").tobytes()))
+    block = 88  # directory block right after the file header (36) and the main directory (52)
+    start = block + 52 + 44 * len(chunks)
+    entries, bodies = b"", b""
+    for n, (sid, slice_id, kind, ind, body) in enumerate(chunks):
+        at = start + len(bodies)
+        ids = dict(patient_db_id=1, study_id=1, series_id=sid, slice_id=slice_id, type=kind)
+        entries += eb.sub_directory_structure.build(dict(pos=block + 52 + 44 * n, start=at, size=len(body), unknown=0,
+                                                         unknown2=0, unknown3=0, unknown4=0, **ids))
+        bodies += eb.chunk_structure.build(dict(magic3="MDbData", unknown=0, unknown2=0, pos=at, size=len(body),
+                                                unknown3=0, ind=ind, unknown4=0, unknown5=0, **ids)) + body
+    directory = dict(magic2="MDbMDir", version=1, unknown=[0] * 10, unknown3=0)
+    data = (eb.header_structure.build(dict(magic1="CMDb", version=1, unknown=[0] * 10))
+            + eb.main_directory_structure.build(dict(num_entries=0, current=block, prev=0, **directory))
+            + eb.main_directory_structure.build(dict(num_entries=len(chunks), current=block, prev=0, **directory))
+            + entries + bodies)
+    path.write_bytes(data)
+    return path
+
+
+def test_heidelberg_e2e_two_series_numbered(tmp_path, caplog):
+    from oct_converter.readers import E2E
+
+    raw = {1: RNG.integers(0, 65536, (3, AXIAL, LATERAL)), 2: RNG.integers(0, 65536, (4, AXIAL, LATERAL))}
+    path = write_e2e(tmp_path / "exam.e2e", raw)
+    written = convert_oct(path, tmp_path / "exam.nii.gz")
+    assert [os.path.basename(p) for p in written] == ["exam_1.nii.gz", "exam_2.nii.gz"]
+    reader = E2E(path)  # the library's own value decoding (16-bit float, then its log display transform)
+    for out, scans in zip(written, raw.values()):
+        img = nib.load(out)
+        decoded = np.array([reader.uint16_to_ufloat16(int(v)) for v in scans.ravel()]).reshape(scans.shape)
+        expected = np.stack([reader.vol_intensity_transform(s) for s in decoded], axis=-1)
+        assert img.shape == (AXIAL, LATERAL, len(scans))
+        np.testing.assert_allclose(img.get_fdata(), expected, atol=1e-6)
+        np.testing.assert_allclose(img.header.get_zooms(), [0.0039, 1.0, 1.0], rtol=1e-6)
+        meta = sidecar(out)
+        assert meta["spacing_source"] == ["header", "unknown (1.0)", "unknown (1.0)"] and meta["laterality"] == "R"
+    assert "lateral, between B-scans spacing is not in what oct-converter reads" in caplog.text
+
+
+def _field(key: str, value: bytes = b"", length: int | None = None) -> bytes:
+    """One Bioptigen key/value field: key length, key, data length, data."""
+    k = key.encode()
+    return (np.uint32(len(k)).tobytes() + k + np.uint32(len(value) if length is None else length).tobytes()
+            + value)
+
+
+def write_bioptigen(path, volumes: np.ndarray):
+    """A Bioptigen .OCT (the layout of oct-converter's boct_binary): header fields, then one frame per B-scan of
+    each volume, pixels stored A-scan by A-scan. ``volumes``: (time points, B-scans, depth, A-scans) uint16."""
+    frames, scans, depth, ascans = volumes.shape
+    u32, f64 = (lambda v: np.uint32(v).tobytes()), (lambda v: np.float64(v).tobytes())
+    head = np.uint32(0x572F29D).tobytes() + np.uint16(1).tobytes() + _field("FRAMEHEADER")
+    head += _field("FRAMECOUNT", u32(frames * scans)) + _field("LINECOUNT", u32(ascans))
+    head += _field("LINELENGTH", u32(depth)) + _field("SAMPLEFORMAT", u32(2)) + _field("DESCRIPTION", b"test")
+    for key in ("XMIN", "XMAX"):
+        head += _field(key, f64(0.0))
+    head += _field("XCAPTION", b"x")
+    for key in ("YMIN", "YMAX"):
+        head += _field(key, f64(0.0))
+    head += _field("YCAPTION", b"y") + _field("SCANTYPE", u32(1))  # rect: a volume
+    for key in ("SCANDEPTH", "SCANLENGTH", "AZSCANLENGTH", "ELSCANLENGTH", "OBJECTDISTANCE", "SCANANGLE"):
+        head += _field(key, f64(1.0))
+    head += _field("SCANS", u32(scans)) + _field("FRAMES", u32(frames)) + _field("DOPPLERFLAG", u32(0))
+    head += _field("CONFIG", bytes(4)) + bytes(4)
+    body = b""
+    for t in range(frames):
+        for z in range(scans):
+            date = np.array([2024, 5, 1, 6, 7, 8, 9, 0], np.uint16).tobytes()
+            body += _field("FRAMEDATA") + _field("FRAMEDATETIME", date) + _field("FRAMETIMESTAMP", f64(0.0))
+            body += _field("FRAMELINES", u32(ascans)) + _field("FRAMESAMPLES", length=depth * ascans * 2)
+            body += np.ascontiguousarray(volumes[t, z].T).astype("<u2").tobytes() + bytes(4)
+    path.write_bytes(head + body)
+    return path
+
+
+def test_bioptigen_oct_time_series_numbered(tmp_path):
+    volumes = RNG.integers(0, 65536, (2, 3, AXIAL, LATERAL), dtype=np.uint16)  # 2 time points of 3 B-scans
+    written = convert_oct(write_bioptigen(tmp_path / "scan_OS.OCT", volumes), tmp_path / "scan.nii.gz")
+    assert [os.path.basename(p) for p in written] == ["scan_1.nii.gz", "scan_2.nii.gz"]
+    for out, vol in zip(written, volumes):
+        np.testing.assert_array_equal(np.asarray(nib.load(out).dataobj), vol.transpose(1, 2, 0))
+        assert sidecar(out)["laterality"] == "L" and sidecar(out)["format"] == "oct"

@@ -1,0 +1,346 @@
+"""Safe loading of VisionFM, iBOT/DINO and this project's encoder weights.
+
+Accepted sources (a path or an already-loaded dict):
+- a full pretraining checkpoint: {student, teacher, optimizer, epoch, args (argparse.Namespace), ...};
+  `checkpoint_key` picks teacher (default) or student, whose keys carry `module.` / `backbone.` prefixes;
+- a fine-tuned classification checkpoint: {visionfm_state_dict, classifier_state_dict, ...};
+- a bare backbone state dict (ImageNet DINO ViT weights have the same names);
+- this project's own files written by `save_encoder_weights` / `visionfm import-weights`.
+
+Files are read with `torch.load(weights_only=True)`; the only class allowed beyond tensors and
+containers is `argparse.Namespace`, which the original training checkpoints pickle under `args`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from visionfm_core.encoders.vit import ARCHS, resample_pos_embed
+from visionfm_core.encoders.vit3d import inflate_patch_embedding, resample_depth_embed
+from visionfm_core.engine.io import atomic_torch_save
+from visionfm_core.modalities import get_modality
+
+__all__ = ["WeightsError", "LoadReport", "read_checkpoint", "extract_backbone", "load_encoder_weights",
+           "load_bundle_encoder", "save_encoder_weights", "sha256sum", "require_checkpoint", "declared_modality",
+           "declared_header", "check_modality", "check_architecture"]
+
+logger = logging.getLogger(__name__)
+ORIGINAL_LICENCE = "CC BY-NC 4.0, from the original release"
+_HEADER_KEYS = ("visionfm_encoder", "visionfm_pretraining")  # headers of save_encoder_weights / ssl checkpoints
+_ORIGINAL_NAME = re.compile(r"VFM_([A-Za-z\-]+)_weights", re.IGNORECASE)  # e.g. VFM_Fundus_weights.pth
+_PREFIXES = ("module.", "backbone.", "encoder.")
+_NESTED_KEYS = ("visionfm_state_dict", "state_dict", "model", "encoder")
+
+
+class WeightsError(ValueError):
+    """A checkpoint that cannot be read or does not fit the encoder."""
+
+
+@dataclass
+class LoadReport:
+    source: str
+    entry: str  # which part of the file was used, e.g. "teacher"
+    loaded: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # keys in the file that are not part of the encoder
+    kept_initial: list[str] = field(default_factory=list)  # encoder keys absent from the file by design
+    resized: dict[str, tuple] = field(default_factory=dict)
+    modality: str | None = None  # the modality the file declares (header, or an original release's name)
+    header: dict | None = None  # the file's own header (`declared_header`): modality, arch, patch_size, epoch, ...
+    inflated: list[str] = field(default_factory=list)  # 2-D tensors inflated into a 3-D encoder (models/vit3d.py)
+
+    def __str__(self) -> str:
+        lines = [f"loaded {len(self.loaded)} tensors from {self.source} [{self.entry}]"
+                 + (f" ({self.modality} encoder)" if self.modality else "")]
+        if self.resized:
+            lines += [f"  resized {k}: {old} -> {new}" for k, (old, new) in self.resized.items()]
+        if self.inflated:
+            lines.append(f"  inflated 2-D weights into the 3-D encoder: {', '.join(self.inflated)}")
+        if self.ignored:
+            heads = sorted({k.split(".")[0] for k in self.ignored})
+            lines.append(f"  ignored {len(self.ignored)} keys not in the encoder (groups: {', '.join(heads)})")
+        if self.kept_initial:
+            lines.append(f"  kept initial values for {', '.join(self.kept_initial)}")
+        return "\n".join(lines)
+
+
+def sha256sum(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """`torch.load` with weights_only=True, allowing only `argparse.Namespace` beyond tensors and containers."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise WeightsError(f"checkpoint {path} does not exist")
+    if os.path.getsize(path) == 0:
+        raise WeightsError(f"checkpoint {path} is empty (0 bytes)")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for disallowed globals, RuntimeError for corrupt archives
+        raise WeightsError(
+            f"could not safely read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}. "
+            "Only tensors, plain containers and argparse.Namespace are accepted; a file that needs other "
+            "classes to unpickle is refused rather than executed."
+        ) from None
+
+
+def _strip(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix):], True
+    return key
+
+
+def extract_backbone(obj: Any, checkpoint_key: str = "teacher") -> tuple[dict[str, torch.Tensor], str]:
+    """Find the backbone state dict inside any accepted checkpoint layout; return it and where it was found."""
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"expected a dict of tensors, found {type(obj).__name__}")
+    entry = "state dict"
+    if checkpoint_key in obj and isinstance(obj[checkpoint_key], Mapping):
+        obj, entry = obj[checkpoint_key], checkpoint_key
+    elif any(isinstance(v, torch.Tensor) for v in obj.values()):
+        pass  # already a bare state dict
+    else:
+        for key in _NESTED_KEYS + ("teacher", "student"):
+            if isinstance(obj.get(key), Mapping):
+                obj, entry = obj[key], key
+                break
+        else:
+            raise WeightsError(
+                f"no encoder weights found: expected '{checkpoint_key}', one of {', '.join(_NESTED_KEYS)} "
+                f"or a bare state dict; the file has keys {sorted(obj)[:12]}"
+            )
+    state = {_strip(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    return state, entry
+
+
+def declared_modality(raw: Any, name: str = "") -> str | None:
+    """The modality a checkpoint declares: its header (`save_encoder_weights`, pretraining checkpoints), else the
+    name of an original release file (`VFM_<Modality>_weights.pth`); None when it says nothing."""
+    if isinstance(raw, Mapping):
+        for key in _HEADER_KEYS:
+            header = raw.get(key)
+            if isinstance(header, Mapping) and header.get("modality"):
+                return str(header["modality"])
+    match = _ORIGINAL_NAME.search(os.path.basename(name))
+    if match:
+        try:
+            return get_modality(match.group(1)).name
+        except ValueError:
+            return None
+    return None
+
+
+def declared_header(raw: Any) -> dict | None:
+    """The header this project writes into its files (`save_encoder_weights`: "visionfm_encoder"; pretraining
+    checkpoints: "visionfm_pretraining"), its plain values only; None for a file without one."""
+    if isinstance(raw, Mapping):
+        for key in _HEADER_KEYS:
+            header = raw.get(key)
+            if isinstance(header, Mapping):
+                return {str(k): v for k, v in header.items() if isinstance(v, (str, int, float, bool))}
+    return None
+
+
+def _arch_of(encoder: nn.Module) -> str | None:
+    """The `ARCHS` name of a built encoder, from its width and depth."""
+    width, depth = getattr(encoder, "embed_dim", None), len(getattr(encoder, "blocks", ()))
+    return next((name for name, (dim, n, _) in ARCHS.items() if (dim, n) == (width, depth)), None)
+
+
+def check_architecture(raw: Any, name: str, encoder: nn.Module) -> None:
+    """Refuse a file whose header names another architecture or patch size than `encoder`'s, naming both (such
+    weights cannot fit; this says why before the tensors are compared)."""
+    header = declared_header(raw) or {}
+    theirs_arch, theirs_patch = header.get("arch"), header.get("patch_size")
+    ours_arch, ours_patch = _arch_of(encoder), getattr(encoder, "patch_size", None)
+    wrong = []
+    if theirs_arch in ARCHS and ours_arch is not None and theirs_arch != ours_arch:
+        wrong.append(f"architecture {theirs_arch} (this model: {ours_arch})")
+    if isinstance(theirs_patch, int) and isinstance(ours_patch, int) and theirs_patch != ours_patch:
+        wrong.append(f"patch size {theirs_patch} (this model: {ours_patch})")
+    if wrong:
+        arch, patch = theirs_arch or ours_arch, theirs_patch or ours_patch
+        raise WeightsError(f"{name} holds an encoder of {' and '.join(wrong)}, according to its header. Build the "
+                           f"model with arch={arch}, patch_size={patch} (bundles: --arch {arch} --patch_size "
+                           f"{patch}), or pass weights of this model's architecture.")
+
+
+def _same_modality(a: str, b: str) -> bool:
+    try:
+        return get_modality(a).name == get_modality(b).name
+    except ValueError:  # a name outside the known modalities: compare it as written
+        return a.strip().lower() == b.strip().lower()
+
+
+def check_modality(raw: Any, name: str, expected_modality: str | None, allow_modality_mismatch: bool = False
+                   ) -> str | None:
+    """Return the modality `raw` declares; raise `WeightsError` if it is not `expected_modality` (unless allowed)."""
+    found = declared_modality(raw, name)
+    if expected_modality is None or found is None or _same_modality(found, expected_modality):
+        return found
+    expected = get_modality(expected_modality).name
+    message = (f"{name} holds an encoder for {found} images, but this task's modality is {expected}: its features "
+               f"were learnt on {found}, not {expected}.")
+    if allow_modality_mismatch:
+        logger.warning("%s Using it anyway (allow_modality_mismatch=True).", message)
+        return found
+    raise WeightsError(f"{message} Pass the {expected} encoder, or allow_modality_mismatch=True "
+                       "(bundles: --allow_modality_mismatch true) to use it anyway, e.g. to start from another "
+                       "modality's weights on purpose.")
+
+
+def load_encoder_weights(
+    encoder: nn.Module,
+    source: str | os.PathLike | Mapping,
+    checkpoint_key: str = "teacher",
+    expected_modality: str | None = None,
+    allow_modality_mismatch: bool = False,
+) -> LoadReport:
+    """Load encoder weights from a path or dict, resizing `pos_embed`; raise `WeightsError` on any mismatch.
+
+    Keys outside the encoder (`head.*`, optimiser state, ...) are ignored and reported. The only encoder key
+    allowed to be absent is `masked_embed` (the teacher and ImageNet DINO weights have none).
+    With `expected_modality`, a file that declares another modality (its header, or an original release named
+    `VFM_<Modality>_weights.pth`) is refused, naming both, unless `allow_modality_mismatch`; a file that
+    declares none is accepted. A header naming another architecture or patch size than `encoder`'s is refused.
+    A 3-D encoder (`visionfm_core.encoders.vit3d`) takes 2-D weights inflated (`LoadReport.inflated`) or 3-D
+    weights as they are; a 2-D encoder refuses 3-D weights.
+    """
+    name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<state dict>"
+    if expected_modality is not None:
+        get_modality(expected_modality)  # an unknown expected modality is a configuration error: say so first
+    raw = read_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
+    modality = check_modality(raw, name, expected_modality, allow_modality_mismatch)
+    check_architecture(raw, name, encoder)
+    state, entry = extract_backbone(raw, checkpoint_key)
+    target = encoder.state_dict()
+    report = LoadReport(source=name, entry=entry, modality=modality, header=declared_header(raw))
+    _inflate_or_refuse_dims(state, target, encoder, name, report)
+
+    if "pos_embed" in state and "pos_embed" in target and state["pos_embed"].shape != target["pos_embed"].shape:
+        old = state["pos_embed"]
+        prefix = getattr(encoder, "num_prefix_tokens", 1)
+        n_target = target["pos_embed"].shape[1] - prefix
+        side = int(round(n_target**0.5))
+        if old.shape[-1] == target["pos_embed"].shape[-1] and side * side == n_target:
+            state["pos_embed"] = resample_pos_embed(old, (side, side), prefix)
+            report.resized["pos_embed"] = (tuple(old.shape), tuple(state["pos_embed"].shape))
+
+    if "depth_embed" in state and "depth_embed" in target and state["depth_embed"].shape != target["depth_embed"].shape:
+        old = state["depth_embed"]
+        if old.dim() == 3 and old.shape[-1] == target["depth_embed"].shape[-1]:
+            state["depth_embed"] = resample_depth_embed(old, target["depth_embed"].shape[1])
+            report.resized["depth_embed"] = (tuple(old.shape), tuple(state["depth_embed"].shape))
+
+    missing = [k for k in target if k not in state and k != "masked_embed"]
+    mismatched = [
+        f"{k}: file {tuple(state[k].shape)} vs encoder {tuple(target[k].shape)}"
+        for k in target
+        if k in state and state[k].shape != target[k].shape
+    ]
+    if missing or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} encoder keys missing (e.g. {', '.join(missing[:5])})")
+        if mismatched:
+            parts.append(f"{len(mismatched)} shape mismatches (e.g. {'; '.join(mismatched[:3])})")
+        raise WeightsError(
+            f"{name} [{entry}] does not fit this encoder: {' and '.join(parts)}. "
+            "Is it a checkpoint of another architecture, patch size or model family?"
+        )
+    report.loaded = [k for k in target if k in state]
+    report.ignored = sorted(k for k in state if k not in target)
+    report.kept_initial = [k for k in target if k not in state]
+    encoder.load_state_dict({k: state[k] for k in report.loaded}, strict=False)
+    return report
+
+
+def _inflate_or_refuse_dims(state: dict, target: dict, encoder: nn.Module, name: str, report: LoadReport) -> None:
+    """2-D weights into a 3-D encoder: inflate them in `state` by the rule of `visionfm_core.encoders.vit3d` (patch
+    kernel spread evenly over the depth of the patch, bias unchanged; in-plane `pos_embed` shared by every depth;
+    `depth_embed` zeros). 3-D weights into a 2-D encoder: refused with a sentence."""
+    key = "patch_embed.proj.weight"
+    if key not in state or key not in target:
+        return
+    file_dims, model_dims = state[key].dim() - 2, target[key].dim() - 2
+    if file_dims == 3 and model_dims == 2:
+        raise WeightsError(f"{name} holds a 3-D encoder (patch kernel {tuple(state[key].shape)}); this model is 2-D. "
+                           "Build it with spatial_dims=3, or pass 2-D encoder weights.")
+    if file_dims == 2 and model_dims == 3:
+        depth_patch = target[key].shape[-1]
+        state[key] = inflate_patch_embedding(state[key], depth_patch)
+        report.inflated.append(f"{key} (2-D kernel / {depth_patch} at each of {depth_patch} depths)")
+        if "depth_embed" in target and "depth_embed" not in state:
+            state["depth_embed"] = torch.zeros_like(target["depth_embed"])
+            report.inflated.append("depth_embed (zeros: depth seen through content only)")
+
+
+def save_encoder_weights(encoder_or_state: nn.Module | Mapping, path: str | os.PathLike, **header: Any) -> None:
+    """Write a bare backbone with a small header (modality, source, sha256, licence), atomically.
+
+    The header's `modality` is what `load_encoder_weights(..., expected_modality=...)` checks later."""
+    state = encoder_or_state.state_dict() if isinstance(encoder_or_state, nn.Module) else dict(encoder_or_state)
+    payload = {"visionfm_encoder": {str(k): v for k, v in header.items() if v is not None}, "state_dict": state}
+    atomic_torch_save(payload, path)
+
+
+def require_checkpoint(path: str | os.PathLike, hint: str = "train the bundle first (configs/train.json)") -> str:
+    """Return `path` if it exists; otherwise fail with a sentence that says how to get it."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model weights {path} not found: {hint}")
+    return os.fspath(path)
+
+
+def load_model_weights(network: nn.Module, path: str | os.PathLike, what: str = "the network", hint: str = ""
+                       ) -> None:
+    """A bundle's models/model.pt (a state dict, or {"model": state dict} as MONAI's CheckpointSaver writes) into
+    `network`, strictly: every key present, none extra, every shape equal, read with weights_only=True. A file that
+    does not fit raises WeightsError naming it and what differs (plus `hint`), before any weight is changed."""
+    state = read_checkpoint(path)
+    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
+        state = state["model"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path} is not a state dict of tensors (found {type(state).__name__}): expected the "
+                           "models/model.pt that training a bundle writes")
+    expected = network.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs network {tuple(expected[k].shape)}"
+              for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or shapes:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} network keys missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} keys the network does not have (e.g. {', '.join(unexpected[:3])})")
+        if shapes:
+            problems.append(f"{len(shapes)} shape mismatches (e.g. {'; '.join(shapes[:2])})")
+        raise WeightsError(f"{path} does not fit {what}: {'; '.join(problems)}" + (f". {hint}" if hint else ""))
+    network.load_state_dict(state, strict=True)
+
+
+def load_bundle_encoder(encoder: nn.Module, path: str | os.PathLike, checkpoint_key: str = "teacher",
+                        expected_modality: str | None = None, allow_modality_mismatch: bool = False) -> LoadReport:
+    """The encoder weights of an embedding bundle: its pretrained `models/encoder.pt`, an original VisionFM file
+    or any other form `load_encoder_weights` reads; a missing file gets a sentence saying how to get one."""
+    require_checkpoint(path, "pretrain first (configs/train.json), or convert released weights with "
+                             "`visionfm import-weights` and pass --ckpt_path")
+    return load_encoder_weights(encoder, path, checkpoint_key, expected_modality, allow_modality_mismatch)

@@ -1,0 +1,135 @@
+"""Glaucoma progression forecasting: VisionFM features of a baseline image (or a baseline/follow-up pair) plus a
+sinusoidal encoding of the time interval -> one logit, "does the eye progress within this interval?".
+
+The original's forecasting script does not parse and the head it needs does not construct; this one is written
+from the protocol (frozen features, sinusoidal interval encoding up to 6500 days, BCE with positive weight 10).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from visionfm_core.encoders.config import EncoderConfig
+from visionfm_core.models.heads import init_linear, last_blocks, register_head
+from visionfm_core.models.task import VisionFMTaskModel
+
+__all__ = ["CLSFeaturesHead", "SinusoidalIntervalEncoding", "VisionFMForecastingModel"]
+
+from visionfm_core.tasks.forecasting.transforms import MAX_INTERVAL_DAYS
+
+
+@register_head("cls_features")
+class CLSFeaturesHead(nn.Module):
+    """No parameters: the CLS tokens of the last `n_last_blocks` blocks, concatenated (B, n x D).
+
+    What the multi-input networks (forecasting, fusion) take from each encoder through `VisionFMTaskModel`, so
+    they share its encoder options (architecture, frozen or fine-tuned, pretrained weights, modality check).
+    `num_outputs` is ignored; the width is `out_dim`.
+    """
+
+    uses_patch_maps = False
+
+    def __init__(self, encoder: nn.Module, num_outputs: int = 1, n_last_blocks: int = 4):
+        super().__init__()
+        self.block_indices = last_blocks(encoder, n_last_blocks)
+        self.out_dim = n_last_blocks * encoder.embed_dim
+
+    def forward(self, features: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
+        return torch.cat(features, dim=-1)
+
+
+class SinusoidalIntervalEncoding(nn.Module):
+    """Transformer-style encoding of an interval in days: (B,) -> (B, dim), values in [-1, 1].
+
+    Half the channels are sin(2 pi t / P_i), half cos(2 pi t / P_i), with periods P_i spaced geometrically from
+    `min_period_days` to `max_period_days` (default 2 x 6500 days). The longest period covers the whole range
+    twice over, so its cosine falls monotonically from 1 at t = 0 to -1 at 6500 days: every interval in
+    (0, 6500] gets a distinct code, and the short periods resolve weeks to months.
+    """
+
+    def __init__(self, dim: int = 64, max_period_days: float = 2 * MAX_INTERVAL_DAYS, min_period_days: float = 7.0):
+        super().__init__()
+        if dim < 2 or dim % 2:
+            raise ValueError(f"the interval encoding dimension must be an even number >= 2, not {dim}")
+        if not 0 < min_period_days <= max_period_days:
+            raise ValueError(f"need 0 < min_period_days <= max_period_days, got {min_period_days}, {max_period_days}")
+        half = dim // 2
+        # geometric periods, longest first; a non-persistent buffer: follows the device, recomputed, not saved
+        exponents = torch.arange(half, dtype=torch.float64) / max(half - 1, 1)
+        periods = max_period_days * (min_period_days / max_period_days) ** exponents
+        self.register_buffer("angular_frequency", (2 * math.pi / periods).float(), persistent=False)
+        self.dim = dim
+
+    def forward(self, interval_days: torch.Tensor) -> torch.Tensor:
+        angle = interval_days.reshape(-1, 1).float() * self.angular_frequency
+        return torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1)
+
+
+class VisionFMForecastingModel(nn.Module):
+    """Probability-of-progression logit from a baseline image (or a baseline/follow-up pair) and an interval.
+
+    `forward(image, interval_days)`:
+    - `image` (B, 3, H, W) baseline, or with `pair=True` (B, 6, H, W): baseline and follow-up stacked on the
+      channel axis, each normalised with the modality's statistics. Both go through the same (shared) encoder in
+      one batched pass and their last-4 CLS features are concatenated.
+    - `interval_days` (B,) float: the forecast horizon in days, (0, 6500] (the data transforms check it).
+    Returns logits (B, 1); sigmoid gives the probability that the eye progresses within the interval.
+
+    Head: BatchNorm on the image features, concatenated with `SinusoidalIntervalEncoding(interval_dim)`, then
+    `hidden="mlp"` (Linear -> GELU -> Dropout -> Linear -> 1; lets the interval interact with the image) or
+    `hidden="linear"` (one Linear -> 1, the original protocol: the interval only shifts the logit).
+    Encoder options are those of `VisionFMTaskModel` (frozen by default). Scriptable and ONNX-exportable.
+    """
+
+    def __init__(
+        self,
+        pair: bool = False,
+        n_last_blocks: int = 4,
+        interval_dim: int = 64,
+        max_period_days: float = 2 * MAX_INTERVAL_DAYS,
+        hidden: str = "mlp",
+        dropout: float = 0.1,
+        encoder: EncoderConfig | None = None,
+        **encoder_args: Any,
+    ):
+        """`encoder` or its settings as keyword arguments (`EncoderConfig`; the modality defaults to Fundus)."""
+        super().__init__()
+        config = EncoderConfig.take(encoder, encoder_args, modality="Fundus")
+        if encoder_args:
+            raise TypeError(f"VisionFMForecastingModel got unexpected arguments {sorted(encoder_args)}")
+        self.backbone = VisionFMTaskModel("cls_features", 1, config, n_last_blocks=n_last_blocks)
+        self.pair = bool(pair)
+        image_dim = self.backbone.head.out_dim * (2 if self.pair else 1)
+        self.interval_encoding = SinusoidalIntervalEncoding(interval_dim, max_period_days)
+        self.feature_norm = nn.BatchNorm1d(image_dim)
+        in_dim = image_dim + interval_dim
+        width = self.backbone.encoder.embed_dim
+        if hidden == "mlp":
+            self.head = nn.Sequential(nn.Linear(in_dim, width), nn.GELU(), nn.Dropout(dropout), nn.Linear(width, 1))
+        elif hidden == "linear":
+            self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, 1))
+        else:
+            raise ValueError(f"forecasting head: hidden must be 'mlp' or 'linear', not {hidden!r}")
+        init_linear(self.head)
+        self.in_channels = 6 if self.pair else 3
+
+    def image_features(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 3 or 6, H, W) -> (B, n x D or 2 x n x D): the baseline's features, then the follow-up's."""
+        if image.shape[1] != self.in_channels:
+            raise ValueError("expected " + str(self.in_channels) + " image channels (pair=" + str(self.pair)
+                             + "), got " + str(image.shape[1]))
+        if self.pair:
+            b = image.shape[0]
+            both = self.backbone(torch.cat([image[:, :3], image[:, 3:]], dim=0))  # one pass for both images
+            return torch.cat([both[:b], both[b:]], dim=-1)
+        return self.backbone(image)
+
+    def forward(self, image: torch.Tensor, interval_days: torch.Tensor) -> torch.Tensor:
+        features = self.feature_norm(self.image_features(image))
+        # the encoding is computed in fp32 (days up to 6500 need it) and joins the features in their dtype
+        interval = self.interval_encoding(interval_days).to(features.dtype)
+        return self.head(torch.cat([features, interval], dim=-1))

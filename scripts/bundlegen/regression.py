@@ -58,6 +58,7 @@ def parts(d: dict) -> TaskParts:
         loss={"_target_": "visionfm_core.tasks.regression.StandardisedSmoothL1Loss", "head": "@network", "beta": 1.0},
         val_key_metric={"val_macro_r2": metric("macro_r2")},
         val_additional_metrics={"val_macro_pearson_r": metric("macro_pearson_r"),
+                                "val_macro_normalised_mae": metric("macro_normalised_mae"),
                                 "val_macro_mean_relative_error": metric("macro_mean_relative_error")},
         datalist_loader="visionfm_core.tasks.regression.load_regression_datalist",
         datalist_args=", target_names=@target_names",

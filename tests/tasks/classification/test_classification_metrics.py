@@ -159,6 +159,35 @@ def test_binary_metrics_by_hand_and_undefined_cases():
         classification_metrics(np.stack([1 - score, score], 1), y, fixed_specificity=90)
 
 
+def _brute_force_fixed_points(score, positive, level=0.90):
+    """Every decision threshold (each distinct score, and one above them all): the best sensitivity whose
+    specificity reaches `level`, and the best specificity whose sensitivity reaches it."""
+    best_sens = best_spec = 0.0
+    for t in [*np.unique(score), np.inf]:
+        called = score >= t
+        sens, spec = called[positive].mean(), (~called[~positive]).mean()
+        if spec >= level - 1e-12:
+            best_sens = max(best_sens, sens)
+        if sens >= level - 1e-12:
+            best_spec = max(best_spec, spec)
+    return best_sens, best_spec
+
+
+def test_fixed_operating_points_equal_a_search_over_every_threshold_with_ties():
+    """Tied scores put several ROC points on one line; the best one at 90 % must not be dropped with them."""
+    rng = np.random.default_rng(0)
+    for case in range(400):
+        n = int(rng.integers(12, 60))
+        positive = rng.random(n) < rng.uniform(0.2, 0.8)
+        if positive.all() or not positive.any():
+            continue
+        score = rng.integers(0, int(rng.integers(2, 8)), n) / 8.0  # few distinct values: many ties
+        got = classification_metrics(np.stack([1 - score, score], 1), positive.astype(int))
+        sens, spec = _brute_force_fixed_points(score, positive)
+        assert got["sensitivity_at_90_specificity"] == pytest.approx(sens), case
+        assert got["specificity_at_90_sensitivity"] == pytest.approx(spec), case
+
+
 def test_ignite_metric_binary_names():
     probs, y, _ = binary_case()
     batches = [(torch.tensor(probs[:25], dtype=torch.float32), torch.tensor(y[:25])),

@@ -71,6 +71,12 @@ def test_multitask_metrics_match_sklearn():
     assert metrics["dr_grade_auroc"] == pytest.approx(
         roc_auc_score(grade, p_grade / p_grade.sum(1, keepdims=True), multi_class="ovr", average="macro"))
     assert metrics["dr_grade_f1"] == pytest.approx(f1_score(grade, p_grade.argmax(1), average="macro"))
+    # the original's grade figures: the disease grades 1-4 only, one-vs-rest over every graded image
+    assert metrics["dr_grade_auroc_1_4"] == pytest.approx(
+        np.mean([roc_auc_score(grade == k, p_grade[:, k]) for k in range(1, 5)]))
+    assert metrics["dr_grade_f1_1_4"] == pytest.approx(
+        f1_score(grade, p_grade.argmax(1), labels=[1, 2, 3, 4], average="macro"))
+    assert metrics["dr_grade_f1_1_4"] != pytest.approx(metrics["dr_grade_f1"])  # healthy does count in the other
     aurocs, f1s = [metrics["dr_grade_auroc"]], [metrics["dr_grade_f1"]]
     for t, task in enumerate(MULTITASK_TASKS[1:]):
         k = y[:, 1 + t] >= 0
@@ -87,6 +93,8 @@ def test_multitask_metrics_match_sklearn():
     metrics2 = multitask_metrics(probs, y)
     assert math.isnan(metrics2["glaucoma_auroc"]) and metrics2["glaucoma_num_labelled"] == 0
     assert metrics2["macro_auroc"] == pytest.approx(np.mean([a for i, a in enumerate(aurocs) if i != 2]))
+    y[:, 0] = -1  # no grade at all: the grade figures are nan too
+    assert math.isnan(multitask_metrics(probs, y)["dr_grade_auroc_1_4"])
 
     # the ignite metric over batches of decollated samples gives the same epoch value
     metric = MultiTaskMetric("macro_auroc")

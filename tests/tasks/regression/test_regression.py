@@ -50,6 +50,8 @@ def test_regression_metrics_match_sklearn_and_scipy_with_missing_targets_masked(
         nz = k & (y[:, j] != 0)
         assert metrics[f"{name}_mean_relative_error"] == pytest.approx(
             np.mean(np.abs(pred[nz, j] - y[nz, j]) / np.abs(y[nz, j])))
+        assert metrics[f"{name}_normalised_mae"] == pytest.approx(
+            np.mean(np.abs(pred[k, j] - y[k, j])) / np.mean(y[k, j]))
     assert metrics["hba1c_num_values"] == (~np.isnan(y[:, 1])).sum()  # row 0 was not dropped for hba1c
     assert metrics["macro_r2"] == pytest.approx(np.mean([metrics[f"{n}_r2"] for n in ["age", "hba1c", "sbp"]]))
 
@@ -59,6 +61,14 @@ def test_regression_metrics_match_sklearn_and_scipy_with_missing_targets_masked(
     batches = [(torch.as_tensor(pred[i:i + 16]), torch.as_tensor(y[i:i + 16])) for i in range(0, 50, 16)]
     assert engine.run(batches).metrics["r2"] == pytest.approx(metrics["macro_r2"])
 
+
+
+def test_normalised_mae_is_the_original_ratio_of_means_not_the_mean_ratio():
+    """y = 1, 10, 100, each predicted 1 too high: mean|e| / mean(y) = 1 / 37, mean(|e| / |y|) = 0.37."""
+    metrics = regression_metrics(np.array([2.0, 11.0, 101.0]), np.array([1.0, 10.0, 100.0]), ["v"])
+    assert metrics["v_normalised_mae"] == pytest.approx(1 / 37)
+    assert metrics["v_mean_relative_error"] == pytest.approx((1 + 0.1 + 0.01) / 3)
+    assert math.isnan(regression_metrics(np.array([1.0, -1.0]), np.array([2.0, -2.0]), ["v"])["v_normalised_mae"])
 
 def test_standardised_loss_masks_missing_targets():
     torch.manual_seed(0)

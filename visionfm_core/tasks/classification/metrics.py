@@ -56,7 +56,9 @@ def _binary_metrics(score: np.ndarray, positive: np.ndarray, pred: np.ndarray, f
     out = {"sensitivity": tp / n_pos if n_pos else math.nan, "specificity": tn / n_neg if n_neg else math.nan}
     sens_name, spec_name = fixed_point_names(fixed_specificity, fixed_sensitivity)
     if n_pos and n_neg:
-        fpr, tpr, _ = roc_curve(positive, score)  # every threshold of the ROC curve (and the all-negative one)
+        # every threshold: roc_curve's default drops collinear points, and on tied scores the dropped point can be
+        # the best operating point at the fixed level
+        fpr, tpr, _ = roc_curve(positive, score, drop_intermediate=False)
         # the best sensitivity among the thresholds whose specificity reaches the level, and vice versa; the
         # all-negative and all-positive thresholds guarantee both sets are non-empty
         out[sens_name] = float(tpr[1 - fpr >= fixed_specificity - 1e-12].max())

@@ -32,6 +32,10 @@ def multitask_metrics(probs, labels, tasks=None, num_grades: int = 5, threshold:
     ``macro_f1``, the means over the tasks whose value is defined. The grade's AUROC is the macro one-vs-rest
     AUROC over the grades present and its F1 the macro F1 (as :func:`classification_metrics`); a binary task's AUROC
     is ``nan`` unless both classes occur, and any metric of a task without labelled images is ``nan``.
+    The grade also gets the original's figures, over the disease grades 1..G-1 only (healthy left out as a class,
+    not as images): ``<grade task>_auroc_1_<G-1>``, the mean one-vs-rest AUROC of those grades present, and
+    ``<grade task>_f1_1_<G-1>``, their macro F1 on the argmax over all G grades (e.g. ``dr_grade_auroc_1_4``), so
+    results compare with the paper.
     """
     if tasks is None:
         from visionfm_core.tasks.multitask.head import MULTITASK_TASKS as tasks  # noqa: N811
@@ -53,14 +57,31 @@ def multitask_metrics(probs, labels, tasks=None, num_grades: int = 5, threshold:
         if t == 0:
             grade = classification_metrics(p[known, :num_grades], yt)
             out[f"{task}_auroc"], out[f"{task}_f1"] = grade["auroc"], grade["f1"]
+            out.update(_disease_grade_metrics(p[known, :num_grades], yt, task))
         else:
             score = p[known, num_grades + t - 1]
             out[f"{task}_auroc"] = float(roc_auc_score(yt, score)) if len(np.unique(yt)) == 2 else math.nan
             out[f"{task}_f1"] = float(f1_score(yt, score >= threshold, zero_division=0))
+    if not (y[:, 0] >= 0).any():
+        out.update(dict.fromkeys(_disease_grade_names(tasks[0], num_grades), math.nan))
     out["macro_auroc"] = nan_mean([out[f"{t}_auroc"] for t in tasks])
     out["macro_f1"] = nan_mean([out[f"{t}_f1"] for t in tasks])
     return out
 
+
+
+def _disease_grade_names(task: str, num_grades: int) -> tuple[str, str]:
+    return f"{task}_auroc_1_{num_grades - 1}", f"{task}_f1_1_{num_grades - 1}"
+
+
+def _disease_grade_metrics(probs: np.ndarray, grades: np.ndarray, task: str) -> dict[str, float]:
+    """The original's grade AUROC and F1 over the disease grades 1..G-1 (one-vs-rest on every labelled image)."""
+    num_grades = probs.shape[1]
+    auroc_name, f1_name = _disease_grade_names(task, num_grades)
+    diseases = range(1, num_grades)
+    aurocs = [roc_auc_score(grades == k, probs[:, k]) for k in diseases if 0 < (grades == k).sum() < len(grades)]
+    f1 = f1_score(grades, probs.argmax(1), labels=list(diseases), average="macro", zero_division=0)
+    return {auroc_name: float(np.mean(aurocs)) if aurocs else math.nan, f1_name: float(f1)}
 
 class MultiTaskMetric(EpochMetric):
     """An ignite metric over an epoch: one value of :func:`multitask_metrics` (``macro_auroc`` by default, the

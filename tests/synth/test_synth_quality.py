@@ -54,6 +54,17 @@ def test_frechet_distance_matches_the_closed_form_for_gaussians():
     b = rng.normal(size=(4000, 3)) * 2 + np.array([1.0, 2.0, 0.0])
     # |mu_a - mu_b|^2 + tr(I + 4I - 2 * 2I) = 5 + 3
     assert frechet_distance(a, b) == pytest.approx(8.0, rel=0.05)
+    # non-commuting covariances: equal to the textbook formula with scipy's general matrix square root
+    from scipy.linalg import sqrtm
+
+    x, y = rng.normal(size=(200, 12)) @ rng.normal(size=(12, 12)), rng.normal(size=(150, 12)) ** 2
+    s_x, s_y = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    textbook = np.sum((x.mean(0) - y.mean(0)) ** 2) + np.trace(s_x + s_y - 2 * sqrtm(s_x @ s_y).real)
+    assert frechet_distance(x, y) == pytest.approx(textbook, rel=1e-8)
+    few_x, few_y = x[:6], y[:5]  # fewer images than dimensions: the cross-product route
+    s_x, s_y = np.cov(few_x, rowvar=False), np.cov(few_y, rowvar=False)
+    textbook = np.sum((few_x.mean(0) - few_y.mean(0)) ** 2) + np.trace(s_x + s_y - 2 * sqrtm(s_x @ s_y).real)
+    assert frechet_distance(few_x, few_y) == pytest.approx(textbook, rel=1e-6)
     with pytest.raises(SynthError, match="N >= 2"):
         frechet_distance(a[:1], b)
 
@@ -90,6 +101,27 @@ def test_knn_precision_and_recall():
         knn_precision_recall(x[:3], x, k=3)
 
 
+
+def test_distribution_figures_compare_equal_numbers_with_bootstrap_intervals():
+    from visionfm_core.synth.quality import bootstrap_intervals, equal_sizes
+
+    rng = np.random.default_rng(0)
+    # two samples of one 64-d Gaussian: the FD of 50 against 50 is far from 0, of 1000 against 1000 close to it
+    small = frechet_distance(rng.normal(size=(50, 64)), rng.normal(size=(50, 64)))
+    large = frechet_distance(rng.normal(size=(1000, 64)), rng.normal(size=(1000, 64)))
+    assert small > 10 * large
+    real, synth = rng.normal(size=(300, 16)), rng.normal(size=(40, 16))
+    r, s_ = equal_sizes(real, synth, seed=1)
+    assert r.shape == s_.shape == (40, 16) and np.array_equal(s_, synth)
+    assert all(any(np.array_equal(row, x) for x in real) for row in r[:5])  # a subset of the larger set
+    assert np.array_equal(equal_sizes(real, synth, seed=1)[0], r)  # seeded
+    ci = bootstrap_intervals(r, s_, k=3, rounds=60, seed=0)
+    fd, (precision, recall) = frechet_distance(r, s_), knn_precision_recall(r, s_, 3)
+    for name, value in (("frechet_distance", fd), ("precision", precision), ("recall", recall)):
+        low, high = ci[name]
+        assert low <= high and low - 1e-9 <= value <= high + 1e-9 or name == "frechet_distance", (name, ci)
+    assert ci["frechet_distance"][1] > ci["frechet_distance"][0] > 0
+
 def test_report_flags_copies_not_unrelated_images_and_pages_are_complete(memorisation_folders, tmp_path):
     real, synth = memorisation_folders
     report = synth_report(real, synth, "oct", out=tmp_path / "report", **TINY)
@@ -102,10 +134,15 @@ def test_report_flags_copies_not_unrelated_images_and_pages_are_complete(memoris
     assert report["encoder"]["weights"] == "random init"
     assert report["counts"]["synthetic"] == 4 and report["counts"]["synthetic_skipped"] == 1
     assert report["frechet_distance"] > 0 and 0 <= report["precision"] <= 1 and 0 <= report["recall"] <= 1
+    # equal numbers: the 4 readable synthetic images against 4 of the real ones, N beside every figure
+    assert report["n_compared"] == {"real": 4, "synthetic": 4, "equal_n": True}
+    assert report["ci95"]["precision"][0] <= report["ci95"]["precision"][1] and report["bootstrap_rounds"] > 0
+    assert report["warnings"] and "fewer than the" in report["warnings"][0]  # N = 4 is below the feature width
     on_disk = json.loads((tmp_path / "report" / "report.json").read_text())
     assert on_disk["flagged_count"] == 2 and on_disk["thresholds"]["ssim"] == report["thresholds"]["ssim"]
     page = (tmp_path / "report" / "index.html").read_text()
     assert "random init" in page and "near-copy" in page
+    assert page.count("N = 4 real vs 4 synthetic") == 3 and "95 % CI" in page and "fewer than the" in page
     sources = _sources(page)
     assert sum(s.endswith(".png") for s in sources) >= 8  # every pair shown: 2 flagged + the 2 closest others
     assert all((tmp_path / "report" / s).is_file() for s in sources), sources
@@ -192,6 +229,7 @@ def test_turing_scorer_accuracy_interval_sensitivity_specificity(tmp_path):
     assert ra["accuracy"]["value"] == 0.8
     assert ra["accuracy"]["ci95"] == pytest.approx([0.4439, 0.9748], abs=1e-4)  # Clopper-Pearson, 8 of 10
     assert ra["p_value_vs_chance"] == pytest.approx(0.109375)
+    assert ra["equivalence"]["margin"] == 0.1 and ra["equivalence"]["equivalent"] is False
     assert ra["sensitivity_synthetic"]["value"] == 1.0 and ra["specificity_synthetic"]["value"] == 0.6
     assert rb["answered"] == 9 and rb["unanswered"] == 1 and rb["accuracy"]["k"] == 4
     assert rb["sensitivity_synthetic"]["value"] == 0.0 and rb["specificity_synthetic"]["value"] == 1.0
@@ -203,6 +241,31 @@ def test_turing_scorer_accuracy_interval_sensitivity_specificity(tmp_path):
     with pytest.raises(SynthError, match="not in the test: 099"):
         score_turing(_answers(tmp_path / "e.json", "abc", "E", {"099": "real"}), key)
 
+
+
+def test_an_interval_around_chance_is_not_a_verdict_the_equivalence_test_is():
+    from scipy.stats import binomtest
+
+    from visionfm_core.synth.turing import equivalence_to_chance, format_score
+
+    # 6 of 10 correct: the interval contains 50 %, and yet 10 answers cannot show the readers were guessing
+    few = equivalence_to_chance(6, 10, 0.1)
+    assert binomtest(6, 10).proportion_ci(0.95, method="exact").low < 0.5 and not few["equivalent"]
+    # 505 of 1000: equivalent within +/-10 % (the 90 % interval lies inside 40-60 %), not within +/-1 %
+    many = equivalence_to_chance(505, 1000, 0.1)
+    ci90 = binomtest(505, 1000).proportion_ci(0.90, method="exact")
+    assert many["equivalent"] and 0.4 < ci90.low and ci90.high < 0.6
+    assert many["p_value"] == pytest.approx(max(binomtest(505, 1000, 0.4, alternative="greater").pvalue,
+                                                binomtest(505, 1000, 0.6, alternative="less").pvalue))
+    assert not equivalence_to_chance(505, 1000, 0.01)["equivalent"]
+    with pytest.raises(SynthError, match="margin"):
+        equivalence_to_chance(5, 10, 0.5)
+    # the printed lines never call an interval around 50 % a failure to tell the images apart
+    result = {"readers": [{"reader": "A", "accuracy": {"k": 6, "n": 10, "value": 0.6, "ci95": [0.26, 0.88]},
+                           "p_value_vs_chance": 0.75, "equivalence": few, "unanswered": 0,
+                           "sensitivity_synthetic": {"value": None}, "specificity_synthetic": {"value": None}}]}
+    text = format_score(result)
+    assert "not shown equivalent to guessing within +/-10%" in text and "could not tell" not in text
 
 CHROMIUM = shutil.which("chromium-headless-shell") or shutil.which("chromium")
 # appended to a copy of the page: a reader who names themselves, answers every image by clicking its radio button

@@ -141,6 +141,16 @@ def write_report_folder(out: str | os.PathLike, report: dict, shown: list[dict],
             encoder_line = f"{enc['arch']}/{enc['patch_size']} at {enc['image_size']} px, <b>random init</b>"
             warning = f'<p class="warn">{html.escape(enc["note"])} Near-copies are flagged on pixel SSIM only.</p>'
         c, t = report["counts"], report["thresholds"]
+        n = report["n_compared"]
+        nc = f"{n['real']} real vs {n['synthetic']} synthetic" + (" (equal numbers)" if n["equal_n"] else "")
+
+        def ci(name: str, fmt: str) -> str:  # the 95 % bootstrap interval, when one was computed
+            if not report.get("ci95"):
+                return ""
+            low, high = report["ci95"][name]
+            return f" (95 % CI {low:{fmt}} to {high:{fmt}}, {report['bootstrap_rounds']} bootstrap rounds)"
+
+        warning += "".join(f'<p class="warn">{html.escape(w)}</p>' for w in report.get("warnings", []))
         flagged = report["flagged_count"]
         pairs_html = _pair_rows(shown, folder, modality)
         summary = (f"<b>{flagged} of {c['synthetic']} synthetic images flagged as near-copies</b> of a training "
@@ -154,12 +164,13 @@ def write_report_folder(out: str | os.PathLike, report: dict, shown: list[dict],
 <tr><th>synthetic images</th><td><code>{html.escape(report['synth_dir'])}</code>: {c['synthetic']} read,
 {c['synthetic_skipped']} unreadable skipped</td></tr>
 <tr><th>feature encoder</th><td>{encoder_line}</td></tr>
-<tr><th>Fréchet distance</th><td>{report['frechet_distance']:.4g} (0: the two feature distributions have the same
-mean and covariance; comparable only between reports made with the same encoder)</td></tr>
-<tr><th>precision (k={report['k']})</th><td>{report['precision']:.3f}: share of synthetic images inside the real
-images' k-NN feature manifold (fidelity)</td></tr>
-<tr><th>recall (k={report['k']})</th><td>{report['recall']:.3f}: share of real images inside the synthetic images'
-manifold (diversity)</td></tr>
+<tr><th>Fréchet distance</th><td>{report['frechet_distance']:.4g}{ci('frechet_distance', '.4g')}, N = {nc} (0: the
+two feature distributions have the same mean and covariance; comparable only between reports made with the same
+encoder and the same N)</td></tr>
+<tr><th>precision (k={report['k']})</th><td>{report['precision']:.3f}{ci('precision', '.3f')}, N = {nc}: share of
+synthetic images inside the real images' k-NN feature manifold (fidelity)</td></tr>
+<tr><th>recall (k={report['k']})</th><td>{report['recall']:.3f}{ci('recall', '.3f')}, N = {nc}: share of real
+images inside the synthetic images' manifold (diversity)</td></tr>
 </table>
 <h2>Memorisation</h2><p>{summary} Rule: {html.escape(t['rule'])}; SSIM on grey images resized to
 {t['ssim_size']} px.</p>

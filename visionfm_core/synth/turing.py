@@ -24,7 +24,7 @@ from visionfm_core.engine.io import atomic_write_bytes, atomic_write_text
 from visionfm_core.synth.pages import PAGE_STYLE, display_png, publish_folder
 from visionfm_core.synth.quality import SynthError, check_folder_modality, list_items
 
-__all__ = ["KEY_KIND", "ANSWERS_KIND", "turing_page", "score_turing", "format_score"]
+__all__ = ["KEY_KIND", "ANSWERS_KIND", "turing_page", "score_turing", "format_score", "equivalence_to_chance"]
 
 KEY_KIND = "visionfm_turing_key"
 ANSWERS_KIND = "visionfm_turing_answers"
@@ -177,7 +177,23 @@ def _proportion(k: int, n: int) -> dict:
     return {"k": k, "n": n, "value": k / n, "ci95": [float(ci.low), float(ci.high)]}
 
 
-def _score(answers: dict[str, str], truth: dict[str, str]) -> dict:
+def equivalence_to_chance(k: int, n: int, margin: float) -> dict:
+    """Exact two one-sided tests (TOST) that the readers' accuracy lies within 50 % +/- `margin`: the p-value is the
+    larger of the two one-sided binomial tests; "equivalent" at the 5 % level when it is below 0.05 (the same as the
+    90 % Clopper-Pearson interval lying inside the margin). An interval that merely contains 50 % shows no
+    difference from guessing, not that readers cannot tell the images apart: only this test, with its margin stated,
+    supports that verdict."""
+    if not 0 < margin < 0.5:
+        raise SynthError(f"the equivalence margin must be in (0, 0.5), got {margin}")
+    if n == 0:
+        return {"margin": margin, "p_value": None, "equivalent": None}
+    above_low = binomtest(k, n, 0.5 - margin, alternative="greater").pvalue
+    below_high = binomtest(k, n, 0.5 + margin, alternative="less").pvalue
+    p_value = float(max(above_low, below_high))
+    return {"margin": margin, "p_value": p_value, "equivalent": p_value < 0.05}
+
+
+def _score(answers: dict[str, str], truth: dict[str, str], margin: float = 0.1) -> dict:
     pairs = [(truth[i], a) for i, a in answers.items()]
     correct = sum(t == a for t, a in pairs)
     tp = sum(t == a == "synthetic" for t, a in pairs)
@@ -187,15 +203,19 @@ def _score(answers: dict[str, str], truth: dict[str, str]) -> dict:
     # two-sided exact test against guessing (50 %: the page shows as many real images as synthetic ones)
     p_value = float(binomtest(correct, len(pairs), 0.5).pvalue) if pairs else None
     return {"answered": len(pairs), "unanswered": len(truth) - len(pairs), "accuracy": accuracy,
-            "p_value_vs_chance": p_value, "sensitivity_synthetic": _proportion(tp, n_synth),
+            "p_value_vs_chance": p_value, "equivalence": equivalence_to_chance(correct, len(pairs), margin),
+            "sensitivity_synthetic": _proportion(tp, n_synth),
             "specificity_synthetic": _proportion(tn, len(pairs) - n_synth)}
 
 
-def score_turing(answers: str | os.PathLike | list, key: str | os.PathLike) -> dict:
+def score_turing(answers: str | os.PathLike | list, key: str | os.PathLike, margin: float = 0.1) -> dict:
     """Score one or several readers' answer files against the key: per reader and pooled, accuracy with its
-    Clopper-Pearson 95 % interval and the exact binomial p-value against guessing, sensitivity (synthetic images
-    called synthetic) and specificity (real images called real), with intervals. Pooling treats every answer as
-    independent, which readers' answers to the same images are not quite: read the per-reader lines too."""
+    Clopper-Pearson 95 % interval, the exact binomial p-value against guessing and the equivalence test against
+    50 % +/- `margin` (:func:`equivalence_to_chance`), sensitivity (synthetic images called synthetic) and
+    specificity (real images called real), with intervals. Pooling treats every answer as independent, which
+    readers' answers to the same images are not quite: read the per-reader lines too."""
+    if not 0 < margin < 0.5:
+        raise SynthError(f"the equivalence margin must be in (0, 0.5), got {margin}")
     key_data = _read_json(key, KEY_KIND, "Turing test key")
     truth = {i: v["truth"] for i, v in key_data["items"].items()}
     files = [answers] if isinstance(answers, (str, os.PathLike)) else list(answers)
@@ -215,10 +235,10 @@ def score_turing(answers: str | os.PathLike | list, key: str | os.PathLike) -> d
                 ([f"images not in the test: {', '.join(unknown[:5])}"] if unknown else [])
                 + ([f"answers other than 'real'/'synthetic': {', '.join(bad[:5])}"] if bad else [])))
         reader = str(data.get("reader") or os.path.basename(os.fspath(path)))
-        readers.append({"reader": reader, "file": os.fspath(path), **_score(given, truth)})
+        readers.append({"reader": reader, "file": os.fspath(path), **_score(given, truth, margin)})
         pooled.update({(reader, len(readers), i): a for i, a in given.items()})
     pooled_score = _score({str(n): a for n, a in enumerate(pooled.values())},
-                          {str(n): truth[i] for n, (_, _, i) in enumerate(pooled)})
+                          {str(n): truth[i] for n, (_, _, i) in enumerate(pooled)}, margin)
     pooled_score["unanswered"] = sum(r["unanswered"] for r in readers)
     return {"page_id": key_data["page_id"], "images": len(truth), "readers": readers, "pooled": pooled_score}
 
@@ -231,14 +251,19 @@ def format_score(result: dict) -> str:
             return "n/a" if x["value"] is None else f"{x['value']:.1%} [{x['ci95'][0]:.1%}, {x['ci95'][1]:.1%}]"
 
         pv = "n/a" if s["p_value_vs_chance"] is None else f"{s['p_value_vs_chance']:.3g}"
+        eq = s["equivalence"]
+        verdict = "n/a" if eq["p_value"] is None else (
+            f"{'equivalent' if eq['equivalent'] else 'not shown equivalent'} to guessing within "
+            f"+/-{eq['margin']:.0%} (TOST p {eq['p_value']:.3g})")
         return (f"{name}: accuracy {p(s['accuracy'])} ({s['accuracy']['k']}/{s['accuracy']['n']}, p vs chance "
-                f"{pv}); sensitivity for "
+                f"{pv}; {verdict}); sensitivity for "
                 f"synthetic {p(s['sensitivity_synthetic'])}; specificity {p(s['specificity_synthetic'])}; "
                 f"{s['unanswered']} unanswered")
 
     lines = [line(r["reader"], r) for r in result["readers"]]
     if len(result["readers"]) > 1:
         lines.append(line("all readers", result["pooled"]))
-    lines.append("(95 % Clopper-Pearson intervals; an accuracy interval that contains 50 % means these readers could "
-                 "not tell synthetic from real better than guessing)")
+    lines.append("(95 % Clopper-Pearson intervals. An accuracy interval that contains 50 % shows no difference from "
+                 "guessing, not that readers cannot tell the images apart; that verdict needs the equivalence test, "
+                 "at its stated margin.)")
     return "\n".join(lines)

@@ -259,11 +259,13 @@ class Commands:
                      image_size: int = 224, k: int = 3, ssim_threshold: float | None = None,
                      cosine_threshold: float | None = None, top: int = 16, batch_size: int = 32,
                      device: str | None = None, allow_size_mismatch: bool = False,
-                     allow_modality_mismatch: bool = False) -> None:
+                     allow_modality_mismatch: bool = False, equal_n: bool = True, bootstrap: int = 200) -> None:
         """Quality and privacy of the synthetic images under SYNTH_DIR against the real (training) images under
         REAL_DIR, in the feature space of a VisionFM encoder (--encoder encoder.pt; none: a random one, and the
-        report says so): Fréchet distance, k-NN precision/recall, and for every synthetic image its nearest training
-        image (features and pixel SSIM), near-copies flagged. Writes OUT/report.json and OUT/index.html."""
+        report says so): Fréchet distance, k-NN precision/recall (on equal numbers of images, a seeded subset of the
+        larger folder, unless --equal_n False; with --bootstrap rounds of 95 % intervals, 0: none; N beside every
+        figure), and for every synthetic image its nearest training image (features and pixel SSIM), near-copies
+        flagged. Writes OUT/report.json and OUT/index.html."""
         from visionfm_core.encoders.weights import WeightsError
         from visionfm_core.synth.quality import SSIM_THRESHOLD, SynthError, synth_report
 
@@ -273,15 +275,25 @@ class Commands:
                                   ssim_threshold=SSIM_THRESHOLD if ssim_threshold is None else ssim_threshold,
                                   cosine_threshold=cosine_threshold, top=top, batch_size=batch_size, device=device,
                                   allow_size_mismatch=allow_size_mismatch,
-                                  allow_modality_mismatch=allow_modality_mismatch)
+                                  allow_modality_mismatch=allow_modality_mismatch, equal_n=equal_n,
+                                  bootstrap=bootstrap)
         except (SynthError, WeightsError, FileExistsError) as e:
             sys.exit(f"visionfm synth-report: {e}")
         c, enc = report["counts"], report["encoder"]
         print(f"encoder: {enc['arch']}/{enc['patch_size']}, " + (f"{enc['path']} (sha256 {enc['sha256']})"
                                                                  if enc["weights"] == "file" else "random init"))
+        n, ci = report["n_compared"], report["ci95"] or {}
+
+        def figure(name: str, fmt: str) -> str:
+            interval = f" [95 % CI {ci[name][0]:{fmt}}, {ci[name][1]:{fmt}}]" if name in ci else ""
+            return f"{report[name]:{fmt}}{interval}"
+
         print(f"{c['real']} real, {c['synthetic']} synthetic images ({c['real_skipped'] + c['synthetic_skipped']} "
-              f"unreadable skipped); Fréchet distance {report['frechet_distance']:.4g}, precision "
-              f"{report['precision']:.3f}, recall {report['recall']:.3f} (k={report['k']})")
+              f"unreadable skipped); on N = {n['real']} real vs {n['synthetic']} synthetic: Fréchet distance "
+              f"{figure('frechet_distance', '.4g')}, precision {figure('precision', '.3f')}, recall "
+              f"{figure('recall', '.3f')} (k={report['k']})")
+        for warning in report["warnings"]:
+            print(f"warning: {warning}")
         print(f"{report['flagged_count']} near-copies flagged; wrote {os.path.join(out, 'index.html')}")
 
     def turing_page(self, real_dir: str, synth_dir: str, out: str = "turing_test", n: int = 50, seed: int = 0,
@@ -298,9 +310,11 @@ class Commands:
         print(f"wrote {os.path.join(out, 'page', 'index.html')} ({key['n_per_kind']} real + {key['n_per_kind']} "
               f"synthetic images) and the key {os.path.join(out, 'key.json')}: give readers the page folder only")
 
-    def turing_score(self, key: str, *answers: str, out: str | None = None) -> None:
+    def turing_score(self, key: str, *answers: str, out: str | None = None, margin: float = 0.1) -> None:
         """Score readers' answer files (ANSWERS..., saved from the Turing test page) against KEY: accuracy with a
-        Clopper-Pearson 95 % interval, sensitivity / specificity for "synthetic"; --out writes the numbers as JSON."""
+        Clopper-Pearson 95 % interval, the equivalence test (TOST) against 50 % +/- --margin (default 0.1; say the
+        margin with any "cannot tell apart" verdict), sensitivity / specificity for "synthetic"; --out writes the
+        numbers as JSON."""
         import json
 
         from visionfm_core.engine.io import atomic_write_text
@@ -310,7 +324,7 @@ class Commands:
         if not answers:
             sys.exit("visionfm turing-score: give the key and at least one answers file")
         try:
-            result = score_turing(list(answers), key)
+            result = score_turing(list(answers), key, margin=margin)
         except SynthError as e:
             sys.exit(f"visionfm turing-score: {e}")
         print(format_score(result))

@@ -116,6 +116,15 @@ def test_the_class_reaches_the_unet_with_classifier_free_guidance(conditioned, t
     seen[:] = seen[1:]
     class_0 = torch.tensor([[1.0, 0.0]] * 2)
     assert len(seen) == 2 and all(c.shape == (2, 1, 2) and torch.equal(c[:, 0], class_0) for c in seen)
+    seen.clear()
+    # no class asked of a class-conditioned model: unconditional samples through the "no class" fill, which
+    # classifier-free training taught it (guidance needs a class, so none is applied)
+    sample(FUNDUS, conditioned, tmp_path / "none", guidance_scale=3.0)
+    seen[:] = seen[1:]
+    assert len(seen) == 2 and all(c.shape == (2, 1, 2) and torch.all(c == -1) for c in seen)
+    manifest = json.loads((tmp_path / "none" / "manifest.json").read_text())
+    assert manifest["class_index"] is None and len(manifest["images"]) == 2
+    assert manifest["guidance_scale"] is None and manifest["conditioning"].startswith("unconditional")
 
 
 @pytest.mark.parametrize("class_index, message", [

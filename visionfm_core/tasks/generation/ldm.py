@@ -570,17 +570,23 @@ class LatentSamplingInferer:
         self.inferer = LatentDiffusionInferer(scheduler=scheduler, scale_factor=float(models.header["scale_factor"]))
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, labels: torch.Tensor | None = None):
-        conditioning = None
-        if labels is not None and self.models.num_classes and (labels >= 0).all():
-            conditioning = F.one_hot(labels.long(), self.models.num_classes).float()[:, None, :].to(inputs.device)
-        cfg = self.guidance_scale if conditioning is not None and self.guidance_scale != 1.0 else None
+        conditioning, fill = None, float(self.models.header.get("uncond_fill", -1.0))
+        classes = labels is not None and bool((labels >= 0).all())
+        if self.models.num_classes:
+            # a class-conditioned UNet always needs a context: images asked without a class (label -1) get the
+            # "no class" fill it learned through the classifier-free dropout of training, i.e. unconditional samples
+            if labels is None:
+                labels = torch.full((len(inputs),), -1)
+            conditioning = F.one_hot(labels.long().clamp(min=0), self.models.num_classes).float()[:, None, :]
+            conditioning[labels < 0] = fill
+            conditioning = conditioning.to(inputs.device)
+        cfg = self.guidance_scale if classes and conditioning is not None and self.guidance_scale != 1.0 else None
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         context = torch.autocast(inputs.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
         with context:
             images = self.inferer.sample(input_noise=inputs, autoencoder_model=self.models.autoencoder,
                                          diffusion_model=network, scheduler=self.scheduler,
-                                         conditioning=conditioning, verbose=False, cfg=cfg,
-                                         cfg_fill_value=float(self.models.header.get("uncond_fill", -1.0)))
+                                         conditioning=conditioning, verbose=False, cfg=cfg, cfg_fill_value=fill)
         return images.float().clamp_(0, 1)
 
 
@@ -640,7 +646,10 @@ class SampleWriter:
             "scheduler": type(self.inferer.scheduler).__name__,
             "class_index": first.get("class_index"),
             "class_name": first.get("class_name"),
-            "guidance_scale": self.inferer.guidance_scale,
+            # guidance steers towards a class: without one (unconditional samples) none was applied
+            "guidance_scale": self.inferer.guidance_scale if first.get("class_index") is not None else None,
+            "conditioning": ("class" if first.get("class_index") is not None
+                             else "unconditional (the model's no-class fill)" if m.num_classes else "none"),
             "precision": self.inferer.precision,
             "autoencoder": {"file": os.path.abspath(m.autoencoder_path), "sha256": m.autoencoder_sha256},
             "diffusion": {"file": os.path.abspath(m.diffusion_path), "sha256": m.diffusion_sha256,

@@ -71,15 +71,22 @@ def parts(d: dict) -> TaskParts:
     label = {"_target_": "visionfm_core.data.ValidateLabeld", "keys": "label", "num_classes": "@num_classes"}
     writer = {"_target_": "visionfm_core.tasks.volume_classification.VolumeMILWriter", "class_names": "@class_names",
               "network": "@network", "top_k": "@top_k"}
-    whole_cube = [*load_cube(), INTENSITY, *to_encoder_input()]
+    # evaluation and inference see bags of the training size: `eval_num_slices` B-scans spread evenly over the cube
+    # (the centred offset of training's sampling; a smaller cube is read whole, each B-scan once); --eval_num_slices 0
+    # reads every B-scan instead
+    sampled_cube = [*load_cube(), INTENSITY,
+                    {"_target_": "visionfm_core.tasks.volume_classification.RandSampleSlicesd", "keys": "image",
+                     "num_slices": "@eval_num_slices", "prob": 0.0, "repeat": False},
+                    *to_encoder_input()]
     return TaskParts(
         infer_datalist=VOLUME_DATALIST,
         infer_batch_size=1,  # cubes differ in their number of B-scans: one at a time
         head="volume_mil",
         num_outputs="@num_classes",
         ids={"image_size": 224,
-             # B-scans per training cube (sampled evenly, random offset per epoch); evaluation takes every B-scan
-             "num_slices": 32, "slice_batch_size": 32, "n_last_blocks": 4, "attention_dim": 128, "dropout": 0.1,
+             # B-scans per training cube (sampled evenly, random offset per epoch); evaluation and inference
+             # sample as many, evenly from the centred offset (0: every B-scan)
+             "num_slices": 32, "eval_num_slices": "@num_slices", "slice_batch_size": 32, "n_last_blocks": 4, "attention_dim": 128, "dropout": 0.1,
              "top_k": 3, "default_class_names": d["classes"],
              # the datalist's "class_names" when it has them, else the defaults; training saves the list it used
              "class_names": "$visionfm_core.data.datalist_class_names(@datalist, @default_class_names)",
@@ -98,7 +105,7 @@ def parts(d: dict) -> TaskParts:
                            # left-right (lateral) flips only: an upside-down B-scan is no realistic image, and the
                            # order of the B-scans does not matter to attention pooling
                            {"_target_": "RandFlipd", "keys": "image", "prob": 0.5, "spatial_axis": 1}],
-        val_transforms=[*whole_cube, label],
+        val_transforms=[*sampled_cube, label],
         val_batch_size=1,  # whole cubes differ in their number of B-scans
         loss={"_target_": "torch.nn.CrossEntropyLoss"},
         train_postprocessing=softmax,
@@ -115,7 +122,7 @@ def parts(d: dict) -> TaskParts:
         eval_overrides={"class_names": "$visionfm_core.data.trained_class_names(@ckpt_dir + '/model.pt', "
                                        "@default_class_names, @datalist)"},
         eval_writer={**writer, "output_dir": "@eval_dir"},
-        infer_transforms=whole_cube,
+        infer_transforms=sampled_cube,
         infer_postprocessing=softmax,
         infer_writer={**writer, "output_dir": "@output_dir"},
         infer_ids={"class_names": "$visionfm_core.data.trained_class_names(@ckpt_path, @default_class_names)"},
@@ -129,8 +136,9 @@ def bundle_metadata(name: str, d: dict) -> dict:
         name=f"VisionFM {d['title']}",
         task=f"{d['question'][0].upper() + d['question'][1:]} by attention-based multiple-instance learning over "
              f"its B-scans ({len(classes)} default classes, or the datalist's)",
-        description="The VisionFM ViT-B/16 OCT encoder embeds every B-scan of a cube (CLS tokens of its last 4 "
-                    "blocks); gated attention pooling (Ilse et al. 2018) weighs the B-scans and a linear layer "
+        description="The VisionFM ViT-B/16 OCT encoder embeds B-scans of a cube (CLS tokens of its last 4 "
+                    "blocks; 32 spread evenly over the cube, in training from a random offset, in evaluation and "
+                    "inference from the centred one); gated attention pooling (Ilse et al. 2018) weighs the B-scans and a linear layer "
                     "classifies their weighted mean: one label per cube, plus one attention weight per B-scan that "
                     "shows which B-scans drove the decision. The encoder weights are imported from the original "
                     "VisionFM release by the user; no trained weights ship with this bundle.",

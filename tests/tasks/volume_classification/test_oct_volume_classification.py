@@ -109,6 +109,11 @@ def test_slices_are_sampled_evenly_with_a_random_offset():
     assert len({tuple(d["image_slice_indices"]) for d in draws}) > 1  # a new offset per read
     fixed = RandSampleSlicesd("image", num_slices=8, prob=0.0)
     assert fixed({"image": cube})["image_slice_indices"].tolist() == even_slice_indices(49, 8).tolist()
+    # evaluation: one cube at a time, a small cube read whole without repeats, 0 = every B-scan
+    evaluation = RandSampleSlicesd("image", num_slices=8, prob=0.0, repeat=False)
+    assert evaluation({"image": cube})["image_slice_indices"].tolist() == even_slice_indices(49, 8).tolist()
+    assert evaluation({"image": cube[..., :5]})["image_slice_indices"].tolist() == [0, 1, 2, 3, 4]
+    assert RandSampleSlicesd("image", num_slices=0)({"image": cube})["image"].shape[-1] == 49
 
 
 def test_per_class_metrics_and_plot():
@@ -168,7 +173,7 @@ def test_bundle_trains_evaluates_and_writes_attention_tables_and_plots(trained):
                            logging_file=str(BUNDLE / "configs" / "logging.conf"),
                            dataset_dir=str(folder),
                            ckpt_path=str(root / "models" / "model.pt"), output_dir=str(out),
-                           **{**TINY, "batch_size": 1})  # cubes of 6 and 7 B-scans: one at a time
+                           **{**TINY, "batch_size": 1, "num_slices": 4})  # cubes of 6, 7 B-scans: one at a time
     infer.initialize()
     infer.run()
     infer.finalize()
@@ -183,9 +188,10 @@ def test_bundle_trains_evaluates_and_writes_attention_tables_and_plots(trained):
     for cube in cubes:
         k = nib.load(cube).shape[-1]
         mine = [r for r in rows if r["volume"] == cube]
-        assert [int(r["slice"]) for r in mine] == list(range(k))  # one row per B-scan, every B-scan
+        # the bag of training's size (num_slices 4), spread evenly from the centred offset, named by cube index
+        assert [int(r["slice"]) for r in mine] == even_slice_indices(k, 4).tolist()
         assert abs(sum(float(r["attention"]) for r in mine) - 1) < 1e-4
-        assert sorted(int(r["rank"]) for r in mine) == list(range(1, k + 1))
+        assert sorted(int(r["rank"]) for r in mine) == list(range(1, 5))
         assert (out / "attention" / f"{Path(cube).name[:-len('.nii.gz')]}.png").is_file()
     # the writer's hook is gone after the run: the network still scripts
     network = infer.parser.get_parsed_content("network")

@@ -112,15 +112,18 @@ def even_slice_indices(num_available: int, num_slices: int, offset: float = 0.5)
 class RandSampleSlicesd(RandomizableTransform, MapTransform):
     """Keep `num_slices` slices (last axis) of each volume, spread evenly over the cube from a random offset drawn
     per call (so each epoch sees other B-scans of the same cube); the volumes of a batch then share one shape.
-    With `prob` < 1 (or at validation, `prob=0`) the offset is the centre of each section. The kept indices (into
-    the original slices) go to `<key>_slice_indices`."""
+    With `prob` < 1 (or at evaluation and inference, `prob=0`) the offset is the centre of each section: the
+    network then sees bags of the size it was trained on. A cube with fewer slices than `num_slices` repeats some
+    (the batch needs one shape) unless `repeat=False` (one cube at a time: it keeps each slice once);
+    `num_slices=0` keeps every slice. The kept indices (into the original slices) go to `<key>_slice_indices`."""
 
-    def __init__(self, keys: KeysCollection, num_slices: int, prob: float = 1.0, allow_missing_keys: bool = False):
+    def __init__(self, keys: KeysCollection, num_slices: int, prob: float = 1.0, repeat: bool = True,
+                 allow_missing_keys: bool = False):
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
-        if int(num_slices) < 1:
-            raise ValueError(f"num_slices must be at least 1, not {num_slices}")
-        self.num_slices = int(num_slices)
+        if int(num_slices) < 0:
+            raise ValueError(f"num_slices must be at least 1 (or 0: every slice), not {num_slices}")
+        self.num_slices, self.repeat = int(num_slices), bool(repeat)
         self._offset = 0.5
 
     def randomize(self, data=None) -> None:
@@ -135,7 +138,9 @@ class RandSampleSlicesd(RandomizableTransform, MapTransform):
             if img.ndim != 4:
                 raise ValueError(f"RandSampleSlicesd expects a volume (C, I, J, K) under key {key!r}, got shape "
                                  f"{tuple(img.shape)}")
-            idx = even_slice_indices(int(img.shape[-1]), self.num_slices, self._offset)
+            available = int(img.shape[-1])
+            keep_all = self.num_slices == 0 or (not self.repeat and available <= self.num_slices)
+            idx = np.arange(available) if keep_all else even_slice_indices(available, self.num_slices, self._offset)
             d[key] = img[..., torch.as_tensor(idx)] if isinstance(img, torch.Tensor) else np.asarray(img)[..., idx]
             d[f"{key}_slice_indices"] = idx
         return d

@@ -19,7 +19,14 @@ import torch
 from ignite.engine import Engine, Events
 
 from visionfm_core.engine.io import atomic_write_bytes, atomic_write_text
-from visionfm_core.engine.writers import OutputNames, csv_table, png_bytes, readable_samples, sample_filename
+from visionfm_core.engine.writers import (
+    OutputNames,
+    batch_value,
+    csv_table,
+    png_bytes,
+    readable_samples,
+    sample_filename,
+)
 from visionfm_core.tasks.classification.writer import ClassificationWriter
 
 __all__ = ["VolumeMILWriter", "attention_module", "attention_plot", "per_class_metrics"]
@@ -55,12 +62,14 @@ def per_class_metrics(probs: np.ndarray, labels: np.ndarray, class_names: Sequen
 
 
 def attention_plot(weights: np.ndarray, top: Sequence[int], title: str, width: int = 720,
-                   height: int = 320) -> np.ndarray:
-    """An (H, W, 3) uint8 bar chart of attention over slice index: grey bars, the `top` slices in red with their
-    index written above; the dashed line is the uniform weight 1/K (a bar above it drew more than its share)."""
+                   height: int = 320, slices: Sequence[int] | None = None) -> np.ndarray:
+    """An (H, W, 3) uint8 bar chart of attention over slice index: grey bars, the `top` bars (positions in
+    `weights`) in red with their slice index written above; the dashed line is the uniform weight 1/K (a bar above
+    it drew more than its share). `slices`: the cube index of each weight (default 0..K-1)."""
     from PIL import Image, ImageDraw
 
     k = len(weights)
+    slices = list(range(k)) if slices is None else [int(v) for v in slices]
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     left, right, top_margin, bottom = 56, width - 16, 40, height - 36
@@ -80,14 +89,14 @@ def attention_plot(weights: np.ndarray, top: Sequence[int], title: str, width: i
         draw.rectangle([x0, min(y, bottom - 1), max(x1, x0 + 1), bottom], fill=(210, 40, 40) if i in marked
                        else (150, 150, 150))
         if i in marked:
-            draw.text((x0, max(y - 14, top_margin - 12)), str(i), fill=(210, 40, 40))
+            draw.text((x0, max(y - 14, top_margin - 12)), str(slices[i]), fill=(210, 40, 40))
     uniform = bottom - (1.0 / max(k, 1)) / peak * (bottom - top_margin)
     for x in range(left, right, 8):
         draw.line([(x, uniform), (min(x + 4, right), uniform)], fill=(40, 90, 200))
     for i in sorted({0, k - 1, *range(0, k, max(1, k // 8))}):  # x ticks: slice indices
         x = left + (i + 0.5) * step
         draw.line([(x, bottom), (x, bottom + 4)], fill="black")
-        draw.text((x - 6, bottom + 6), str(i), fill="black")
+        draw.text((x - 6, bottom + 6), str(slices[i]), fill="black")
     draw.text((right - 220, height - 14), "slice (B-scan) index; red: top slices", fill="black")
     return np.asarray(image)
 
@@ -144,19 +153,22 @@ class VolumeMILWriter(ClassificationWriter):
                                "VolumeMILModel, and was the writer given the network that ran?")
         weights = torch.cat(self._captured, dim=0).numpy()
         for i, sample, _warning in readable_samples(engine):
-            self._cube(engine, sample, weights[i])
+            # the B-scans the network saw, as indices into the cube (RandSampleSlicesd); all of them without it
+            kept = batch_value(engine, i, sample, "image_slice_indices")
+            slices = np.arange(len(weights[i])) if kept is None else np.asarray(kept).reshape(-1)
+            self._cube(engine, sample, weights[i], slices)
 
-    def _cube(self, engine: Engine, sample: dict, weights: np.ndarray) -> None:
+    def _cube(self, engine: Engine, sample: dict, weights: np.ndarray, slices: np.ndarray) -> None:
         volume = sample_filename(sample)
         order = np.argsort(-weights, kind="stable")
         rank = np.empty(len(weights), dtype=np.int64)
         rank[order] = np.arange(1, len(weights) + 1)
-        self.attention_rows += [[volume, k, f"{w:.6f}", int(rank[k])] for k, w in enumerate(weights)]
+        self.attention_rows += [[volume, int(slices[k]), f"{w:.6f}", int(rank[k])] for k, w in enumerate(weights)]
         if self.plots:
             probs = torch.as_tensor(sample["pred"]).detach().float().cpu().reshape(-1).numpy()
             label = self.class_names[int(probs.argmax())]
             title = f"{os.path.basename(volume)}: {label} ({probs.max():.2f}), {len(weights)} slices"
-            png = png_bytes(attention_plot(weights, order[: self.top_k], title))
+            png = png_bytes(attention_plot(weights, order[: self.top_k], title, slices=slices))
             atomic_write_bytes(os.path.join(self.output_dir, "attention", f"{self.names(volume)}.png"), png)
 
     def _save(self, header, table, records, metrics) -> None:

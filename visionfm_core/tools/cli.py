@@ -20,12 +20,17 @@ def _is_original_release(raw, source: str) -> bool:
 class PrepareData:
     """Turn a dataset layout into a MONAI datalist JSON."""
 
-    def retfound(self, root: str, out: str = "datalist.json", val_fraction: float = 0.2, seed: int = 0) -> None:
+    def retfound(self, root: str, out: str = "datalist.json", val_fraction: float = 0.2, seed: int = 0,
+                 dataset: str | None = None) -> None:
         """RETFound/VisionFM folders ROOT/{train,val,test}/<class>/ -> datalist with class indices (validation
-        carved from train, stratified, when there is no val/)."""
+        carved from train, stratified, when there is no val/). --dataset aptos2019|idrid|messidor2|papila|
+        glaucoma_fundus|jsiec|retina|octid: the folders are matched to that dataset's classes and labelled in the
+        original VisionFM order, so label k is output k of its released model (a folder matching no class is
+        refused); otherwise classes are the folder names, sorted."""
         from visionfm_core.data.datasets.classification import report_datalist, retfound_split_datalist
 
-        report_datalist(out, retfound_split_datalist(root, out=out, val_fraction=val_fraction, seed=seed))
+        report_datalist(out, retfound_split_datalist(root, out=out, val_fraction=val_fraction, seed=seed,
+                                                     dataset=dataset))
 
     # Classification datasets (see visionfm_core/data/datasets/classification.py for each expected layout).
     # Carved splits are seeded, stratified by class and grouped by patient where the dataset has patient ids.

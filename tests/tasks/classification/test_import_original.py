@@ -263,3 +263,37 @@ def test_training_the_bundle_forgets_the_imported_head(tmp_path):
     ClassNamesSaver(str(tmp_path), ["a", "b"]).attach(engine)
     engine.run([0], max_epochs=1)
     assert network_settings(tmp_path / "model.pt") == {}
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_original_head_scripts_and_exports(tmp_path, mode):
+    """The bundle checks script and export the network: the original head must survive both, in every mode."""
+    import onnxruntime
+
+    from tests_common import assert_close_to_scale
+    from visionfm_core.models import VisionFMTaskModel
+
+    torch.manual_seed(0)
+    net = VisionFMTaskModel("original_classification", 4, arch="vit_tiny", img_size=32,
+                            head_options={"avgpool_patchtokens": mode, "n_last_blocks": 2}).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = net(x)
+        assert_close_to_scale(torch.jit.script(net)(x), expected)
+    torch.onnx.export(net, (x,), str(tmp_path / "m.onnx"), input_names=["image"], dynamo=False)
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert_close_to_scale(torch.from_numpy(session.run(None, {"image": x.numpy()})[0]), expected)
+
+
+def test_imported_bundle_exports(tmp_path):
+    """`visionfm export` builds the bundle's network from its configs: the imported head and weights, unchanged."""
+    from visionfm_core.tools.export import export_bundle
+
+    vit, head = make_reference(3, 0, 4, 3)
+    src, _ = write_original(tmp_path, "fine-tuned", vit, head)
+    bundle = bundle_copy(tmp_path)
+    main(["import-weights", str(src), "--modality", "fundus", "--bundle", str(bundle), "--dataset", "papila",
+          "--arch", "vit_tiny"])
+    report = export_bundle(bundle, format="onnx", log=lambda *a: None, **TINY)
+    assert (bundle / "models" / "model.onnx").is_file()
+    assert max(report["max_abs_difference"].values()) <= 1e-3

@@ -172,17 +172,32 @@ def parts(d: dict) -> TaskParts:
     # binary bundles insist on 2 classes: their metrics are those of the positive class
     count = ", 2" if is_binary(d) else ""
     writer = {"_target_": "visionfm_core.tasks.classification.ClassificationWriter", "class_names": "@class_names"}
+    # an imported model of the original release (models/network.json, `visionfm import-weights --bundle`) sets
+    # the head variant, its options and the preprocessing; a model the bundle trained has none and keeps ours
+    def imported(model: str) -> dict:
+        return {"network_settings": f"$visionfm_core.models.network_settings({model})",
+                "head": "$@network_settings.get('head', 'classification')",
+                "head_options": "$@network_settings.get('head_options', {})",
+                "preprocessing_mode": "$@network_settings.get('preprocessing', 'default')",
+                "decode_size": "$visionfm_core.data.decode_size_for(@preprocessing_mode, @image_size)"}
+
+    # `preprocessing_mode` "original": the original's evaluation resize (Pillow bicubic of the 8-bit photo)
+    transforms = [dict(t, mode="@resize_mode") if t.get("_target_") == "visionfm_core.data.EyeResized" else t
+                  for t in eval_image_transforms()]
     return TaskParts(
-        head="classification",
+        head="@head",
+        head_kwargs={"head_options": "@head_options"},
         num_outputs="@num_classes",
-        ids={"image_size": 224, "default_class_names": d["classes"],
+        ids={"head": "classification", "head_options": {}, "preprocessing_mode": "default",
+             "resize_mode": "$visionfm_core.data.resize_mode_for(@preprocessing_mode)",
+             "image_size": 224, "default_class_names": d["classes"],
              # the datalist's "class_names" when it has them, else the defaults; training saves the list it used
              "class_names": f"$visionfm_core.data.datalist_class_names(@datalist, @default_class_names{count})",
              "num_classes": "$len(@class_names)",
              "check_image_modality": True,
              "metric_transform": "$visionfm_core.engine.writers.stack_pred_label"},
         dataset_dir=d["dataset_dir"],
-        train_transforms=[*eval_image_transforms(),
+        train_transforms=[*transforms,
                           {"_target_": "visionfm_core.data.ValidateLabeld", "keys": "label",
                            "num_classes": "@num_classes"}],
         random_transforms=flips,
@@ -195,14 +210,16 @@ def parts(d: dict) -> TaskParts:
         train_datalist_args=", modality=(@modality if @check_image_modality else None)",
         extra_train_handlers={"class_names_saver": {"_target_": "visionfm_core.engine.writers.ClassNamesSaver",
                                                     "output_dir": "@ckpt_dir", "class_names": "@class_names"}},
-        eval_overrides={"class_names": "$visionfm_core.data.trained_class_names(@ckpt_dir + '/model.pt', "
+        eval_overrides={**imported("@ckpt_dir + '/model.pt'"),
+                        "class_names": "$visionfm_core.data.trained_class_names(@ckpt_dir + '/model.pt', "
                                        "@default_class_names, @datalist)"},
         eval_writer={**writer, "output_dir": "@eval_dir"},
-        infer_transforms=eval_image_transforms(),
+        infer_transforms=transforms,
         fast_decode=True,
         infer_postprocessing=softmax,
         infer_writer={**writer, "output_dir": "@output_dir"},
-        infer_ids={"class_names": "$visionfm_core.data.trained_class_names(@ckpt_path, @default_class_names)"},
+        infer_ids={**imported("@ckpt_path"),
+                   "class_names": "$visionfm_core.data.trained_class_names(@ckpt_path, @default_class_names)"},
     )
 
 

@@ -327,7 +327,7 @@ def inference_config(parts: TaskParts, modality: str, dataset_dir: str) -> dict:
         **encoder_ids(modality),
         **{k: v for k, v in parts.ids.items()},
         **parts.infer_ids,
-        **({"decode_size": DECODE_SIZE} if parts.fast_decode else {}),
+        **({"decode_size": DECODE_SIZE} if parts.fast_decode and "decode_size" not in parts.infer_ids else {}),
         "batch_size": parts.infer_batch_size,
         "num_workers": 2,
         "network_def": net,

@@ -53,7 +53,15 @@ from visionfm_core.data.io.readers import (
 )
 from visionfm_core.data.io.volumes import EyeVolumeReader, ValidateVolumed, VolumeReadError, read_volume, volume_datalist
 from visionfm_core.data.modality_check import ModalityCheckd, chroma, modality_mismatch
-from visionfm_core.data.resize import EyeResize, EyeResized, EyeResizeShortSided, resize
+from visionfm_core.data.resize import (
+    PREPROCESSING_MODES,
+    EyeResize,
+    EyeResized,
+    EyeResizeShortSided,
+    decode_size_for,
+    resize,
+    resize_mode_for,
+)
 from visionfm_core.data.synthetic.dense_samples import (
     LANDMARK_NAMES,
     make_landmark_phantom,
@@ -91,6 +99,9 @@ __all__ = [
     "eval_transforms",
     # the one resize
     "resize",
+    "resize_mode_for",
+    "decode_size_for",
+    "PREPROCESSING_MODES",
     "EyeResize",
     "EyeResized",
     "EyeResizeShortSided",

@@ -22,11 +22,51 @@ from monai.transforms.transform import LazyTransform
 from monai.transforms.utils import scale_affine
 from monai.utils import TraceKeys, convert_to_tensor, ensure_tuple_rep
 
-__all__ = ["RESIZE_MODES", "resize", "EyeResize", "EyeResized", "EyeResizeShortSided"]
+__all__ = ["RESIZE_MODES", "PREPROCESSING_MODES", "resize", "resize_mode_for", "decode_size_for", "EyeResize",
+           "EyeResized", "EyeResizeShortSided"]
 
 # "nearest" is nearest neighbour with pixel centres aligned (PyTorch "nearest-exact"), the same geometry as
-# bilinear with align_corners=False, so labels and images resized to one size stay registered.
-RESIZE_MODES = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest-exact"}
+# bilinear with align_corners=False, so labels and images resized to one size stay registered. "pil_bicubic" is
+# the original VisionFM evaluation resize: Pillow's bicubic on the 8-bit image (the `original` preprocessing).
+RESIZE_MODES = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest-exact", "pil_bicubic": "pil_bicubic"}
+PREPROCESSING_MODES = ("default", "original")
+
+
+def resize_mode_for(preprocessing_mode: str) -> str:
+    """The image resize of a classification bundle's `preprocessing_mode`: "default" -> "bilinear" (ours, antialiased
+    on the decoded image), "original" -> "pil_bicubic" (the original's `Resize((224, 224), BICUBIC)` on the 8-bit
+    photo, which its released models were trained and evaluated with)."""
+    _check_mode(preprocessing_mode)
+    return "pil_bicubic" if preprocessing_mode == "original" else "bilinear"
+
+
+def decode_size_for(preprocessing_mode: str, image_size: int) -> int | None:
+    """The JPEG decode size of evaluation and inference: 2 x the input for "default" (a DCT-scaled draft), None (the
+    whole file, as the original decodes it) for "original"."""
+    _check_mode(preprocessing_mode)
+    return None if preprocessing_mode == "original" else 2 * int(image_size)
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in PREPROCESSING_MODES:
+        raise ValueError(f"preprocessing_mode must be one of {', '.join(PREPROCESSING_MODES)}, not {mode!r} "
+                         "(bundles: --preprocessing_mode original runs the original VisionFM evaluation transform)")
+
+
+def _pil_bicubic(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Pillow's bicubic resize of (B, C, H, W) images in [0, 1] as 8-bit pictures (C = 1 or 3), back in [0, 1]."""
+    from PIL import Image
+
+    if batch.shape[1] not in (1, 3):
+        raise ValueError(f"pil_bicubic resizes 1- or 3-channel images, got {batch.shape[1]} channels")
+    # the reader gave value / 255 of 8-bit pixels: rounding recovers them exactly
+    pixels = torch.round(batch.float().clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    out = []
+    for image in pixels:
+        picture = Image.fromarray(image if image.shape[-1] == 3 else image[..., 0])
+        resized = np.asarray(picture.resize((size[1], size[0]), Image.BICUBIC))
+        out.append(torch.from_numpy(resized.reshape(size[0], size[1], -1).copy()).permute(2, 0, 1))
+    return torch.stack(out).float() / 255
 
 
 def resize(image, size: int | Sequence[int], mode: str = "bilinear"):
@@ -55,6 +95,10 @@ def resize(image, size: int | Sequence[int], mode: str = "bilinear"):
         out = batch.clone() if mode == "nearest" or batch.is_floating_point() else batch.float()
     elif mode == "nearest":  # interpolate only takes floats; class indices < 2**24 survive float32 exactly
         out = F.interpolate(batch.float(), size=size, mode=RESIZE_MODES[mode]).to(batch.dtype)
+    elif mode == "pil_bicubic":
+        out = _pil_bicubic(batch, size)
+        if batch.dtype == torch.float64:
+            out = out.double()
     else:
         # float32 for integer and half inputs (CPU antialiasing needs it); float64 stays float64
         work = batch if batch.dtype in (torch.float32, torch.float64) else batch.float()

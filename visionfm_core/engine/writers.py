@@ -78,7 +78,8 @@ class TableWriter:
 
 class ClassNamesSaver:
     """Write the class list a classifier trains on to ``<output_dir>/class_names.json`` (atomically) when training
-    starts, so evaluation and inference name (and count) the model's outputs as trained, whatever the defaults."""
+    starts, so evaluation and inference name (and count) the model's outputs as trained, whatever the defaults; an
+    imported model's ``network.json`` there is removed (`visionfm_core.models.settings_file`)."""
 
     def __init__(self, output_dir: str, class_names: Sequence[str]):
         self.output_dir = output_dir
@@ -89,9 +90,14 @@ class ClassNamesSaver:
 
     def _save(self, engine: Engine) -> None:
         from visionfm_core.data.datalist import save_class_names
+        from visionfm_core.models.settings_file import forget_network_settings
 
         path = save_class_names(self.output_dir, self.class_names)
         engine.logger.info("training on classes %s (saved to %s)", self.class_names, path)
+        # the model this run saves is the bundle's own: an imported model's head settings no longer apply
+        removed = forget_network_settings(self.output_dir)
+        if removed:
+            engine.logger.info("removed %s: it described an imported model this training replaces", removed)
 
 
 def output_samples(output) -> list[dict]:

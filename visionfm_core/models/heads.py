@@ -5,7 +5,8 @@ A registered head is built as `HeadClass(encoder, num_outputs, **head_kwargs)` a
 encoder through two attributes the task model reads once:
 - `block_indices`: the encoder blocks whose outputs it takes (0-based, shallow to deep);
 - `uses_patch_maps`: True for the patch maps (B, D, H/p, W/p) of those blocks (dense heads), False for their
-  CLS tokens (B, D).
+  CLS tokens (B, D); optionally `uses_tokens = True` (with `uses_patch_maps` False) for their whole normalised token
+  sequences (B, 1 + N, D), as the original release's head pools them (`original_classification`).
 Its `forward(features: list[Tensor], image: Tensor)` gets those features and the network input (the dense heads
 take the raw image as their full-resolution skip connection). The encoder itself, frozen or not, is handled once
 by `VisionFMTaskModel`, never by a head.

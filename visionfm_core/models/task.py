@@ -48,13 +48,15 @@ class VisionFMTaskModel(nn.Module):
     # provenance and the build recipe, plain Python objects: not part of the scripted network
     __jit_ignored_attributes__ = ["encoder_source", "encoder_config"]
 
-    def __init__(self, head: str, num_outputs: int, encoder: EncoderConfig | None = None, **kwargs: Any):
+    def __init__(self, head: str, num_outputs: int, encoder: EncoderConfig | None = None,
+                 head_options: dict | None = None, **kwargs: Any):
         """`encoder`: how to build the encoder; its settings may also come as keyword arguments (arch, patch_size,
         img_size, freeze_encoder, drop_path_rate, pretrained, checkpoint_key, modality, allow_modality_mismatch,
-        spatial_dims, depth_patch: see `EncoderConfig`). The other keyword arguments go to the head."""
+        spatial_dims, depth_patch: see `EncoderConfig`). The other keyword arguments go to the head, as do the
+        entries of `head_options` (a dict: what a bundle config passes, e.g. an imported model's pooling)."""
         super().__init__()
         config = EncoderConfig.take(encoder, kwargs)
-        head_kwargs = kwargs
+        head_kwargs = {**(head_options or {}), **kwargs}
         head_class = get_head(head)
         if num_outputs < 1:
             raise ValueError(f"num_outputs must be at least 1, not {num_outputs}")
@@ -84,6 +86,8 @@ class VisionFMTaskModel(nn.Module):
         # what the head takes from the encoder, fixed at construction (plain attributes, so TorchScript sees them)
         self.block_indices = list(self.head.block_indices)
         self.uses_patch_maps = bool(self.head.uses_patch_maps)
+        # heads of the original release pool the whole normalised token sequences (CLS and patches) themselves
+        self.uses_tokens = bool(getattr(self.head, "uses_tokens", False))
         if config.freeze_encoder:
             self.encoder.requires_grad_(False)
 
@@ -126,10 +130,13 @@ class VisionFMTaskModel(nn.Module):
     def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.uses_patch_maps:
             return self.encoder.forward_intermediates(x, self.block_indices, self.map_fmt, True)
+        if self.uses_tokens:
+            return self.encoder.get_intermediate_layers(x, self.block_indices)
         return [tokens[:, 0] for tokens in self.encoder.get_intermediate_layers(x, self.block_indices)]
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """What the head takes: CLS tokens (B, D) or patch maps (B, D, H/p, W/p) of `block_indices`."""
+        """What the head takes: CLS tokens (B, D), patch maps (B, D, H/p, W/p) or, for heads with `uses_tokens`, the
+        token sequences (B, 1 + N, D) of `block_indices`."""
         if self.freeze_encoder:
             with torch.no_grad():
                 features = self._encode(x)

@@ -20,12 +20,17 @@ def _is_original_release(raw, source: str) -> bool:
 class PrepareData:
     """Turn a dataset layout into a MONAI datalist JSON."""
 
-    def retfound(self, root: str, out: str = "datalist.json", val_fraction: float = 0.2, seed: int = 0) -> None:
+    def retfound(self, root: str, out: str = "datalist.json", val_fraction: float = 0.2, seed: int = 0,
+                 dataset: str | None = None) -> None:
         """RETFound/VisionFM folders ROOT/{train,val,test}/<class>/ -> datalist with class indices (validation
-        carved from train, stratified, when there is no val/)."""
+        carved from train, stratified, when there is no val/). --dataset aptos2019|idrid|messidor2|papila|
+        glaucoma_fundus|jsiec|retina|octid: the folders are matched to that dataset's classes and labelled in the
+        original VisionFM order, so label k is output k of its released model (a folder matching no class is
+        refused); otherwise classes are the folder names, sorted."""
         from visionfm_core.data.datasets.classification import report_datalist, retfound_split_datalist
 
-        report_datalist(out, retfound_split_datalist(root, out=out, val_fraction=val_fraction, seed=seed))
+        report_datalist(out, retfound_split_datalist(root, out=out, val_fraction=val_fraction, seed=seed,
+                                                     dataset=dataset))
 
     # Classification datasets (see visionfm_core/data/datasets/classification.py for each expected layout).
     # Carved splits are seeded, stratified by class and grouped by patient where the dataset has patient ids.
@@ -179,10 +184,38 @@ class Commands:
         for m in MODALITIES.values():
             print(f"{m.name:<11} {m.description:<40} mean={m.mean} std={m.std}")
 
-    def import_weights(self, src: str, modality: str, out: str, checkpoint_key: str = "teacher",
-                       arch: str = "vit_base", patch_size: int = 16) -> None:
-        """Check SRC (an original VisionFM, iBOT/DINO or fine-tuned checkpoint) against the encoder and write
-        the bare backbone with a header (modality, source, sha256, licence) to OUT for the bundles to use."""
+    def import_weights(self, src: str, modality: str, out: str | None = None, checkpoint_key: str = "teacher",
+                       arch: str | None = None, patch_size: int | None = None, bundle: str | None = None,
+                       dataset: str | None = None, encoder: str | None = None, avgpool_patchtokens: int = 0,
+                       n_last_blocks: int | None = None, class_names: str | list | None = None,
+                       overwrite: bool = False, bundles_dir: str | None = None) -> None:
+        """--out FILE: check SRC (an original VisionFM, iBOT/DINO or fine-tuned checkpoint) against the encoder and
+        write the bare backbone with a header (modality, source, sha256, licence) for the bundles to use.
+
+        --bundle BUNDLE: write the original's task model SRC (a fine-tuned classification checkpoint with
+        visionfm_state_dict + classifier_state_dict, or a linear probe's state_dict with --encoder
+        VFM_<Modality>_weights.pth) into BUNDLE/models/ (model.pt, class_names.json, network.json), with the
+        original's head and preprocessing, so the bundle's evaluation, inference, export and MONAI Label run it
+        unchanged. --dataset aptos2019|idrid|messidor2|papila|glaucoma_fundus|jsiec|retina|octid names its outputs
+        in the original's class order (default: the bundle's classes, or --class_names a,b,c);
+        --avgpool_patchtokens 0|1|2 is the pooling the head was trained with (fine-tuned models: 0)."""
+        if bundle is not None:
+            from visionfm_core.encoders.weights import WeightsError
+            from visionfm_core.tools.import_task import TaskImportError, import_task_checkpoint
+
+            overrides = {k: v for k, v in (("arch", arch), ("patch_size", patch_size)) if v is not None}
+            try:
+                imported = import_task_checkpoint(src, bundle, modality, dataset=dataset, encoder=encoder,
+                                                  checkpoint_key=checkpoint_key,
+                                                  avgpool_patchtokens=avgpool_patchtokens,
+                                                  n_last_blocks=n_last_blocks, class_names=class_names,
+                                                  overwrite=overwrite, bundles_dir=bundles_dir, overrides=overrides)
+            except (TaskImportError, WeightsError, FileNotFoundError, ValueError) as e:
+                sys.exit(f"visionfm import-weights: {e}")
+            print(imported)
+            return
+        if out is None:
+            sys.exit("visionfm import-weights: give --out FILE (encoder weights) or --bundle BUNDLE (a task model)")
         from visionfm_core.encoders.vit import build_encoder
         from visionfm_core.encoders.weights import (
             ORIGINAL_LICENCE,
@@ -193,6 +226,7 @@ class Commands:
         )
         from visionfm_core.modalities import get_modality
 
+        arch, patch_size = arch or "vit_base", patch_size or 16
         modality = get_modality(modality).name
         raw = read_checkpoint(src)
         encoder = build_encoder(arch, patch_size)

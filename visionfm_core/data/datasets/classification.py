@@ -667,15 +667,30 @@ def jsiec_to_datalist(root: str | os.PathLike, out: str | os.PathLike | None = N
 
 def retfound_split_datalist(root: str | os.PathLike, out: str | os.PathLike | None = None,
                             val_fraction: float = 0.2, seed: int = 0,
-                            class_names: list[str] | None = None) -> dict:
+                            class_names: list[str] | None = None, dataset: str | None = None) -> dict:
     """The RETFound folder layout ``ROOT/{train,val,test}/<class>/`` (see ``retfound_to_datalist``) -> datalist.
 
     Without a ``val`` folder, validation is carved from ``train`` (stratified by class, seeded); ``val_fraction=0``
-    keeps it empty.
+    keeps it empty. With ``dataset`` (a key of ``visionfm_core.data.datasets.public.PUBLIC_DATASETS``), the class
+    folders are matched to that dataset's classes and labelled in the original's order (label k is output k of the
+    original's released model), and ``class_names`` are the dataset's; a folder that matches no class is refused.
     """
     from visionfm_core.data.datalist import retfound_to_datalist
+    from visionfm_core.data.datasets.public import get_public_dataset, order_class_folders
 
+    public = None
+    if dataset is not None:
+        if class_names is not None:
+            raise ValueError("give either dataset (the original's class order) or class_names, not both")
+        public = get_public_dataset(dataset)
+        train = Path(root) / "train"
+        folders = sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+            if train.is_dir() else []
+        if train.is_dir():  # a missing train/ is reported by retfound_to_datalist
+            class_names = order_class_folders(public, folders, str(train))
     result = retfound_to_datalist(root, out=None, class_names=class_names)  # absolute paths
+    if public is not None:
+        result["class_names"] = list(public.class_names)
     if not result["validation"] and val_fraction > 0:
         carved = _carve(result["training"], val_fraction, 0.0, seed, f"RETFound train folder {root}")
         result["training"], result["validation"] = carved["training"], carved["validation"]

@@ -1,4 +1,5 @@
-"""The classification heads: VisionFM's head on the CLS tokens of the last blocks, and a CLS-only variant."""
+"""The classification heads: VisionFM's head on the CLS tokens of the last blocks, and the original release's own
+head (`original_classification`), so its fine-tuned models and linear probes run unchanged."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from torch import nn
 
 from visionfm_core.models.heads import init_linear, last_blocks, register_head
 
-__all__ = ["ClassificationHead", "CLSClassificationHead"]
+__all__ = ["ClassificationHead", "CLSClassificationHead", "OriginalClassificationHead", "POOLING_MODES"]
 
 
 class ClassificationHead(nn.Module):
@@ -48,3 +49,62 @@ class CLSClassificationHead(ClassificationHead):
 
     def forward(self, features: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
         return self.layers(torch.cat(features, dim=-1))
+
+
+# the original's `avgpool_patchtokens`: 0 = the CLS tokens of the last n blocks, 1 = the mean patch token of the
+# last block, 2 = both; every token after the encoder's final norm
+POOLING_MODES = (0, 1, 2)
+
+
+@register_head("original_classification")
+class OriginalClassificationHead(nn.Module):
+    """The original VisionFM `ClsHead`, its tensors under the original's names: `channel_bn` (batch norm, eps 1e-6,
+    momentum 0.99, on the feature as a (B, C, 1, 1) map in the original: a 1-D batch norm here, the same numbers
+    and keys), then `classifier`: with `layers=3`, Linear(C, C/2), GELU, Dropout, Linear(C/2, C/4), GELU, Dropout,
+    Linear(C/4, K) (indices 0, 3, 6); `layers=2` Linear(C, C/4), GELU, Dropout, Linear(C/4, K); `layers=1`
+    Linear(C, K).
+
+    The feature C is the original's `avgpool_patchtokens`: 0 the CLS tokens of the last `n_last_blocks` blocks
+    (n x D), 1 the mean of the last block's patch tokens (D), 2 both (n x D + D), all after the final norm, as
+    the original's evaluation code computes them. Differs from `classification` (eps 1e-5, keys `layers.*`):
+    `visionfm import-weights --bundle` writes checkpoints of the original for this head.
+    """
+
+    uses_patch_maps = False
+    uses_tokens = True  # the whole normalised token sequences of its blocks (CLS and patches)
+
+    def __init__(self, encoder: nn.Module, num_outputs: int, n_last_blocks: int = 4, avgpool_patchtokens: int = 0,
+                 layers: int = 3, dropout: float = 0.1):
+        super().__init__()
+        if avgpool_patchtokens not in POOLING_MODES:
+            raise ValueError(f"avgpool_patchtokens must be one of {POOLING_MODES} (the original's pooling modes), "
+                             f"not {avgpool_patchtokens}")
+        if layers not in (1, 2, 3):
+            raise ValueError(f"layers must be 1, 2 or 3 (the original ClsHead's depths), not {layers}")
+        dim = encoder.embed_dim
+        in_dim = {0: n_last_blocks * dim, 1: dim, 2: (n_last_blocks + 1) * dim}[avgpool_patchtokens]
+        self.block_indices = last_blocks(encoder, 1 if avgpool_patchtokens == 1 else n_last_blocks)
+        self.avgpool_patchtokens = avgpool_patchtokens
+        self.num_prefix_tokens = int(getattr(encoder, "num_prefix_tokens", 1))
+        self.in_dim = in_dim
+        self.channel_bn = nn.BatchNorm1d(in_dim, eps=1e-6, momentum=0.99)
+        widths = {3: [in_dim, in_dim // 2, in_dim // 4, num_outputs], 2: [in_dim, in_dim // 4, num_outputs],
+                  1: [in_dim, num_outputs]}[layers]
+        blocks: list[nn.Module] = []
+        for i in range(len(widths) - 1):
+            blocks.append(nn.Linear(widths[i], widths[i + 1]))
+            if i < len(widths) - 2:
+                blocks += [nn.GELU(), nn.Dropout(dropout)]
+        self.classifier = nn.Sequential(*blocks)
+        init_linear(self.classifier)
+
+    def forward(self, features: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
+        last = features[-1]
+        mean_patch = last[:, self.num_prefix_tokens:].mean(dim=1)
+        if self.avgpool_patchtokens == 1:
+            x = mean_patch
+        else:
+            x = torch.cat([tokens[:, 0] for tokens in features], dim=-1)
+            if self.avgpool_patchtokens == 2:
+                x = torch.cat([x, mean_patch], dim=-1)
+        return self.classifier(self.channel_bn(x))

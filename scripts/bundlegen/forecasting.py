@@ -60,10 +60,12 @@ def parts(d: dict) -> TaskParts:
         num_outputs="1",
         ids={"image_size": 224, "pair": False, "image_keys": "$['image', 'followup'] if @pair else ['image']",
              "max_interval_days": 6500, "interval_dim": 64, "head_hidden": "mlp", "pos_weight": 10.0,
+             # the image feature: "cls" (last-4 CLS tokens) or "patch_mean" (the original's: mean patch token)
+             "feature": "cls",
              "threshold": 0.5, "metric_transform": "$visionfm_core.tasks.forecasting.forecast_pred_label"},
         network={"_target_": "visionfm_core.tasks.forecasting.VisionFMForecastingModel", "arch": "@arch",
                  "patch_size": "@patch_size", "img_size": "@image_size", "modality": "@modality", "pair": "@pair",
-                 "interval_dim": "@interval_dim", "hidden": "@head_hidden"},
+                 "interval_dim": "@interval_dim", "hidden": "@head_hidden", "feature": "@feature"},
         extra_inputs={"interval_days": "interval_days"},
         dataset_dir=d["dataset_dir"],
         train_transforms=transforms(),

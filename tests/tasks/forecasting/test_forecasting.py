@@ -46,6 +46,25 @@ def pair_model():
     return VisionFMForecastingModel(pair=True, **SMALL).eval()
 
 
+
+def test_the_original_feature_is_the_mean_of_the_last_blocks_patch_tokens():
+    torch.manual_seed(0)
+    model = VisionFMForecastingModel(pair=True, feature="patch_mean", **SMALL).eval()
+    base, follow = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        features = model.image_features(torch.cat([base, follow], 1))
+        encoder = model.backbone.encoder
+        expected = torch.cat([encoder.forward_features(base)[:, 1:].mean(1),
+                              encoder.forward_features(follow)[:, 1:].mean(1)], -1)
+        logits = model(torch.cat([base, follow], 1), torch.tensor([30.0, 90.0]))
+    assert features.shape == (2, 2 * 192) and logits.shape == (2, 1)
+    assert_close_to_scale(features, expected)
+    scripted = torch.jit.script(model)
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        assert_close_to_scale(scripted(torch.cat([base, follow], 1), torch.tensor([30.0, 90.0])), logits)
+    with pytest.raises(ValueError, match="feature must be one of cls, patch_mean"):
+        VisionFMForecastingModel(feature="mean", **SMALL)
+
 def test_pair_mode_shares_the_encoder_and_orders_the_visits(pair_model):
     assert sum(k.startswith("backbone.encoder.") for k in pair_model.state_dict()) > 0
     assert not any("encoder" in k for k in pair_model.state_dict() if not k.startswith("backbone."))

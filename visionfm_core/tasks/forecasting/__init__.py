@@ -2,13 +2,21 @@
 
 from visionfm_core.tasks.family import Family, register_family
 from visionfm_core.tasks.forecasting.metrics import FORECASTING_METRIC_NAMES, ForecastingMetric, forecasting_metrics
-from visionfm_core.tasks.forecasting.model import CLSFeaturesHead, SinusoidalIntervalEncoding, VisionFMForecastingModel
+from visionfm_core.tasks.forecasting.model import (
+    FORECASTING_FEATURES,
+    CLSFeaturesHead,
+    PatchMeanFeaturesHead,
+    SinusoidalIntervalEncoding,
+    VisionFMForecastingModel,
+)
 from visionfm_core.tasks.forecasting.transforms import MAX_INTERVAL_DAYS, ForecastingInputsd, load_forecasting_datalist
 from visionfm_core.tasks.forecasting.writer import ForecastingWriter, forecast_pred_label
 
 __all__ = [
     "FAMILY",
     "CLSFeaturesHead",
+    "PatchMeanFeaturesHead",
+    "FORECASTING_FEATURES",
     "SinusoidalIntervalEncoding",
     "VisionFMForecastingModel",
     "MAX_INTERVAL_DAYS",

@@ -17,9 +17,10 @@ from visionfm_core.encoders.config import EncoderConfig
 from visionfm_core.models.heads import init_linear, last_blocks, register_head
 from visionfm_core.models.task import VisionFMTaskModel
 
-__all__ = ["CLSFeaturesHead", "SinusoidalIntervalEncoding", "VisionFMForecastingModel"]
-
 from visionfm_core.tasks.forecasting.transforms import MAX_INTERVAL_DAYS
+
+__all__ = ["CLSFeaturesHead", "PatchMeanFeaturesHead", "FORECASTING_FEATURES", "SinusoidalIntervalEncoding",
+           "VisionFMForecastingModel"]
 
 
 @register_head("cls_features")
@@ -41,6 +42,27 @@ class CLSFeaturesHead(nn.Module):
     def forward(self, features: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
         return torch.cat(features, dim=-1)
 
+
+
+@register_head("patch_mean_features")
+class PatchMeanFeaturesHead(nn.Module):
+    """No parameters: the mean of the last block's patch tokens after the final norm (B, D), the image feature of
+    the original's forecasting protocol (`VisionFMForecastingModel(feature="patch_mean")`)."""
+
+    uses_patch_maps = False
+    uses_tokens = True
+
+    def __init__(self, encoder: nn.Module, num_outputs: int = 1):
+        super().__init__()
+        self.block_indices = [len(encoder.blocks) - 1]
+        self.out_dim = encoder.embed_dim
+
+    def forward(self, features: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
+        return features[-1][:, 1:].mean(dim=1)
+
+
+# image feature -> the parameter-free head that computes it
+FORECASTING_FEATURES = {"cls": "cls_features", "patch_mean": "patch_mean_features"}
 
 class SinusoidalIntervalEncoding(nn.Module):
     """Transformer-style encoding of an interval in days: (B,) -> (B, dim), values in [-1, 1].
@@ -75,7 +97,8 @@ class VisionFMForecastingModel(nn.Module):
     `forward(image, interval_days)`:
     - `image` (B, 3, H, W) baseline, or with `pair=True` (B, 6, H, W): baseline and follow-up stacked on the
       channel axis, each normalised with the modality's statistics. Both go through the same (shared) encoder in
-      one batched pass and their last-4 CLS features are concatenated.
+      one batched pass and their features are concatenated: `feature="cls"` (default) the CLS tokens of the last
+      `n_last_blocks` blocks, `"patch_mean"` the original's feature, the mean of the last block's patch tokens.
     - `interval_days` (B,) float: the forecast horizon in days, (0, 6500] (the data transforms check it).
     Returns logits (B, 1); sigmoid gives the probability that the eye progresses within the interval.
 
@@ -93,6 +116,7 @@ class VisionFMForecastingModel(nn.Module):
         max_period_days: float = 2 * MAX_INTERVAL_DAYS,
         hidden: str = "mlp",
         dropout: float = 0.1,
+        feature: str = "cls",
         encoder: EncoderConfig | None = None,
         **encoder_args: Any,
     ):
@@ -101,7 +125,10 @@ class VisionFMForecastingModel(nn.Module):
         config = EncoderConfig.take(encoder, encoder_args, modality="Fundus")
         if encoder_args:
             raise TypeError(f"VisionFMForecastingModel got unexpected arguments {sorted(encoder_args)}")
-        self.backbone = VisionFMTaskModel("cls_features", 1, config, n_last_blocks=n_last_blocks)
+        if feature not in FORECASTING_FEATURES:
+            raise ValueError(f"forecasting feature must be one of {', '.join(FORECASTING_FEATURES)}, not {feature!r}")
+        head_args = {"n_last_blocks": n_last_blocks} if feature == "cls" else {}
+        self.backbone = VisionFMTaskModel(FORECASTING_FEATURES[feature], 1, config, **head_args)
         self.pair = bool(pair)
         image_dim = self.backbone.head.out_dim * (2 if self.pair else 1)
         self.interval_encoding = SinusoidalIntervalEncoding(interval_dim, max_period_days)

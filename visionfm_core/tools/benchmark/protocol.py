@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -220,8 +221,10 @@ def measure_throughput(settings: Settings, steps: int = 2, batch_size: int | Non
 
     device = torch.device(settings.resolved_device())
     b = batch_size or (settings.batch_size if device.type == "cuda" else min(settings.batch_size, 4))
-    net = VisionFMTaskModel("classification", 5, arch=settings.arch, patch_size=settings.patch_size,
-                            img_size=settings.image_size, freeze_encoder=settings.protocol != "finetune").to(device)
+    with warnings.catch_warnings():  # random weights are all a speed measurement needs
+        warnings.simplefilter("ignore")
+        net = VisionFMTaskModel("classification", 5, arch=settings.arch, patch_size=settings.patch_size,
+                                img_size=settings.image_size, freeze_encoder=settings.protocol != "finetune").to(device)
     x = torch.randn(b, 3, settings.image_size, settings.image_size, device=device)
     y = torch.randint(0, 5, (b,), device=device)
     opt = build_optimizer(net, 1e-4, 0.05, 0.1, None)
@@ -230,16 +233,32 @@ def measure_throughput(settings: Settings, steps: int = 2, batch_size: int | Non
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
+    # the precision the bundle trains in: bf16 autocast on a CPU that multiplies bf16 natively, fp16 amp on a GPU;
+    # scoring: fp32 on a CPU (evaluate.json), amp on a GPU (the validator)
+    from visionfm_core.engine.precision import resolve_precision
+
+    if device.type == "cuda":
+        train_dtype = eval_dtype = torch.float16
+    else:
+        train_dtype = torch.bfloat16 if resolve_precision("auto", device)[0] == "bf16" else None
+        eval_dtype = None
+
+    def forward(dtype):
+        if dtype is None:
+            return net(x)
+        with torch.autocast(device.type, dtype=dtype):
+            return net(x).float()
+
     def train_step():
         net.train()
         opt.zero_grad()
-        torch.nn.functional.cross_entropy(net(x), y).backward()
+        torch.nn.functional.cross_entropy(forward(train_dtype), y).backward()
         opt.step()
 
     @torch.no_grad()
     def eval_step():
         net.eval()
-        net(x)
+        forward(eval_dtype)
 
     out = {}
     for name, step in (("train", train_step), ("eval", eval_step)):
@@ -252,6 +271,7 @@ def measure_throughput(settings: Settings, steps: int = 2, batch_size: int | Non
         out[f"{name}_s_per_image"] = (time.perf_counter() - start) / (steps * b)
     out["batch_size"] = b
     out["device"] = str(device)
+    out["train_precision"] = str(train_dtype or torch.float32).replace("torch.", "")
     return out
 
 

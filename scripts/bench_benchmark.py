@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Time of `visionfm benchmark` per dataset on phantoms, and the projected cost of the real protocol.
 
-    python scripts/bench_benchmark.py phantoms               # the 8 datasets as phantoms, finetune, ViT-Ti 64 px, 1 epoch
-    python scripts/bench_benchmark.py project                # real protocol: measured s/image x images x epochs
+    python scripts/bench_benchmark.py phantoms     # the 8 datasets as phantoms, finetune, ViT-Ti 64 px, 1 epoch
+    python scripts/bench_benchmark.py project      # real protocol: measured s/image x images x epochs
     python scripts/bench_benchmark.py project --train_s 0.004 --eval_s 0.0015   # with rates measured elsewhere
 
 `phantoms` writes phantom copies of the eight datasets in RETFound's layout (2 images per class and split; JSIEC has
@@ -86,7 +86,8 @@ def project(args) -> None:
     print(json.dumps(rates))
     print(f"\n{args.protocol}, ViT-B/16 at 224 px; {tr:.4f} s per training image, {ev:.4f} s per scored image "
           f"({rates['device']}); per encoder and seed:")
-    print("| dataset | images (train/val/test) | epochs | image passes (trained + scored) | time |\n|---|---|---|---|---|")
+    print("| dataset | images (train/val/test) | epochs | image passes (trained + scored) | time |\n"
+          "|---|---|---|---|---|")
     total = 0.0
     for name, n in REAL_SIZES.items():
         train, val = round(n * SPLIT[0]), round(n * SPLIT[1])

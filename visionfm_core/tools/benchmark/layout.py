@@ -116,7 +116,8 @@ def match_class_folders(spec: PublicDataset, folders: list[str], where: str) -> 
             what = "unknown" if not hits else f"ambiguous (it could be {[spec.class_names[i] for i in sorted(hits)]})"
             raise BenchmarkDataError(
                 f"{where}/{folder}: {what} class folder for {spec.title}; its classes, in the original's order, are "
-                f"{list(spec.class_names)} (folders may carry RETFound's a/b/c prefix or be named 0..{spec.num_classes - 1})"
+                f"{list(spec.class_names)} (folders may carry RETFound's a/b/c prefix or be named "
+                f"0..{spec.num_classes - 1})"
                 ". Rename or remove the folder.")
         (i,) = hits
         if i in out.values():
@@ -197,7 +198,8 @@ def find_datasets(root: str | os.PathLike, names: list[str] | None = None) -> li
     """
     root = Path(root)
     if not root.is_dir():
-        raise BenchmarkDataError(f"data root {root} does not exist (expected ROOT/<dataset>/{{train,val,test}}/<class>/).")
+        raise BenchmarkDataError(f"data root {root} does not exist (expected "
+                                 "ROOT/<dataset>/{train,val,test}/<class>/).")
     by_key = {key: name for name, keys in DATASET_FOLDERS.items() for key in keys}
     present: dict[str, Path] = {}
     for sub in _subfolders(root):

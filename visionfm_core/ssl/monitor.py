@@ -17,7 +17,7 @@ from ignite.engine import Engine, Events
 
 from visionfm_core.ssl.recipe import DEFAULT_RECIPE
 
-__all__ = ["EpochAverages", "KNNProbe", "knn_accuracy", "load_initial_weights"]
+__all__ = ["EpochAverages", "KNNProbe", "knn_accuracy", "knn_scores", "load_initial_weights"]
 logger = logging.getLogger(__name__)
 
 
@@ -50,12 +50,23 @@ class EpochAverages:
 
 
 @torch.no_grad()
+def knn_scores(train_features, train_labels, test_features, num_classes: int, k: int = 20,
+               temperature: float = 0.07) -> torch.Tensor:
+    """(N_test, num_classes) class scores of a similarity-weighted k-NN vote on L2-normalised features (DINO's
+    weights exp(cos / temperature)), normalised to sum to 1 per image."""
+    train_features, test_features = F.normalize(train_features, dim=1), F.normalize(test_features, dim=1)
+    sim, idx = (test_features @ train_features.T).topk(min(k, len(train_features)), dim=1)
+    # subtract each row's best similarity first: exp(1 / 0.07) is finite, but the sum must stay so for any temperature
+    weights = ((sim - sim[:, :1]) / temperature).exp()
+    votes = torch.zeros(len(test_features), num_classes).scatter_add_(1, train_labels[idx], weights)
+    return votes / votes.sum(1, keepdim=True)
+
+
+@torch.no_grad()
 def knn_accuracy(train_features, train_labels, test_features, test_labels, k: int = 20, temperature: float = 0.07):
     """Top-1 accuracy of a similarity-weighted k-NN vote on L2-normalised features."""
-    train_features, test_features = F.normalize(train_features, dim=1), F.normalize(test_features, dim=1)
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
-    sim, idx = (test_features @ train_features.T).topk(min(k, len(train_features)), dim=1)
-    votes = torch.zeros(len(test_features), num_classes).scatter_add_(1, train_labels[idx], (sim / temperature).exp())
+    votes = knn_scores(train_features, train_labels, test_features, num_classes, k, temperature)
     return (votes.argmax(1) == test_labels).float().mean().item()
 
 
@@ -90,6 +101,11 @@ class KNNProbe:
             return
         self.train_loader = self.val_loader = None  # made on first use, on rank 0 only
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+
+    @torch.no_grad()
+    def embed(self, backbone: torch.nn.Module, split: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, labels) of one split of the datalist, through the evaluation preprocessing."""
+        return self._embed(backbone, self._loader(split), device)
 
     @torch.no_grad()
     def _embed(self, backbone, loader, device):

@@ -26,24 +26,24 @@ def sidecar(path) -> dict:
     return json.loads(open(str(path).replace(".nii.gz", ".json")).read())
 
 
-def test_zeiss_img_round_trip_through_the_cli(tmp_path, caplog):
+def test_zeiss_img_round_trip_through_the_cli(tmp_path, capsys):
     cube = RNG.integers(0, 256, (AXIAL, LATERAL, BSCANS), dtype=np.uint8)
     (tmp_path / "P1_Macular Cube 512x128_OD_sn1.img").write_bytes(cube.tobytes(order="F"))  # the raw Zeiss layout
     out = tmp_path / "out" / "cube.nii.gz"
+    # a Cirrus cube carries no spacing: a defaulted 1.0 mm would make thickness ~250x too large, so it is refused
+    with pytest.raises(SystemExit, match=r"sn1.img: Zeiss Cirrus .img files carry no spacing .* pass --spacing"):
+        main(["convert-oct", str(tmp_path / "P1_Macular Cube 512x128_OD_sn1.img"), "--out", str(out),
+              "--rows", str(AXIAL), "--cols", str(LATERAL)])
+    assert not out.parent.exists() or not os.listdir(out.parent)  # nothing written
     main(["convert-oct", str(tmp_path / "P1_Macular Cube 512x128_OD_sn1.img"), "--out", str(out),
-          "--rows", str(AXIAL), "--cols", str(LATERAL)])
+          "--rows", str(AXIAL), "--cols", str(LATERAL), "--spacing", "0.002,0.012,0.047"])
     img = nib.load(out)
     assert img.shape == (AXIAL, LATERAL, BSCANS) and img.get_data_dtype() == np.uint8
     np.testing.assert_array_equal(np.asarray(img.dataobj), cube)
-    np.testing.assert_allclose(img.header.get_zooms(), [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(img.header.get_zooms(), [0.002, 0.012, 0.047])
     meta = sidecar(out)
     assert meta["format"] == "img" and meta["shape"] == [AXIAL, LATERAL, BSCANS] and meta["laterality"] == "R"
-    assert meta["spacing_source"] == ["unknown (1.0)"] * 3 and meta["source"].endswith("sn1.img")
-    assert "axial, lateral, between B-scans spacing is not in what oct-converter reads" in caplog.text
-    # --spacing replaces the unknown spacing
-    main(["convert-oct", str(tmp_path / "P1_Macular Cube 512x128_OD_sn1.img"), "--out", str(tmp_path / "given.nii.gz"),
-          "--rows", str(AXIAL), "--cols", str(LATERAL), "--spacing", "0.002,0.012,0.047"])
-    np.testing.assert_allclose(nib.load(tmp_path / "given.nii.gz").header.get_zooms(), [0.002, 0.012, 0.047])
+    assert meta["spacing_source"] == ["given"] * 3 and meta["source"].endswith("sn1.img")
     assert sorted(os.listdir(tmp_path / "out")) == ["cube.json", "cube.nii.gz"]  # no temporary files left
 
 
@@ -249,7 +249,10 @@ def write_bioptigen(path, volumes: np.ndarray):
 
 def test_bioptigen_oct_time_series_numbered(tmp_path):
     volumes = RNG.integers(0, 65536, (2, 3, AXIAL, LATERAL), dtype=np.uint16)  # 2 time points of 3 B-scans
-    written = convert_oct(write_bioptigen(tmp_path / "scan_OS.OCT", volumes), tmp_path / "scan.nii.gz")
+    source = write_bioptigen(tmp_path / "scan_OS.OCT", volumes)
+    with pytest.raises(OCTConversionError, match="Bioptigen .OCT files carry no spacing"):
+        convert_oct(source, tmp_path / "scan.nii.gz")
+    written = convert_oct(source, tmp_path / "scan.nii.gz", spacing=(0.0039, 0.0117, 0.12))
     assert [os.path.basename(p) for p in written] == ["scan_1.nii.gz", "scan_2.nii.gz"]
     for out, vol in zip(written, volumes):
         np.testing.assert_array_equal(np.asarray(nib.load(out).dataobj), vol.transpose(1, 2, 0))

@@ -243,7 +243,8 @@ class Commands:
         """Vendor OCT file INPUT (Heidelberg .e2e/.vol, Topcon .fda/.fds, Zeiss .img, Bioptigen .OCT) -> NIfTI OUT
         (rows = axial, columns = lateral, slices = B-scans; spacing in mm) + a JSON sidecar; a file holding
         several volumes gives OUT_1.nii.gz, OUT_2.nii.gz, ... Zeiss .img: --rows/--cols give the B-scan size.
-        --spacing AXIAL,LATERAL,BETWEEN (mm) replaces the file's spacing."""
+        --spacing AXIAL,LATERAL,BETWEEN (mm) replaces the file's spacing; Zeiss .img and Bioptigen .OCT files carry
+        none, so for them it is required."""
         from visionfm_core.data.io.oct_convert import OCTConversionError, convert_oct
 
         if isinstance(spacing, str):

@@ -109,14 +109,39 @@ def test_thickness_of_a_phantom_layer_is_within_a_voxel(tmp_path):
     LayerThicknessWriter(str(tmp_path / "out"), OCT_LAYER_CLASSES).attach(engine)
     engine.run([[{"pred": pred, "image": pred, "label": pred}]], max_epochs=1)
     saved = np.load(tmp_path / "out" / "phantom_thickness.npy")
-    assert np.array_equal(saved, maps)
+    assert np.array_equal(saved[:-1], maps) and np.array_equal(saved[-1], maps.sum(0))  # then the total retina
     rows = list(csv.DictReader(open(tmp_path / "out" / "thickness.csv")))
-    assert float(rows[0]["axial_spacing_um"]) == pytest.approx(4.0)
+    assert float(rows[0]["axial_spacing_um"]) == pytest.approx(4.0) and rows[0]["axial_spacing_problem"] == ""
     assert float(rows[0]["mean_INL_um"]) == pytest.approx(maps[2].mean(), abs=1e-3)
+    assert float(rows[0]["mean_total_retina_um"]) == pytest.approx(maps.sum(0).mean(), abs=1e-3)
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["dice"]["INL"] == 1.0 and metrics["dice"]["RNFL"] is None
     png = Image.open(tmp_path / "out" / "phantom_thickness_INL.png")
     assert float(png.text["thickness_max_um"]) == np.ceil(maps[2].max())
+
+
+@pytest.mark.parametrize("case", ["defaulted", "implausible"])
+def test_no_micrometres_from_a_defaulted_or_implausible_axial_spacing(tmp_path, case):
+    """A spacing the converter made up (1.0 mm, said in its sidecar) or one no OCT has gives NaN, with the reason."""
+    labels = np.zeros((20, 6, 3), np.uint8)
+    labels[5:12] = 3
+    spacing = (1.0, 0.0117, 0.12) if case == "defaulted" else (0.0004, 0.0117, 0.12)  # 1 mm, or 0.4 um per voxel
+    image = tmp_path / "cube.nii.gz"
+    if case == "defaulted":
+        (tmp_path / "cube.json").write_text(json.dumps({"spacing_source": ["unknown (1.0)", "header", "header"]}))
+    pred = MetaTensor(torch.as_tensor(labels[None]), affine=torch.as_tensor(oct_affine(spacing)),
+                      meta={"filename_or_obj": str(image)})
+    engine = Engine(lambda e, batch: batch)
+    LayerThicknessWriter(str(tmp_path / "out"), OCT_LAYER_CLASSES).attach(engine)
+    engine.run([[{"pred": pred, "image": pred, "label": pred}]], max_epochs=1)
+    assert np.isnan(np.load(tmp_path / "out" / "cube_thickness.npy")).all()
+    row = next(csv.DictReader(open(tmp_path / "out" / "thickness.csv")))
+    assert row["mean_INL_um"] == row["mean_total_retina_um"] == ""
+    reason = "defaulted by the converter (cube.json" if case == "defaulted" else "outside the plausible OCT range"
+    assert reason in row["axial_spacing_problem"] and "--spacing" in row["axial_spacing_problem"]
+    assert not list((tmp_path / "out").glob("*.png"))  # no map drawn in made-up micrometres
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["dice"]["INL"] == 1.0 and metrics["thickness_mae_um"]["INL"] is None  # Dice needs no spacing
 
 
 def test_enface_png_keeps_the_aspect_of_the_spacing():
@@ -147,7 +172,7 @@ def test_bundle_trains_evaluates_and_infers_at_the_input_geometry(trained, tmp_p
     assert np.allclose(seg.affine, src.affine) and not np.allclose(src.affine[:3, :3], np.diag(np.diag(src.affine[:3, :3])))
     assert np.allclose(seg.header.get_zooms(), spacing)
     assert seg.get_data_dtype() == np.uint8 and int(np.asarray(seg.dataobj).max()) < len(OCT_LAYER_CLASSES)
-    assert np.load(tmp_path / "out" / "scan_thickness.npy").shape == (8, 70, 5)
+    assert np.load(tmp_path / "out" / "scan_thickness.npy").shape == (9, 70, 5)  # 8 classes and the total retina
     assert (tmp_path / "out" / "scan_thickness_RNFL.png").is_file()
     rows = list(csv.DictReader(open(tmp_path / "out" / "thickness.csv")))
     assert [r["label_map"] for r in rows] == ["scan_seg.nii.gz"]

@@ -15,9 +15,9 @@ e2e     Heidelberg .e2e (may hold several)     axial from the B-scan headers; la
 vol     Heidelberg .vol (read here, numpy)     all three from the file header
 fda     Topcon .fda                            all three from @PARAM_SCAN_04/02 when present
 fds     Topcon .fds                            as .fda
-img     Zeiss Cirrus .img (raw cube; give      none in the file (1.0 + warning; --spacing)
+img     Zeiss Cirrus .img (raw cube; give      none in the file: --spacing required
         --rows/--cols, default 1024 x 512)
-oct     Bioptigen .OCT (Optovue .oct with its  none read (1.0 + warning; --spacing)
+oct     Bioptigen .OCT (Optovue .oct with its  none read: --spacing required
         .txt next to it as a fallback)
 ======  =====================================  ===========================================================
 
@@ -37,6 +37,9 @@ from typing import Sequence
 import numpy as np
 
 __all__ = ["OCT_FORMATS", "OCTConversionError", "convert_oct", "read_oct", "read_heidelberg_vol"]
+
+# formats whose files give no spacing at all: converting them needs --spacing
+NO_SPACING_FORMATS = {"img": "Zeiss Cirrus .img", "oct": "Bioptigen .OCT"}
 
 logger = logging.getLogger(__name__)
 
@@ -226,6 +229,12 @@ def convert_oct(input: str | os.PathLike, out: str | os.PathLike, fmt: str = "au
             raise OCTConversionError(f"--spacing needs 3 positive values in mm (axial, lateral, between B-scans), "
                                      f"got {spacing}.")
     fmt, volumes = read_oct(src, fmt, rows=rows, cols=cols, interlaced=interlaced)
+    if spacing is None and fmt in NO_SPACING_FORMATS:
+        # a defaulted 1.0 mm would make every thickness ~250x too large: these files need the spacing given
+        raise OCTConversionError(
+            f"{src}: {NO_SPACING_FORMATS[fmt]} files carry no spacing this converter can read: pass --spacing "
+            "AXIAL,LATERAL,BETWEEN in mm (e.g. 0.00195,0.0117,0.047 for a 6 x 6 x 2 mm cube of 1024 x 512 x 128 "
+            "voxels)")
     targets = _outputs(out, len(volumes))
     folder = os.path.dirname(os.path.abspath(targets[0]))
     os.makedirs(folder, exist_ok=True)

@@ -2,7 +2,12 @@
 
 For every A-scan (j, k) of a label map (I, J, K) (I axial depth, J lateral, K B-scans), the thickness of class c is
 the number of voxels of class c along I times the axial spacing, in micrometres. The spacing comes from the affine
-(the length of its i column), so the numbers are right whatever the cube's orientation in world space.
+(the length of its i column), so the numbers are right whatever the cube's orientation in world space. The total
+retina (every class but the background: layers plus fluid) gets a map too, for central subfield thickness.
+
+Micrometres only from a real spacing: when the converter had to default the axial spacing (its sidecar JSON says
+"unknown") or the spacing lies outside what OCT devices have (`PLAUSIBLE_AXIAL_UM`), the thickness in micrometres is
+NaN and thickness.csv says why in `axial_spacing_problem`; the label maps are still written.
 """
 
 from __future__ import annotations
@@ -19,7 +24,11 @@ from ignite.engine import Engine, Events
 from visionfm_core.engine.io import atomic_write_bytes, atomic_write_text
 from visionfm_core.engine.writers import OutputNames, TableWriter, csv_table, readable_samples, sample_filename
 
-__all__ = ["voxel_spacing_mm", "thickness_maps", "dice_per_class", "enface_png", "LayerThicknessWriter"]
+__all__ = ["voxel_spacing_mm", "thickness_maps", "dice_per_class", "enface_png", "LayerThicknessWriter",
+           "PLAUSIBLE_AXIAL_UM", "axial_spacing_problem"]
+
+# axial pixel spacing of OCT devices (about 2-7 um for spectral domain, up to ~15 um for swept source), with margin
+PLAUSIBLE_AXIAL_UM = (0.5, 50.0)
 
 # viridis at 9 evenly spaced points (perceptually uniform, readable by colour-blind viewers)
 _VIRIDIS = np.array([[68, 1, 84], [71, 45, 123], [59, 82, 139], [44, 114, 142], [33, 145, 140], [40, 174, 128],
@@ -42,6 +51,27 @@ def _label_volume(x, what: str, image: str) -> np.ndarray:
         raise ValueError(f"{what} for {image} must be a label volume (1, I, J, K), got shape {a.shape}.")
     return np.rint(a).astype(np.int64)
 
+
+
+def axial_spacing_problem(image: str, axial_spacing_um: float) -> str:
+    """Why `axial_spacing_um` of `image` cannot give micrometres ("" when it can): the converter's sidecar JSON
+    (`visionfm convert-oct`) says the file carried no axial spacing, or the value is outside `PLAUSIBLE_AXIAL_UM`."""
+    from visionfm_core.data.io.oct_convert import _sidecar
+
+    sidecar = _sidecar(image) if str(image).endswith((".nii", ".nii.gz")) else ""
+    if sidecar and os.path.isfile(sidecar):
+        try:
+            source = json.loads(open(sidecar).read()).get("spacing_source") or []
+        except (OSError, ValueError):
+            source = []
+        if source and str(source[0]).startswith("unknown"):
+            return (f"the axial spacing was defaulted by the converter ({os.path.basename(sidecar)}: the file carries "
+                    "none): convert again with --spacing AXIAL,LATERAL,BETWEEN in mm")
+    low, high = PLAUSIBLE_AXIAL_UM
+    if not low <= axial_spacing_um <= high:
+        return (f"the axial spacing {axial_spacing_um:g} um is outside the plausible OCT range {low:g}-{high:g} um: "
+                "set the right spacing (visionfm convert-oct --spacing, or the NIfTI header)")
+    return ""
 
 def thickness_maps(labels: np.ndarray, axial_spacing_um: float, num_classes: int) -> np.ndarray:
     """(num_classes - 1, J, K) float32: thickness in micrometres of classes 1..num_classes-1 at every A-scan of the
@@ -109,10 +139,11 @@ class LayerThicknessWriter(TableWriter):
 
     Each decollated output sample's `pred_key` holds the predicted label map (1, I, J, K) (class indices; softmax
     scores (C, I, J, K) are argmaxed) with the input's affine in its metadata. As each batch completes, per volume:
-    - `<stem>_thickness.npy`: float32 (classes - 1, J, K), thickness in um of every class but the background at
-      every A-scan (`thickness_maps`), in the order of `class_names[1:]`;
-    - `<stem>_thickness_<class>.png` (when `write_png`): en-face maps, aspect kept by the lateral and B-scan spacing,
-      colour bar 0..max of that map (`enface_png`).
+    - `<stem>_thickness.npy`: float32 (classes, J, K), thickness in um of every class but the background at
+      every A-scan (`thickness_maps`), in the order of `class_names[1:]`, then the total retina; NaN when the axial
+      spacing cannot give micrometres (`axial_spacing_problem`);
+    - `<stem>_thickness_<class>.png` (when `write_png` and the spacing is real): en-face maps (the total retina
+      too), aspect kept by the lateral and B-scan spacing, colour bar 0..max of that map (`enface_png`).
     When the run completes (atomically, nothing partial on an interrupted run): `thickness.csv` (per volume: the
     label map SaveImaged writes, `<stem>_seg.nii.gz`, the npy file, the axial spacing and the mean thickness of each
     class over all A-scans) and, when the samples carry a `label_key` label map, `dice.csv` (Dice per class per
@@ -149,45 +180,52 @@ class LayerThicknessWriter(TableWriter):
                 raise ValueError(f"The prediction for {image} carries no affine: load volumes with LoadImaged so the "
                                  "thickness can be measured in micrometres.")
             spacing = voxel_spacing_mm(affine)
+            problem = axial_spacing_problem(image, float(spacing[0] * 1000.0))
+            if problem:
+                engine.logger.warning("%s: no thickness in micrometres: %s", image, problem)
+            # micrometres per voxel, or NaN: a thickness from a made-up spacing is never reported as one
+            um = float("nan") if problem else float(spacing[0] * 1000.0)
             labels = _label_volume(pred, "The prediction", image)
-            maps = thickness_maps(labels, spacing[0] * 1000.0, n)
+            maps = _with_total(thickness_maps(labels, um, n))
             npy = f"{stem}_thickness.npy"
             buffer = io.BytesIO()
             np.save(buffer, maps)
             atomic_write_bytes(os.path.join(self.output_dir, npy), buffer.getvalue())
-            if self.write_png:
-                for c, name in enumerate(self.class_names[1:]):
+            if self.write_png and not problem:
+                for c, name in enumerate([*self.class_names[1:], "total retina"]):
                     vmax = float(np.ceil(maps[c].max())) if maps[c].size else 0.0
                     png = enface_png(maps[c], spacing[1:], vmax, f"{name} thickness, {os.path.basename(image)}")
                     atomic_write_bytes(os.path.join(self.output_dir, f"{stem}_thickness_{_safe(name)}.png"), png)
             row = {"image": image, "label_map": f"{stem}_{self.seg_postfix}.nii.gz", "thickness": npy,
-                   "axial_spacing_um": float(spacing[0] * 1000.0),
+                   "axial_spacing_um": float(spacing[0] * 1000.0), "problem": problem,
                    "mean_um": [float(m.mean()) if m.size else float("nan") for m in maps]}
             label = sample.get(self.label_key)
             if label is not None and not isinstance(label, (str, os.PathLike)):
                 truth = _label_volume(label, "The label", image)
                 if truth.shape != labels.shape:
                     raise ValueError(f"The label of {image} is {truth.shape} but the prediction is {labels.shape}.")
-                truth_maps = thickness_maps(truth, spacing[0] * 1000.0, n)
+                truth_maps = _with_total(thickness_maps(truth, um, n))
                 row["dice"] = dice_per_class(labels, truth, n)
                 row["thickness_mae_um"] = [float(np.abs(p - t).mean()) for p, t in zip(maps, truth_maps)]
             self.rows.append(row)
 
     def _write(self, engine: Engine) -> None:
-        classes = self.class_names[1:]
-        header = ["image", "label_map", "thickness", "axial_spacing_um", *[f"mean_{c}_um" for c in classes]]
-        table = [[r["image"], r["label_map"], r["thickness"], f"{r['axial_spacing_um']:.4f}",
-                  *[f"{v:.3f}" for v in r["mean_um"]]] for r in self.rows]
+        classes = [*self.class_names[1:], "total_retina"]
+        header = ["image", "label_map", "thickness", "axial_spacing_um", "axial_spacing_problem",
+                  *[f"mean_{c}_um" for c in classes]]
+        table = [[r["image"], r["label_map"], r["thickness"], f"{r['axial_spacing_um']:.4f}", r["problem"],
+                  *["" if np.isnan(v) else f"{v:.3f}" for v in r["mean_um"]]] for r in self.rows]
         atomic_write_text(os.path.join(self.output_dir, "thickness.csv"), csv_table(header, table))
         labelled = [r for r in self.rows if "dice" in r]
         if labelled:
-            header = ["image", *[f"dice_{c}" for c in classes], *[f"thickness_mae_{c}_um" for c in classes]]
+            layers = self.class_names[1:]  # Dice per class; thickness errors also for the total retina
+            header = ["image", *[f"dice_{c}" for c in layers], *[f"thickness_mae_{c}_um" for c in classes]]
             table = [[r["image"], *["" if np.isnan(v) else f"{v:.6f}" for v in r["dice"]],
-                      *[f"{v:.3f}" for v in r["thickness_mae_um"]]] for r in labelled]
+                      *["" if np.isnan(v) else f"{v:.3f}" for v in r["thickness_mae_um"]]] for r in labelled]
             atomic_write_text(os.path.join(self.output_dir, "dice.csv"), csv_table(header, table))
             dice = np.array([r["dice"] for r in labelled], dtype=np.float64)
             mae = np.array([r["thickness_mae_um"] for r in labelled], dtype=np.float64)
-            per_class = {c: _mean(dice[:, i]) for i, c in enumerate(classes)}
+            per_class = {c: _mean(dice[:, i]) for i, c in enumerate(layers)}
             metrics = {"mean_dice": _mean(np.array([v for v in per_class.values() if v is not None])),
                        "dice": per_class,
                        "thickness_mae_um": {c: _mean(mae[:, i]) for i, c in enumerate(classes)},
@@ -195,6 +233,11 @@ class LayerThicknessWriter(TableWriter):
             atomic_write_text(os.path.join(self.output_dir, "metrics.json"), json.dumps(metrics, indent=1))
         engine.logger.info("wrote thickness maps of %d volumes to %s", len(self.rows), self.output_dir)
 
+
+
+def _with_total(maps: np.ndarray) -> np.ndarray:
+    """The class maps plus the total retina (their sum: every class but the background) as the last map."""
+    return np.concatenate([maps, maps.sum(0, keepdims=True)], axis=0)
 
 def _mean(values: np.ndarray) -> float | None:
     defined = values[~np.isnan(values)] if values.size else values

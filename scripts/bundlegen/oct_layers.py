@@ -85,8 +85,12 @@ def writer(output_dir: str) -> dict:
 
 
 def parts(d: dict) -> TaskParts:
+    # label volumes may mark voxels nobody annotated with IGNORE_LABEL (255): left out of loss, crops and scores
     with_labels = [*load(KEYS), check_volume(), {"_target_": f"{SLICES}.ValidateLabelVolumed", "keys": "label",
-                                 "num_classes": "@num_classes"}, *to_encoder_input()]
+                                                 "num_classes": "@num_classes", "ignore_index": "@ignore_label"},
+                   *to_encoder_input()]
+    ignored = {"_target_": f"{SLICES}.MaskIgnoredd", "pred_key": "pred", "label_key": "label",
+               "ignore_index": "@ignore_label"}
     one_hot, dice = ONE_HOT, MEAN_DICE
     return TaskParts(
         infer_datalist=VOLUME_DATALIST,
@@ -101,13 +105,16 @@ def parts(d: dict) -> TaskParts:
              "sw_overlap": 0.25, "sw_mode": "gaussian",
              # windows hanging over a B-scan's edge are padded with black, as training crops are
              "pad_value": {"_target_": f"{SLICES}.black_level", "modality": "@modality"},
-             "thickness_png": True,
+             "thickness_png": True, "ignore_label": 255,
              # mm (axial, lateral, between B-scans) the cubes are expected at: axial spacing more than 3x off warns
              # (vendors differ laterally and between B-scans, so those are not checked)
              "expected_spacing": [OCT_SPACING_MM[0], None, None]},
         dataset_dir=d["dataset_dir"],
         train_transforms=with_labels,
         random_transforms=[
+            # crops only from B-scans with an annotation (a cube without any is refused)
+            {"_target_": f"{SLICES}.KeepAnnotatedSlicesd", "keys": KEYS, "label_key": "label",
+             "ignore_index": "@ignore_label"},
             # B-scans narrower or shallower than the window: padded with black (labels with background)
             {"_target_": "SpatialPadd", "keys": "image", "spatial_size": ["@image_size", "@image_size", -1],
              "value": "@pad_value"},
@@ -117,8 +124,9 @@ def parts(d: dict) -> TaskParts:
             # left-right flips only: an upside-down B-scan is no realistic image
             {"_target_": "RandFlipd", "keys": KEYS, "prob": 0.5, "spatial_axis": 1},
         ],
-        loss={"_target_": "DiceCELoss", "softmax": True, "to_onehot_y": True, "batch": True},
-        train_postprocessing=[{"_target_": "Activationsd", "keys": "pred", "softmax": True}, one_hot],
+        # DiceCELoss(softmax, to_onehot_y, batch) over the annotated voxels only
+        loss={"_target_": f"{SLICES}.MaskedDiceCELoss", "ignore_index": "@ignore_label"},
+        train_postprocessing=[{"_target_": "Activationsd", "keys": "pred", "softmax": True}, ignored, one_hot],
         val_key_metric={"val_mean_dice": dice},
         val_inferer=sliding_window(),
         val_batch_size=1,

@@ -13,8 +13,9 @@ def make_data(bundle: Path, root: Path) -> dict:
     import visionfm_core.data.io.volumes  # noqa: F401  (the configs' reader; until visionfm_core.data imports it)
     from visionfm_core.data.synthetic.oct_samples import write_oct_dataset
 
-    # 40 x 36 B-scans: deeper than the 32 px window and narrower than 2 of it, so the window slides and pads
-    datalist = write_oct_dataset(root / "data", counts=(4, 2, 2), shape=(40, 36, 3))
+    # 40 x 36 B-scans: deeper than the 32 px window and narrower than 2 of it, so the window slides and pads;
+    # partially annotated as Duke DME is (the ignore value in the other voxels), as the bundle must handle
+    datalist = write_oct_dataset(root / "data", counts=(4, 2, 2), shape=(40, 36, 3), partial=True)
     return {"train": {"dataset_dir": str(root / "data"), "datalist": datalist, **SMALL},
             "infer_dir": str(root / "data" / "images" / "test"), "trained": "model.pt", "infer": SMALL}
 

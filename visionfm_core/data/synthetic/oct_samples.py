@@ -102,10 +102,12 @@ def write_oct_cube(path: str | os.PathLike, array: np.ndarray, spacing=OCT_SPACI
 
 
 def write_oct_dataset(root: str | os.PathLike, counts=(4, 2, 2), shape=(64, 64, 8), seed: int = 0,
-                      spacing=OCT_SPACING_MM) -> str:
+                      spacing=OCT_SPACING_MM, partial: bool = False) -> str:
     """Cubes and label maps under `root/images/<split>/` and `root/labels/<split>/` plus `root/datalist.json`
     ({"training", "validation", "test"} entries {"image", "label"} with relative paths, and "class_names").
-    Every other cube has fluid. Returns the datalist path."""
+    Every other cube has fluid. `partial`: annotated as Duke DME is, every other B-scan only and over the central
+    lateral half of it; the other voxels are the ignore value (`visionfm_core.tasks.oct_layers.IGNORE_LABEL`).
+    Returns the datalist path."""
     root = Path(root)
     datalist: dict = {"class_names": OCT_LAYER_CLASSES}
     n = 0
@@ -113,6 +115,13 @@ def write_oct_dataset(root: str | os.PathLike, counts=(4, 2, 2), shape=(64, 64, 
         entries = []
         for i in range(count):
             volume, labels = make_oct_cube(shape, seed=seed + n, fluid=n % 2 == 1)
+            if partial:
+                from visionfm_core.tasks.oct_layers.annotations import IGNORE_LABEL
+
+                width = labels.shape[1]
+                annotated = np.zeros(labels.shape, bool)
+                annotated[:, width // 4: width - width // 4, 1::2] = True
+                labels = np.where(annotated, labels, IGNORE_LABEL).astype(labels.dtype)
             name = f"oct_{split}_{i:02d}"
             write_oct_cube(root / "images" / split / f"{name}.nii.gz", volume, spacing)
             write_oct_cube(root / "labels" / split / f"{name}_layers.nii.gz", labels, spacing)

@@ -1,6 +1,12 @@
 """Slice-wise retinal layer and fluid segmentation of OCT cubes, with thickness maps."""
 
 from visionfm_core.tasks.family import Family, register_family
+from visionfm_core.tasks.oct_layers.annotations import (
+    IGNORE_LABEL,
+    KeepAnnotatedSlicesd,
+    MaskedDiceCELoss,
+    MaskIgnoredd,
+)
 from visionfm_core.tasks.oct_layers.model import (
     SliceContextd,
     SliceWiseTaskModel,
@@ -9,7 +15,9 @@ from visionfm_core.tasks.oct_layers.model import (
     black_level,
 )
 from visionfm_core.tasks.oct_layers.thickness import (
+    PLAUSIBLE_AXIAL_UM,
     LayerThicknessWriter,
+    axial_spacing_problem,
     dice_per_class,
     enface_png,
     thickness_maps,
@@ -18,6 +26,12 @@ from visionfm_core.tasks.oct_layers.thickness import (
 
 __all__ = [
     "FAMILY",
+    "IGNORE_LABEL",
+    "MaskedDiceCELoss",
+    "KeepAnnotatedSlicesd",
+    "MaskIgnoredd",
+    "PLAUSIBLE_AXIAL_UM",
+    "axial_spacing_problem",
     "SliceWiseTaskModel",
     "SliceContextd",
     "VolumeIntensityd",

@@ -160,13 +160,15 @@ class SliceContextd(MapTransform):
 
 class ValidateLabelVolumed(MapTransform):
     """Check label volumes against their image before training or scoring: same spatial shape, one channel, integer
-    class indices in 0..num_classes-1. Errors name both files."""
+    class indices in 0..num_classes-1, or `ignore_index` (voxels nobody annotated, when given). Errors name both
+    files and the values found outside."""
 
     def __init__(self, keys: KeysCollection, num_classes: int, image_key: str = "image",
-                 allow_missing_keys: bool = False) -> None:
+                 ignore_index: int | None = None, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.num_classes = int(num_classes)
         self.image_key = image_key
+        self.ignore_index = None if ignore_index is None else int(ignore_index)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
@@ -182,8 +184,12 @@ class ValidateLabelVolumed(MapTransform):
             values = torch.as_tensor(label).as_subclass(torch.Tensor)
             if values.is_floating_point() and not bool((values == values.round()).all()):
                 raise ValueError(f"{where}: holds non-integer values; a label map of class indices is expected.")
-            lo, hi = int(values.min()), int(values.max())
-            if lo < 0 or hi >= self.num_classes:
-                raise ValueError(f"{where}: values span {lo}..{hi}, outside the {self.num_classes} classes "
-                                 f"0..{self.num_classes - 1}.")
+            found = torch.unique(values).long().tolist()
+            bad = [v for v in found if not 0 <= v < self.num_classes and v != self.ignore_index]
+            if bad:
+                allowed = f"the {self.num_classes} classes 0..{self.num_classes - 1}" + (
+                    f" and the ignore value {self.ignore_index} (not annotated)" if self.ignore_index is not None
+                    else "")
+                shown = ", ".join(str(v) for v in bad[:8]) + (", ..." if len(bad) > 8 else "")
+                raise ValueError(f"{where}: values {shown} are outside {allowed}.")
         return d

@@ -23,6 +23,7 @@ from ignite.engine import Engine, Events
 
 from visionfm_core.engine.io import atomic_write_bytes, atomic_write_text
 from visionfm_core.engine.writers import OutputNames, TableWriter, csv_table, readable_samples, sample_filename
+from visionfm_core.tasks.oct_layers.annotations import IGNORE_LABEL
 
 __all__ = ["voxel_spacing_mm", "thickness_maps", "dice_per_class", "enface_png", "LayerThicknessWriter",
            "PLAUSIBLE_AXIAL_UM", "axial_spacing_problem"]
@@ -82,10 +83,12 @@ def thickness_maps(labels: np.ndarray, axial_spacing_um: float, num_classes: int
 
 
 def dice_per_class(pred: np.ndarray, label: np.ndarray, num_classes: int) -> list[float]:
-    """Dice of classes 1..num_classes-1 over a whole volume; NaN where the class is in neither."""
+    """Dice of classes 1..num_classes-1 over a whole volume, leaving out the voxels nobody annotated
+    (`IGNORE_LABEL`); NaN where the class is in neither."""
+    annotated = label != IGNORE_LABEL
     out = []
     for c in range(1, num_classes):
-        p, t = pred == c, label == c
+        p, t = (pred == c) & annotated, label == c
         total = int(p.sum()) + int(t.sum())
         out.append(2.0 * int((p & t).sum()) / total if total else float("nan"))
     return out
@@ -206,7 +209,10 @@ class LayerThicknessWriter(TableWriter):
                     raise ValueError(f"The label of {image} is {truth.shape} but the prediction is {labels.shape}.")
                 truth_maps = _with_total(thickness_maps(truth, um, n))
                 row["dice"] = dice_per_class(labels, truth, n)
-                row["thickness_mae_um"] = [float(np.abs(p - t).mean()) for p, t in zip(maps, truth_maps)]
+                # thickness errors over the fully annotated A-scans only: a partly annotated column has no truth
+                scored = ~(truth == IGNORE_LABEL).any(axis=0)  # (J, K)
+                row["thickness_mae_um"] = [float(np.abs(p - t)[scored].mean()) if scored.any() else float("nan")
+                                           for p, t in zip(maps, truth_maps)]
             self.rows.append(row)
 
     def _write(self, engine: Engine) -> None:

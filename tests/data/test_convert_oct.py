@@ -1,8 +1,8 @@
 """`visionfm convert-oct`: vendor OCT files -> NIfTI (axial, lateral, B-scans) + JSON sidecar, written atomically.
 
 Tested for real on small synthetic files: Zeiss .img (raw cube, read by oct-converter), Topcon .fda and .fds
-(built with oct-converter's own construct definitions, read by oct-converter) and Heidelberg .vol (read by our
-numpy reader). .e2e and Bioptigen .OCT are passed through to oct-converter (no file to test with offline).
+(built with oct-converter's own construct definitions, read by oct-converter), Heidelberg .e2e and Bioptigen
+.OCT (built with oct-converter's layouts) and Heidelberg .vol (written by eyepy's own writer, read by eyepy).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from tests_common import assert_close_to_scale
 from visionfm_core.tools.cli import main
 from visionfm_core.data.io import oct_convert
 from visionfm_core.data.io.oct_convert import OCTConversionError, OCTVolume, convert_oct
@@ -85,33 +86,85 @@ def test_topcon_round_trip_with_header_spacing(tmp_path, ext):
     assert meta["spacing_source"] == ["header"] * 3 and meta["laterality"] == "L" and meta["format"] == ext
 
 
-def write_vol(path, scans: np.ndarray, scale=(0.0039, 0.0114, 0.12), eye=b"OS"):
-    """A Heidelberg .vol: 2048-byte header, a 4 x 4 SLO image, per B-scan a 456-byte header + float32 data."""
-    n, size_z, size_x = scans.shape
-    header = bytearray(2048)
-    header[0:12] = b"HSF-OCT-103\0"
-    header[12:24] = np.array([size_x, n, size_z], "<i4").tobytes()
-    header[24:48] = np.array([scale[1], scale[2], scale[0]], "<f8").tobytes()  # ScaleX, Distance, ScaleZ
-    header[48:56] = np.array([4, 4], "<i4").tobytes()  # SLO size
-    header[84:88] = eye.ljust(4, b"\0")
-    header[100:104] = np.array([456], "<i4").tobytes()
-    data = bytes(header) + bytes(16)
-    for s in scans:
-        data += b"HSF-BS-103".ljust(456, b"\0") + s.astype("<f4").tobytes()
-    path.write_bytes(data)
-    return path
+@pytest.fixture
+def eyepy_vol_writer(monkeypatch):
+    """eyepy's own .vol writer (``eyepy.io.HeVolWriter``), with the two faults that stop it writing any file in
+    eyepy 0.21.0 mended for the test: its date adapters take ISO strings (the writer passes datetimes) and the
+    64-bit exam time is encoded as a float; and it always writes 17 layer rows while its header counts the layer
+    annotations a B-scan has been asked for (0 here), so the B-scans are written without layers. The header,
+    B-scan layout and reflectivity encoding are eyepy's."""
+    import datetime
+
+    from eyepy.io import utils
+    from eyepy.io.he import vol_reader
+
+    for adapter, cast in ((utils.FloatDate, float), (utils.IntDate, lambda v: int(round(v)))):
+        def encode(obj, context, path, _encode=adapter._encode, _cast=cast):
+            return _cast(_encode(obj.isoformat() if isinstance(obj, datetime.datetime) else obj, context, path))
+        monkeypatch.setattr(adapter, "_encode", encode)
+    monkeypatch.setattr(vol_reader.HeVolWriter, "_segmentations_from_bscan",
+                        lambda self, bscan: np.zeros((len(bscan.layers), bscan.volume.size_x), np.float32))
+
+    def write(path, reflectivity: np.ndarray, scale=(0.0039, 0.0114, 0.12), eye="OS"):
+        """``reflectivity``: (B-scans, axial, lateral) in (0, 1]; scale: (axial, lateral, between B-scans) mm."""
+        import eyepy
+        from eyepy.core.eyemeta import EyeBscanMeta, EyeEnfaceMeta, EyeVolumeMeta
+
+        n, _, width = reflectivity.shape
+        # the writer stores to_vol_intensity(display) = exp(display * 8.285 - 8.3) - 2.44e-4: invert it so the
+        # file holds the reflectivities given
+        display = ((np.log(reflectivity.astype(np.float64) + 2.44e-4) + 8.3) / 8.285).astype(np.float32)
+        day = datetime.date(2024, 5, 6)
+        bscans = [EyeBscanMeta(start_pos=(0.0, k * scale[2]), end_pos=((width - 1) * scale[1], k * scale[2]),
+                               pos_unit="mm", quality=30.0) for k in range(n)]
+        meta = EyeVolumeMeta(scale_x=scale[1], scale_y=scale[0], scale_z=scale[2], scale_unit="mm", laterality=eye,
+                             intensity_transform="default", bscan_meta=bscans, exam_time=day, visit_date=day,
+                             patient=dict(pid=1, patient_id="test", dob=datetime.date(1970, 1, 1)))
+        slo = eyepy.EyeEnface(np.zeros((4, 4), np.uint8), EyeEnfaceMeta(
+            scale_x=0.01, scale_y=0.01, scale_unit="mm", modality="NIR", laterality=eye, field_size=30,
+            scan_focus=0.0))
+        vol_reader.HeVolWriter(eyepy.EyeVolume(display, meta, localizer=slo)).write(str(path))
+        return path
+
+    return write
 
 
-def test_heidelberg_vol_round_trip(tmp_path):
-    scans = RNG.random((BSCANS, AXIAL, LATERAL)).astype(np.float32)
-    scans[1, 2, 3] = np.finfo(np.float32).max  # "no data"
-    written = convert_oct(write_vol(tmp_path / "eye.vol", scans), tmp_path / "eye.nii.gz")
-    img = nib.load(written[0])
-    expected = scans ** 0.25
-    expected[1, 2, 3] = 0.0
-    np.testing.assert_allclose(img.get_fdata(), expected.transpose(1, 2, 0), atol=1e-6)
+@pytest.mark.parametrize("eye, laterality", [("OS", "L"), ("OD", "R")])
+def test_heidelberg_vol_written_by_eyepy_round_trip_through_the_cli(tmp_path, eyepy_vol_writer, eye, laterality):
+    # reflectivities away from 0, where the fourth root would magnify float32 rounding of the stored value
+    reflectivity = RNG.uniform(1e-3, 1.0, (BSCANS, AXIAL, LATERAL)).astype(np.float32)
+    source = eyepy_vol_writer(tmp_path / "eye.vol", reflectivity, scale=(0.0039, 0.0114, 0.12), eye=eye)
+    out = tmp_path / "out" / "eye.nii.gz"
+    main(["convert-oct", str(source), "--out", str(out)])
+    img = nib.load(out)
+    assert img.shape == (AXIAL, LATERAL, BSCANS) and img.get_data_dtype() == np.float32
+    # the converter shows reflectivities as Heidelberg does, value ** 0.25; slice k is B-scan k
+    assert_close_to_scale(img.get_fdata(), (reflectivity.astype(np.float64) ** 0.25).transpose(1, 2, 0), rel=1e-4)
     np.testing.assert_allclose(img.header.get_zooms(), [0.0039, 0.0114, 0.12], rtol=1e-6)
-    assert sidecar(written[0])["laterality"] == "L"
+    meta = sidecar(out)
+    assert meta["format"] == "vol" and meta["laterality"] == laterality
+    assert meta["shape"] == [AXIAL, LATERAL, BSCANS] and meta["spacing_source"] == ["header"] * 3
+    np.testing.assert_allclose(meta["spacing_mm"], [0.0039, 0.0114, 0.12], rtol=1e-12)
+    assert sorted(os.listdir(out.parent)) == ["eye.json", "eye.nii.gz"]
+
+
+def test_heidelberg_vol_no_data_and_bad_files(tmp_path, eyepy_vol_writer):
+    reflectivity = RNG.uniform(1e-3, 1.0, (2, AXIAL, LATERAL)).astype(np.float32)
+    source = eyepy_vol_writer(tmp_path / "eye.vol", reflectivity)
+    # "no data" in a .vol is the largest float32: shown as 0, not as a bright voxel
+    import eyepy
+
+    raw = bytearray(source.read_bytes())
+    first = raw.index(eyepy.import_heyex_vol(source).raw_data[0, 0, 0].astype("<f4").tobytes())  # B-scan 1, (0, 0)
+    raw[first:first + 4] = np.finfo(np.float32).max.astype("<f4").tobytes()
+    source.write_bytes(bytes(raw))
+    img = nib.load(convert_oct(source, tmp_path / "eye.nii.gz")[0])
+    assert img.get_fdata()[0, 0, 0] == 0.0 and img.get_fdata()[0, 1, 0] > 0
+    # a cut-off file: eyepy's parser error, wrapped, names the file; nothing written
+    (tmp_path / "short.vol").write_bytes(source.read_bytes()[:-100])
+    with pytest.raises(OCTConversionError, match=r"short.vol could not be read as a Heidelberg .vol by eyepy"):
+        convert_oct(tmp_path / "short.vol", tmp_path / "o.nii.gz")
+    assert not any(p.name.startswith("o.") or p.name.startswith(".convert") for p in tmp_path.iterdir())
 
 
 def test_several_volumes_numbered_and_atomic(tmp_path, monkeypatch):
@@ -148,7 +201,7 @@ def test_errors_name_the_file(tmp_path, capsys):
     with pytest.raises(SystemExit, match=r"visionfm convert-oct: OCT file .*broken.fda could not be read as fda"):
         main(["convert-oct", str(tmp_path / "broken.fda"), "--out", str(tmp_path / "o.nii.gz")])
     (tmp_path / "short.vol").write_bytes(b"HSF-OCT-103\0" + bytes(3000))
-    with pytest.raises(OCTConversionError, match="short.vol is truncated or its .vol header is inconsistent"):
+    with pytest.raises(OCTConversionError, match="short.vol could not be read as a Heidelberg .vol by eyepy"):
         convert_oct(tmp_path / "short.vol", tmp_path / "o.nii.gz")
     assert not any(p.name.startswith("o.") or p.name.startswith(".convert") for p in tmp_path.iterdir())
 

@@ -5,14 +5,15 @@ image the encoder sees, vitreous at the top as the vendor shows it. The affine i
 carry no patient coordinate frame); a JSON sidecar (same name, ``.json``) records the source file, format, shape,
 spacing (and where it came from) and laterality.
 
-Formats, through the ``oct-converter`` library (``pip install visionfm-monai[oct]``) unless noted:
+Formats, through the ``oct-converter`` library unless noted (both it and ``eyepy`` come with
+``pip install visionfm-monai[oct]``):
 
 ======  =====================================  ===========================================================
 format  files                                  spacing
 ======  =====================================  ===========================================================
 e2e     Heidelberg .e2e (may hold several)     axial from the B-scan headers; lateral and between B-scans
                                                are not read by the library (1.0 + warning; --spacing)
-vol     Heidelberg .vol (read here, numpy)     all three from the file header
+vol     Heidelberg .vol, through eyepy         all three from the file header
 fda     Topcon .fda                            all three from @PARAM_SCAN_04/02 when present
 fds     Topcon .fds                            as .fda
 img     Zeiss Cirrus .img (raw cube; give      none in the file: --spacing required
@@ -93,34 +94,29 @@ def _lateral(value) -> str | None:
 
 
 def read_heidelberg_vol(path: str) -> list[OCTVolume]:
-    """Heidelberg Spectralis .vol (HSF-OCT-1xx) with numpy: a 2048-byte header (sizes and scales at fixed
-    offsets), the SLO image, then per B-scan a header of ``BScanHdrSize`` bytes and SizeZ x SizeX float32
-    reflectivities (max float = no data). Values are shown as Heidelberg displays them, ``value ** 0.25`` in [0, 1]."""
-    head = np.dtype([
-        ("version", "S12"), ("size_x", "<i4"), ("num_bscans", "<i4"), ("size_z", "<i4"), ("scale_x", "<f8"),
-        ("distance", "<f8"), ("scale_z", "<f8"), ("size_x_slo", "<i4"), ("size_y_slo", "<i4"),
-        ("scale_x_slo", "<f8"), ("scale_y_slo", "<f8"), ("field_size_slo", "<i4"), ("scan_focus", "<f8"),
-        ("scan_position", "S4"), ("exam_time", "<i8"), ("scan_pattern", "<i4"), ("bscan_hdr_size", "<i4"),
-    ])
-    with open(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 2048 or not raw.startswith(b"HSF-OCT-"):
-        raise OCTConversionError(f"OCT file {path} is not a Heidelberg .vol file (no HSF-OCT header).")
-    h = np.frombuffer(raw, dtype=head, count=1)[0]
-    nx, nb, nz, hdr = int(h["size_x"]), int(h["num_bscans"]), int(h["size_z"]), int(h["bscan_hdr_size"])
-    start = 2048 + int(h["size_x_slo"]) * int(h["size_y_slo"])
-    step = hdr + nx * nz * 4
-    if min(nx, nb, nz) <= 0 or hdr < 0 or start + nb * step > len(raw):
-        raise OCTConversionError(f"OCT file {path} is truncated or its .vol header is inconsistent ({nb} B-scans of "
-                                 f"{nz} x {nx}, file {len(raw)} bytes).")
-    scans = []
-    for b in range(nb):
-        data = np.frombuffer(raw, dtype="<f4", count=nx * nz, offset=start + b * step + hdr).reshape(nz, nx)
-        data = np.where(np.isfinite(data) & (data < 3.0e38), data, 0.0)
-        scans.append(np.clip(data, 0.0, 1.0) ** 0.25)
-    laterality = _lateral(h["scan_position"].split(b"\0")[0].decode("ascii", "replace"))
-    spacing = [float(h["scale_z"]), float(h["scale_x"]), float(h["distance"])]
-    return [OCTVolume(_stack(scans, path).astype(np.float32), spacing, laterality)]
+    """Heidelberg Spectralis .vol (HSF-OCT-1xx) through eyepy's reader (``eyepy.import_heyex_vol``). The file
+    stores float32 reflectivities (max float = no data); they are shown as Heidelberg displays them,
+    ``value ** 0.25`` in [0, 1]. Spacing from the file header: ScaleZ (axial), ScaleX (lateral), Distance."""
+    try:
+        import eyepy
+    except ImportError as e:
+        raise OCTConversionError(f"Converting {path} (vol) needs the eyepy library: "
+                                 "pip install 'visionfm-monai[oct]'.") from e
+    try:
+        volume = eyepy.import_heyex_vol(path)
+        raw = volume.raw_data  # (B-scans, axial, lateral), the stored reflectivities
+        scale = (volume.scale_y, volume.scale_x, volume.scale_z)  # eyepy: y = axial, x = lateral, z = B-scans
+        unit, laterality = volume.scale_unit, volume.laterality
+    except Exception as e:  # construct's stream errors on a short file, ValueError on circle/star scans, ...
+        raise OCTConversionError(f"OCT file {path} could not be read as a Heidelberg .vol by eyepy: "
+                                 f"{type(e).__name__}: {e}") from e
+    if raw.ndim != 3 or 0 in raw.shape:
+        raise OCTConversionError(f"OCT file {path} holds no B-scans eyepy could extract (shape {raw.shape}).")
+    if unit != "mm":
+        raise OCTConversionError(f"OCT file {path}: eyepy gives its spacing in {unit!r}, not mm.")
+    data = np.where(np.isfinite(raw) & (raw < 3.0e38), raw, 0.0)
+    array = (np.clip(data, 0.0, 1.0) ** 0.25).astype(np.float32).transpose(1, 2, 0)
+    return [OCTVolume(np.ascontiguousarray(array), list(scale), _lateral(laterality))]
 
 
 class _NumpyWithBinaryFromstring:

@@ -186,14 +186,14 @@ class Commands:
 
     def import_weights(self, src: str, modality: str, out: str | None = None, checkpoint_key: str = "teacher",
                        arch: str | None = None, patch_size: int | None = None, bundle: str | None = None,
-                       dataset: str | None = None, encoder: str | None = None, avgpool_patchtokens: int = 0,
+                       dataset: str | None = None, encoder_file: str | None = None, avgpool_patchtokens: int = 0,
                        n_last_blocks: int | None = None, class_names: str | list | None = None,
                        overwrite: bool = False, bundles_dir: str | None = None) -> None:
         """--out FILE: check SRC (an original VisionFM, iBOT/DINO or fine-tuned checkpoint) against the encoder and
         write the bare backbone with a header (modality, source, sha256, licence) for the bundles to use.
 
         --bundle BUNDLE: write the original's task model SRC (a fine-tuned classification checkpoint with
-        visionfm_state_dict + classifier_state_dict, or a linear probe's state_dict with --encoder
+        visionfm_state_dict + classifier_state_dict, or a linear probe's state_dict with --encoder_file
         VFM_<Modality>_weights.pth) into BUNDLE/models/ (model.pt, class_names.json, network.json), with the
         original's head and preprocessing, so the bundle's evaluation, inference, export and MONAI Label run it
         unchanged. --dataset aptos2019|idrid|messidor2|papila|glaucoma_fundus|jsiec|retina|octid names its outputs
@@ -205,7 +205,7 @@ class Commands:
 
             overrides = {k: v for k, v in (("arch", arch), ("patch_size", patch_size)) if v is not None}
             try:
-                imported = import_task_checkpoint(src, bundle, modality, dataset=dataset, encoder=encoder,
+                imported = import_task_checkpoint(src, bundle, modality, dataset=dataset, encoder_file=encoder_file,
                                                   checkpoint_key=checkpoint_key,
                                                   avgpool_patchtokens=avgpool_patchtokens,
                                                   n_last_blocks=n_last_blocks, class_names=class_names,

@@ -5,7 +5,7 @@ Two layouts of the original are read (facts from its published code; see /work/s
   and `classifier_state_dict` (its `ClsHead`, keys `module.channel_bn.*` and `module.classifier.{0,3,6}.*`, the
   head wrapped in DDP), fine-tuned with `--avgpool_patchtokens 0` on the CLS tokens of the last 4 blocks;
 - linear-probe checkpoints of its evaluation scripts (`checkpoint_<key>_linear.pth`): `state_dict` (the same head),
-  the encoder coming from the pretraining file (`encoder=`).
+  the encoder coming from the pretraining file (`encoder_file=`).
 
 The head becomes the bundle's `original_classification` head (the original's architecture and tensor names, so the
 bundle computes the original's numbers); the encoder is checked and loaded as `visionfm import-weights` does. The
@@ -96,7 +96,7 @@ def _bundle_settings(bundle_dir: Path, overrides: Mapping[str, Any]):
 
 
 def import_task_checkpoint(src: str | os.PathLike, bundle: str | os.PathLike, modality: str,
-                           dataset: str | None = None, encoder: str | os.PathLike | None = None,
+                           dataset: str | None = None, encoder_file: str | os.PathLike | None = None,
                            checkpoint_key: str = "teacher", avgpool_patchtokens: int = 0,
                            n_last_blocks: int | None = None, class_names: list[str] | None = None,
                            overwrite: bool = False, bundles_dir: str | None = None,
@@ -107,7 +107,7 @@ def import_task_checkpoint(src: str | os.PathLike, bundle: str | os.PathLike, mo
         modality: the images the model reads; must be the bundle's (and the dataset's).
         dataset: a public dataset (`PUBLIC_DATASETS`): its classes in the original's order name the outputs;
             otherwise `class_names`, else the bundle's default classes (their count must be the head's).
-        encoder: the pretraining file a linear probe was trained on (`VFM_<Modality>_weights.pth`, read with
+        encoder_file: the pretraining file a linear probe was trained on (`VFM_<Modality>_weights.pth`, read with
             `checkpoint_key`); fine-tuned checkpoints carry their own encoder.
         avgpool_patchtokens: the original's pooling mode the head was trained with (0 CLS tokens of the last n
             blocks, 1 mean patch token, 2 both); its checkpoints do not record it.
@@ -155,19 +155,19 @@ def import_task_checkpoint(src: str | os.PathLike, bundle: str | os.PathLike, mo
         raise TaskImportError(f"{source} holds a {type(raw).__name__}, not a checkpoint dict")
     if isinstance(raw.get("classifier_state_dict"), Mapping):
         kind, head_entry = "fine-tuned classification", "classifier_state_dict"
-        if encoder is not None:
+        if encoder_file is not None:
             raise TaskImportError(f"{source} is a fine-tuned checkpoint with its own encoder (visionfm_state_dict): "
-                               "leave out --encoder")
+                               "leave out --encoder_file")
         encoder_source, encoder_key = raw, "visionfm_state_dict"
         if not isinstance(raw.get("visionfm_state_dict"), Mapping):
             raise TaskImportError(f"{source} has classifier_state_dict but no visionfm_state_dict (its encoder)")
     elif isinstance(raw.get("state_dict"), Mapping) and any(
             _strip_module(k).startswith(("channel_bn.", "classifier.")) for k in raw["state_dict"]):
         kind, head_entry = "linear probe", "state_dict"
-        if encoder is None:
+        if encoder_file is None:
             raise TaskImportError(f"{source} is a linear-probe checkpoint (a head only): pass the encoder it was "
-                               f"trained on, --encoder VFM_{modality}_weights.pth")
-        encoder_source, encoder_key = os.fspath(encoder), checkpoint_key
+                               f"trained on, --encoder_file VFM_{modality}_weights.pth")
+        encoder_source, encoder_key = os.fspath(encoder_file), checkpoint_key
     else:
         raise TaskImportError(f"{source} holds no head of the original (classifier_state_dict of a fine-tuned model, or "
                            f"a linear probe's state_dict; keys: {sorted(raw)[:8]}). For encoder weights use "
@@ -215,13 +215,13 @@ def import_task_checkpoint(src: str | os.PathLike, bundle: str | os.PathLike, mo
     try:
         report = load_encoder_weights(network.encoder, encoder_source, encoder_key, expected_modality=modality)
     except WeightsError as e:
-        raise TaskImportError(f"the encoder of {source if encoder is None else encoder} does not fit {bundle_name}: "
+        raise TaskImportError(f"the encoder of {source if encoder_file is None else encoder_file} does not fit {bundle_name}: "
                            f"{e}") from None
     network.head.load_state_dict({k: head_state[k] for k in expected}, strict=True)
 
     settings = {"head": ORIGINAL_HEAD, "head_options": options, "preprocessing": "original",
                 "imported_from": {"kind": kind, "file": Path(source).name, "sha256": sha256sum(source),
-                                  "encoder": Path(os.fspath(encoder)).name if encoder else None,
+                                  "encoder": Path(os.fspath(encoder_file)).name if encoder_file else None,
                                   "dataset": public.name if public else None, "licence": ORIGINAL_LICENCE}}
     models_dir.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(network.state_dict(), model_path)

@@ -146,7 +146,7 @@ def write_original(tmp_path, kind, vit, head):
     backbone = vit.state_dict()
     torch.save({"teacher": {f"backbone.{k}": v for k, v in backbone.items()},
                 "student": {f"module.backbone.{k}": v for k, v in backbone.items()}, "epoch": 400}, enc)
-    return src, ["--encoder", str(enc)]
+    return src, ["--encoder_file", str(enc)]
 
 
 @pytest.mark.parametrize("kind,mode,n,layers", KINDS, ids=lambda v: str(v))
@@ -242,7 +242,7 @@ def test_a_head_that_does_not_fit_is_refused_and_nothing_is_written(tmp_path):
     (tmp_path / "VFM_Fundus_weights.pth").rename(tmp_path / "VFM_OCT_weights.pth")
     with pytest.raises(SystemExit, match="holds an encoder for OCT images"):
         main(["import-weights", str(probe), "--modality", "fundus", "--bundle", str(bundle), "--dataset", "papila",
-              "--arch", "vit_tiny", "--encoder", str(tmp_path / "VFM_OCT_weights.pth")])
+              "--arch", "vit_tiny", "--encoder_file", str(tmp_path / "VFM_OCT_weights.pth")])
     assert not (bundle / "models").exists()
     # a good import, then a second one without --overwrite
     main([*base, "--dataset", "papila"])

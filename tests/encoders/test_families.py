@@ -255,3 +255,26 @@ def test_a_2d_file_never_inflates_into_another_familys_3d_encoder():
     image = torch.randn(1, 3, 28, 28)
     with torch.no_grad():
         assert_close_to_scale(enc3d.eval()(image.unsqueeze(-1).expand(-1, -1, -1, -1, 28)), source(image))
+
+
+def test_import_weights_takes_the_encoder_family(tmp_path):
+    from visionfm_core.tools.cli import main as cli_main
+
+    source = randomise(build_encoder("vit_tiny", img_size=32, encoder="retfound_mae"))
+    src = tmp_path / "RETFound_oct_weights.pth"
+    torch.save(mae_pretraining_file(source), src)
+    out = tmp_path / "retfound_oct.pt"
+    with pytest.raises(WeightsError, match="RETFound-MAE .* this model's encoder is visionfm"):
+        cli_main(["import-weights", str(src), "--modality", "oct", "--out", str(out), "--arch", "vit_tiny"])
+    assert not out.exists()
+    cli_main(["import-weights", str(src), "--modality", "oct", "--out", str(out), "--arch", "vit_tiny",
+              "--encoder", "retfound_mae"])
+    header = torch.load(out, weights_only=True)["visionfm_encoder"]
+    assert header["encoder"] == "retfound_mae" and header["patch_size"] == 16 and "CC BY-NC" in header["licence"]
+    enc = build_encoder("vit_tiny", img_size=32, encoder="retfound_mae")
+    load_encoder_weights(enc, out, expected_modality="OCT")
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():  # the imported file gives the source's blocks (fc_norm at RETFound's initial value)
+        assert_close_to_scale(enc.forward_features(x), source.forward_features(x))
+    with pytest.raises(WeightsError, match="holds a retfound_mae encoder .*header"):
+        load_encoder_weights(build_encoder("vit_tiny", img_size=32), out)

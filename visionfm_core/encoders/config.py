@@ -55,10 +55,16 @@ class EncoderConfig:
     depth_patch: int | None = None
 
     @classmethod
-    def take(cls, config: EncoderConfig | None, kwargs: dict, **defaults: Any) -> EncoderConfig:
-        """`config` (or one with `defaults`) updated with the encoder settings popped from `kwargs`."""
+    def take(cls, config: EncoderConfig | str | None, kwargs: dict, **defaults: Any) -> EncoderConfig:
+        """`config` (or one with `defaults`) updated with the encoder settings popped from `kwargs`. A string
+        `config` is an encoder family's name (what bundle configs pass as `"encoder": "@encoder"`)."""
         names = {f.name for f in fields(cls)}
         given = {key: kwargs.pop(key) for key in list(kwargs) if key in names}
+        if isinstance(config, str):
+            given.setdefault("encoder", config)
+            config = None
+        elif config is not None and not isinstance(config, EncoderConfig):
+            raise TypeError(f"encoder must be an EncoderConfig or an encoder family's name, not {type(config).__name__}")
         return replace(config if config is not None else cls(**defaults), **given)
 
     @property

@@ -180,9 +180,11 @@ class Commands:
             print(f"{m.name:<11} {m.description:<40} mean={m.mean} std={m.std}")
 
     def import_weights(self, src: str, modality: str, out: str, checkpoint_key: str = "teacher",
-                       arch: str = "vit_base", patch_size: int = 16) -> None:
-        """Check SRC (an original VisionFM, iBOT/DINO or fine-tuned checkpoint) against the encoder and write
-        the bare backbone with a header (modality, source, sha256, licence) to OUT for the bundles to use."""
+                       arch: str | None = None, patch_size: int | None = None, encoder: str = "visionfm") -> None:
+        """Check SRC (an original VisionFM, iBOT/DINO or fine-tuned checkpoint; with --encoder NAME another family's
+        release: retfound_mae, retfound_dinov2, dinov2_vitb14, ...) against the encoder and write the bare backbone
+        with a header (encoder, modality, source, sha256, licence) to OUT for the bundles to use (--encoder NAME
+        there too). --arch / --patch_size default to the family's published size."""
         from visionfm_core.encoders.vit import build_encoder
         from visionfm_core.encoders.weights import (
             ORIGINAL_LICENCE,
@@ -193,16 +195,21 @@ class Commands:
         )
         from visionfm_core.modalities import get_modality
 
+        from visionfm_core.encoders.families import get_encoder_family
+
         modality = get_modality(modality).name
+        family = get_encoder_family(encoder)
+        arch, patch_size = arch or family.arch, int(patch_size or family.patch_size)
         raw = read_checkpoint(src)
-        encoder = build_encoder(arch, patch_size)
-        report = load_encoder_weights(encoder, raw, checkpoint_key)
-        licence = ORIGINAL_LICENCE if _is_original_release(raw, src) else None
-        save_encoder_weights(encoder, out, modality=modality, arch=arch, patch_size=patch_size,
+        net = build_encoder(arch, patch_size, encoder=family.name)
+        report = load_encoder_weights(net, raw, checkpoint_key)
+        licence = ORIGINAL_LICENCE if _is_original_release(raw, src) else (
+            None if family.name == "visionfm" else f"{family.licence}, from the {family.title} release")
+        save_encoder_weights(net, out, modality=modality, encoder=family.name, arch=arch, patch_size=patch_size,
                              source=os.path.basename(src), sha256=sha256sum(src), checkpoint_key=report.entry,
                              licence=licence)
         print(report)
-        print(f"wrote {out} ({modality}, {arch}/{patch_size}{', licence: ' + licence if licence else ''})")
+        print(f"wrote {out} ({family.name} {modality}, {arch}/{patch_size}{', licence: ' + licence if licence else ''})")
 
     def convert_oct(self, input: str, out: str, format: str = "auto", rows: int = 1024, cols: int = 512,
                     interlaced: bool = False, spacing: str | tuple | None = None) -> None:

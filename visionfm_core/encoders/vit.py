@@ -1,4 +1,6 @@
-"""The VisionFM encoder: a plain pre-norm ViT whose state-dict names are those of DINO, iBOT, timm and VisionFM.
+"""The VisionFM encoder: a plain pre-norm ViT whose state-dict names are those of DINO, iBOT, timm and VisionFM; with
+the options the other encoder families need (`visionfm_core.encoders.families`: RETFound-MAE's fc_norm pooling,
+DINOv2's LayerScale, mask token and register tokens), each absent when off so VisionFM's keys are unchanged.
 
 Why not subclass timm's VisionTransformer: every timm release imports torchvision at import time, and
 PyPI's torchvision cannot load beside a CPU-only torch build (it would pull a multi-GB CUDA torch). This

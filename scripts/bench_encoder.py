@@ -1,12 +1,19 @@
 #!/usr/bin/env python
-"""Images/s and peak memory of our ViT encoder against timm's ViT holding the same weights, in one run.
+"""Images/s and peak memory of encoders, side by side in one run.
 
-Each measurement runs in a fresh subprocess (so peak resident memory belongs to that model alone), and the two
-implementations alternate over several rounds so that machine noise hits both alike. Forward pass only
-(inference mode), as used by frozen-encoder training, evaluation and inference.
+Two comparisons:
+- our ViT against timm's ViT holding the same weights (default);
+- encoder families against each other (`--encoders visionfm retfound_mae dinov2_vitl14 ...`: each at its published
+  size, `visionfm_core.encoders.families`), through the bundles' inference precision (`--precision auto`: bf16 on
+  CPUs with native bf16 and on GPUs, else fp32; `visionfm_core.engine.precision.for_inference`).
+
+Each measurement runs in a fresh subprocess (so peak resident memory belongs to that model alone), and the models
+alternate over several rounds so that machine noise hits all alike. Forward pass only (inference mode), as used by
+frozen-encoder training, evaluation and inference.
 
     python scripts/bench_encoder.py                # ViT-B/16, 224 px, batch 8, CPU threads = cores
     python scripts/bench_encoder.py --device cuda --dtype bfloat16
+    python scripts/bench_encoder.py --encoders visionfm retfound_mae dinov2_vitl14 --batch 1
 """
 
 from __future__ import annotations
@@ -22,15 +29,23 @@ import time
 from pathlib import Path
 
 
-def measure(impl: str, arch: str, size: int, batch: int, iters: int, device: str, dtype: str, threads: int) -> dict:
+def measure(impl: str, arch: str, size: int, batch: int, iters: int, device: str, dtype: str, threads: int,
+            precision: str = "fp32") -> dict:
     import torch
 
     from visionfm_core import build_encoder
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    ours = build_encoder(arch, img_size=size)
-    if impl == "timm":
+    family = impl[len("family:"):] if impl.startswith("family:") else None
+    ours = build_encoder(None if family else arch, img_size=size, encoder=family or "visionfm")
+    if family:
+        from visionfm_core.engine.precision import for_inference, resolve_precision
+
+        model = for_inference(ours.to(device), precision)  # the bundles' inference precision
+        dtype = "float32"  # for_inference casts weights and inputs itself: no autocast on top
+        chosen = resolve_precision(precision, torch.device(device))[0]
+    elif impl == "timm":
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test-only timm shim
         from timm_reference import import_timm
 
@@ -40,6 +55,7 @@ def measure(impl: str, arch: str, size: int, batch: int, iters: int, device: str
     else:
         model = ours
     model = model.eval().to(device)
+    params = sum(p.numel() for p in model.parameters())
     x = torch.randn(batch, 3, size, size, device=device)
     autocast = torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, dtype), enabled=dtype != "float32")
     with torch.inference_mode(), autocast:
@@ -56,7 +72,37 @@ def measure(impl: str, arch: str, size: int, batch: int, iters: int, device: str
         seconds = time.perf_counter() - start
     peak = (torch.cuda.max_memory_allocated() if device.startswith("cuda")
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"images_per_s": batch * iters / seconds, "peak_mib": peak / 2**20}
+    result = {"images_per_s": batch * iters / seconds, "peak_mib": peak / 2**20, "params_m": params / 1e6}
+    if family:
+        result["precision"] = chosen
+    return result
+
+
+def compare_families(args) -> None:
+    """Each family at its published size, one subprocess per measurement, alternating over the rounds."""
+    from visionfm_core.encoders.families import get_encoder_family
+
+    families = [get_encoder_family(name) for name in args.encoders]
+    for f in families:
+        if args.size % f.patch_size:
+            sys.exit(f"--size {args.size} is not a multiple of {f.name}'s patch size {f.patch_size}: use 224")
+    results: dict[str, list[dict]] = {f.name: [] for f in families}
+    passthrough = [a for a in sys.argv[1:]]
+    for _ in range(args.rounds):
+        for f in families:
+            out = subprocess.run([sys.executable, __file__, *passthrough, "--worker", f"family:{f.name}"], check=True,
+                                 capture_output=True, text=True).stdout
+            results[f.name].append(json.loads(out.strip().splitlines()[-1]))
+    memory = "peak CUDA memory allocated" if args.device.startswith("cuda") else "peak resident memory"
+    print(f"{args.size} px, batch {args.batch}, {args.device}, precision {args.precision}, {args.threads} threads, "
+          f"median of {args.rounds} rounds x {args.iters} iterations")
+    print(f"  {'encoder':<20} {'size':<10} {'params':>8} {'precision':>9} {'images/s':>9}  {memory}")
+    for f in families:
+        rs = results[f.name]
+        speed, peak = statistics.median(r["images_per_s"] for r in rs), max(r["peak_mib"] for r in rs)
+        size = f"{f.arch}/{f.patch_size}"
+        print(f"  {f.name:<20} {size:<10} {rs[0]['params_m']:7.1f}M {rs[0]['precision']:>9} {speed:9.2f}  "
+              f"{peak:8.1f} MiB")
 
 
 def main() -> None:
@@ -69,11 +115,17 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--worker", choices=["ours", "timm"], help=argparse.SUPPRESS)
+    ap.add_argument("--encoders", nargs="+", metavar="NAME",
+                    help="compare these encoder families (visionfm, retfound_mae, retfound_dinov2, dinov2_vitb14, ...)")
+    ap.add_argument("--precision", default="auto", help="with --encoders: auto (the bundles' default), fp32, bf16")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    settings = (args.arch, args.size, args.batch, args.iters, args.device, args.dtype, args.threads)
+    settings = (args.arch, args.size, args.batch, args.iters, args.device, args.dtype, args.threads, args.precision)
     if args.worker:
         print(json.dumps(measure(args.worker, *settings)))
+        return
+    if args.encoders:
+        compare_families(args)
         return
 
     results: dict[str, list[dict]] = {"ours": [], "timm": []}

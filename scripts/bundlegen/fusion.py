@@ -40,7 +40,7 @@ def metric(name: str) -> dict:
 
 def inputs() -> dict:
     return {"_target_": "visionfm_core.tasks.fusion.FusionInputsd", "modalities": "@modalities",
-            "spatial_size": "@image_size"}
+            "spatial_size": "@image_size", "encoder": "@encoder"}
 
 
 def parts(d: dict) -> TaskParts:
@@ -56,8 +56,8 @@ def parts(d: dict) -> TaskParts:
              "pretrained_encoder": {m: None for m in d["modalities"]},
              "metric_transform": "$visionfm_core.engine.writers.stack_pred_label"},
         network={"_target_": "visionfm_core.tasks.fusion.VisionFMFusionModel", "num_classes": "@num_classes",
-                 "modalities": "@modalities", "fusion": "@fusion", "arch": "@arch", "patch_size": "@patch_size",
-                 "img_size": "@image_size", "fusion_dim": "@fusion_dim", "modality_dropout": "@modality_dropout"},
+                 "modalities": "@modalities", "fusion": "@fusion", "encoder": "@encoder", "arch": "@arch",
+                 "patch_size": "@patch_size", "img_size": "@image_size", "fusion_dim": "@fusion_dim", "modality_dropout": "@modality_dropout"},
         extra_inputs={"present": "present"},
         dataset_dir=d["dataset_dir"],
         train_transforms=[inputs(), {"_target_": "visionfm_core.data.ValidateLabeld", "keys": "label",

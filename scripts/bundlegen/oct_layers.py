@@ -55,8 +55,8 @@ def to_encoder_input() -> list[dict]:
         {"_target_": f"{SLICES}.VolumeIntensityd", "keys": "image"},
         {"_target_": f"{SLICES}.SliceContextd", "keys": "image", "context": "@context_slices"},
         {"_target_": "NormalizeIntensityd", "keys": "image", "channel_wise": True,
-         "subtrahend": "$list(visionfm_core.modalities.get_modality(@modality).mean)",
-         "divisor": "$list(visionfm_core.modalities.get_modality(@modality).std)"},
+         "subtrahend": "$list(visionfm_core.encoders.normalisation_stats(@encoder, @modality)[0])",
+         "divisor": "$list(visionfm_core.encoders.normalisation_stats(@encoder, @modality)[1])"},
         {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"},
     ]
 
@@ -98,7 +98,8 @@ def parts(d: dict) -> TaskParts:
         num_outputs="@num_classes",
         head_kwargs={"feature_size": "@feature_size"},
         network={"_target_": f"{SLICES}.SliceWiseTaskModel", "head": "segmentation", "num_outputs": "@num_classes",
-                 "arch": "@arch", "patch_size": "@patch_size", "img_size": "@image_size", "modality": "@modality",
+                 "encoder": "@encoder", "arch": "@arch", "patch_size": "@patch_size", "img_size": "@image_size",
+                 "modality": "@modality",
                  "slice_batch_size": "@slice_batch_size"},
         ids={"image_size": 512, "class_names": list(d["classes"]), "num_classes": "$len(@class_names)",
              "feature_size": 32, "context_slices": False, "slice_batch_size": 16, "crops_per_volume": 4,

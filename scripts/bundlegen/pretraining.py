@@ -168,13 +168,16 @@ def inference_config(folder: str, modality: str) -> dict:
         "datalist": "$visionfm_core.data.inference_datalist(@dataset_dir)",
         "device": DEVICE,
         "modality": modality,
+        # the encoder family whose embeddings are written (its normalisation follows it); arch and patch_size are
+        # those of this bundle's iBOT pretraining, for visionfm (null: the family's published size)
+        "encoder": "visionfm",
         "arch": RECIPE.arch,
         "patch_size": RECIPE.patch_size,
         "image_size": RECIPE.image_size,
         "batch_size": INFERENCE_BATCH,
         "num_workers": 4,
         "network_def": {"_target_": "visionfm_core.build_encoder", "arch": "@arch", "patch_size": "@patch_size",
-                        "img_size": "@image_size"},
+                        "img_size": "@image_size", "encoder": "@encoder"},
         # weights converted once to the fastest precision the hardware supports (visionfm_core.engine.precision)
         "precision": "auto",
         "compile": False,
@@ -185,7 +188,8 @@ def inference_config(folder: str, modality: str) -> dict:
                 {"_target_": "visionfm_core.data.LoadEyeImaged", "keys": "image", "modality": "@modality"},
                 {"_target_": "visionfm_core.data.EyeResized", "keys": "image",
                  "spatial_size": ["@image_size", "@image_size"], "mode": "bilinear"},
-                {"_target_": "visionfm_core.data.ModalityNormalized", "keys": "image", "modality": "@modality"},
+                {"_target_": "visionfm_core.data.ModalityNormalized", "keys": "image", "modality": "@modality",
+                 "encoder": "@encoder"},
                 {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"},
             ],
         },

@@ -73,7 +73,8 @@ def with_fast_decode(transforms):
 
 def normalise(keys="image") -> list[dict]:
     return [
-        {"_target_": "visionfm_core.data.ModalityNormalized", "keys": keys, "modality": "@modality"},
+        {"_target_": "visionfm_core.data.ModalityNormalized", "keys": keys, "modality": "@modality",
+         "encoder": "@encoder"},
         {"_target_": "EnsureTyped", "keys": keys, "dtype": "$torch.float32"},
     ]
 
@@ -132,7 +133,7 @@ DROP_LONE_LAST = "$len(@train::dataset) % @batch_size == 1 and len(@train::datas
 def network_def(parts: TaskParts, training: bool) -> dict:
     net = dict(parts.network) if parts.network else {
         "_target_": "visionfm_core.models.VisionFMTaskModel", "head": parts.head, "num_outputs": parts.num_outputs,
-        "arch": "@arch", "patch_size": "@patch_size", "img_size": "@image_size", "modality": "@modality"}
+        "encoder": "@encoder", "arch": "@arch", "patch_size": "@patch_size", "img_size": "@image_size", "modality": "@modality"}
     net.update(parts.head_kwargs)
     if training:
         net.update({"freeze_encoder": "@freeze_encoder", "drop_path_rate": "@drop_path_rate",
@@ -142,8 +143,10 @@ def network_def(parts: TaskParts, training: bool) -> dict:
 
 
 def encoder_ids(modality: str | None) -> dict:
+    """The encoder family (`visionfm_core.encoders.families`; its normalisation follows it) and its size: `arch` and
+    `patch_size` null = the family's published ones (VisionFM: ViT-B/16, RETFound: ViT-L/16, DINOv2: /14)."""
     # no `modality` id for networks of several modalities (they list theirs)
-    return compact(modality=modality, arch="vit_base", patch_size=16)
+    return {**compact(modality=modality), "encoder": "visionfm", "arch": None, "patch_size": None}
 
 
 def prepare_batch(parts: TaskParts) -> dict | None:

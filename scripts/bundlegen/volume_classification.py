@@ -60,8 +60,8 @@ def to_encoder_input() -> list[dict]:
          "mode": "trilinear", "anti_aliasing": True},
         {"_target_": "RepeatChanneld", "keys": "image", "repeats": 3},
         {"_target_": "NormalizeIntensityd", "keys": "image", "channel_wise": True,
-         "subtrahend": "$list(visionfm_core.modalities.get_modality(@modality).mean)",
-         "divisor": "$list(visionfm_core.modalities.get_modality(@modality).std)"},
+         "subtrahend": "$list(visionfm_core.encoders.normalisation_stats(@encoder, @modality)[0])",
+         "divisor": "$list(visionfm_core.encoders.normalisation_stats(@encoder, @modality)[1])"},
         {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"},
     ]
 
@@ -93,7 +93,8 @@ def parts(d: dict) -> TaskParts:
              "num_classes": "$len(@class_names)",
              "metric_transform": "$visionfm_core.engine.writers.stack_pred_label"},
         network={"_target_": "visionfm_core.tasks.volume_classification.VolumeMILModel", "num_outputs": "@num_classes",
-                 "arch": "@arch", "patch_size": "@patch_size", "img_size": "@image_size", "modality": "@modality",
+                 "encoder": "@encoder", "arch": "@arch", "patch_size": "@patch_size", "img_size": "@image_size",
+                 "modality": "@modality",
                  "n_last_blocks": "@n_last_blocks", "attention_dim": "@attention_dim",
                  "slice_batch_size": "@slice_batch_size", "dropout": "@dropout"},
         dataset_dir=d["dataset_dir"],

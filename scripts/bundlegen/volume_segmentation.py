@@ -49,8 +49,8 @@ def intensity() -> list[dict]:
          "upper": "@upper_percentile", "b_min": 0.0, "b_max": 1.0, "clip": True},
         {"_target_": "RepeatChanneld", "keys": "image", "repeats": 3},
         {"_target_": "NormalizeIntensityd", "keys": "image", "channel_wise": True,
-         "subtrahend": "$list(visionfm_core.modalities.get_modality(@modality).mean)",
-         "divisor": "$list(visionfm_core.modalities.get_modality(@modality).std)"},
+         "subtrahend": "$list(visionfm_core.encoders.normalisation_stats(@encoder, @modality)[0])",
+         "divisor": "$list(visionfm_core.encoders.normalisation_stats(@encoder, @modality)[1])"},
         {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"},
     ]
 

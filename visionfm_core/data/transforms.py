@@ -135,16 +135,21 @@ class LoadEyeImaged(MapTransform):
 
 
 class ModalityNormalized(MapTransform):
-    """Normalise (3, H, W) images in [0, 1] with the modality's pretraining mean/std: ``(x - mean) / std``.
+    """Normalise (3, H, W) images in [0, 1] with the encoder's pretraining mean/std: ``(x - mean) / std``.
 
-    The encoders were pretrained with exactly these per-modality statistics, so using others degrades features.
+    VisionFM's encoders were pretrained with per-modality statistics, RETFound's and DINOv2's with ImageNet's
+    (`encoder`, an encoder family: `visionfm_core.encoders.families`); using others degrades features.
     """
 
-    def __init__(self, keys: KeysCollection, modality: str | Modality, allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys: KeysCollection, modality: str | Modality, allow_missing_keys: bool = False,
+                 encoder: str = "visionfm") -> None:
+        from visionfm_core.encoders.families import normalisation_stats
+
         super().__init__(keys, allow_missing_keys)
         self.modality = get_modality(modality)
-        self.mean = np.asarray(self.modality.mean, dtype=np.float32).reshape(3, 1, 1)
-        self.std = np.asarray(self.modality.std, dtype=np.float32).reshape(3, 1, 1)
+        mean, std = normalisation_stats(encoder, self.modality.name)
+        self.mean = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
+        self.std = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
@@ -223,7 +228,8 @@ class ValidateLabeld(MapTransform):
 
 
 def eval_transforms(
-    modality: str | Modality, image_size: int | Sequence[int], keys: KeysCollection = "image"
+    modality: str | Modality, image_size: int | Sequence[int], keys: KeysCollection = "image",
+    encoder: str = "visionfm",
 ) -> Compose:
     """The evaluation preprocessing of VisionFM images, written once: read (``LoadImaged`` with
     :class:`EyeImageReader`), to 3 channels in [0, 1] (:class:`EyeChannelsd`), resize (:class:`EyeResized`,
@@ -235,6 +241,6 @@ def eval_transforms(
         LoadImaged(keys, reader=EyeImageReader(), image_only=True),
         EyeChannelsd(keys, modality),
         EyeResized(keys, image_size, mode="bilinear"),
-        ModalityNormalized(keys, modality),
+        ModalityNormalized(keys, modality, encoder=encoder),
         EnsureTyped(keys, dtype=torch.float32),
     ])

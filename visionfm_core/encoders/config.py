@@ -12,6 +12,8 @@ from typing import Any
 
 from torch import nn
 
+from visionfm_core.encoders.families import EncoderFamily, get_encoder_family
+
 __all__ = ["EncoderConfig"]
 
 
@@ -20,8 +22,12 @@ class EncoderConfig:
     """How to build a network's encoder.
 
     Args:
-        arch: "vit_tiny", "vit_small", "vit_base" (VisionFM's ViT-B) or "vit_large".
-        patch_size: the patch size (16; 8 for some small/base encoders).
+        encoder: the encoder family (`visionfm_core.encoders.families`): "visionfm" (default), "retfound_mae",
+            "retfound_dinov2", "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14" and the "_reg" variants. It fixes
+            the layout, the image feature, the normalisation the data must get and the blocks dense heads read.
+        arch: "vit_tiny", "vit_small", "vit_base" or "vit_large"; None (default): the family's published size
+            (VisionFM: ViT-B; RETFound: ViT-L; DINOv2: the size in its name).
+        patch_size: None (default): the family's (16; 14 for DINOv2); VisionFM also has 8 for small/base encoders.
         img_size: the size the position embeddings are built for (others are resampled on the fly).
         freeze_encoder: True is the original linear-probe protocol (no gradients, eval mode, no drop path);
             False fine-tunes the encoder.
@@ -35,8 +41,9 @@ class EncoderConfig:
         depth_patch: the 3-D encoder's patch depth (default: the patch size).
     """
 
-    arch: str = "vit_base"
-    patch_size: int = 16
+    encoder: str = "visionfm"
+    arch: str | None = None
+    patch_size: int | None = None
     img_size: int = 224
     freeze_encoder: bool = True
     drop_path_rate: float = 0.0
@@ -48,11 +55,27 @@ class EncoderConfig:
     depth_patch: int | None = None
 
     @classmethod
-    def take(cls, config: EncoderConfig | None, kwargs: dict, **defaults: Any) -> EncoderConfig:
-        """`config` (or one with `defaults`) updated with the encoder settings popped from `kwargs`."""
+    def take(cls, config: EncoderConfig | str | None, kwargs: dict, **defaults: Any) -> EncoderConfig:
+        """`config` (or one with `defaults`) updated with the encoder settings popped from `kwargs`. A string
+        `config` is an encoder family's name (what bundle configs pass as `"encoder": "@encoder"`)."""
         names = {f.name for f in fields(cls)}
         given = {key: kwargs.pop(key) for key in list(kwargs) if key in names}
+        if isinstance(config, str):
+            given.setdefault("encoder", config)
+            config = None
+        elif config is not None and not isinstance(config, EncoderConfig):
+            raise TypeError(f"encoder must be an EncoderConfig or an encoder family's name, not {type(config).__name__}")
         return replace(config if config is not None else cls(**defaults), **given)
+
+    @property
+    def family(self) -> EncoderFamily:
+        return get_encoder_family(self.encoder)
+
+    @property
+    def size(self) -> tuple[str, int]:
+        """(arch, patch_size) with the family's published ones filled in."""
+        family = self.family
+        return (self.arch or family.arch), int(self.patch_size or family.patch_size)
 
     def build(self) -> nn.Module:
         """A new encoder with random weights (drop path only when the encoder is fine-tuned)."""
@@ -65,5 +88,5 @@ class EncoderConfig:
         rate = 0.0 if self.freeze_encoder else self.drop_path_rate
         if self.spatial_dims == 3:
             return build_encoder3d(self.arch, self.patch_size, self.img_size, drop_path_rate=rate,
-                                   depth_patch=self.depth_patch)
-        return build_encoder(self.arch, self.patch_size, self.img_size, drop_path_rate=rate)
+                                   depth_patch=self.depth_patch, encoder=self.encoder)
+        return build_encoder(self.arch, self.patch_size, self.img_size, drop_path_rate=rate, encoder=self.encoder)

@@ -28,12 +28,13 @@ the 2-D encoder's on that slice (tests/test_encoder3d.py, 1e-4).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visionfm_core.encoders.vit import _PATCH_SIZES, ARCHS, VisionTransformer, resample_pos_embed
+from visionfm_core.encoders.vit import VisionTransformer, family_settings, resample_pos_embed
 
 __all__ = ["VisionTransformer3D", "build_encoder3d", "inflate_patch_embedding", "resample_depth_embed"]
 
@@ -81,9 +82,10 @@ class VisionTransformer3D(VisionTransformer):
 
     def __init__(self, img_size: int = 96, patch_size: int = 16, depth_patch: int | None = None, in_chans: int = 3,
                  embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
-                 drop_path_rate: float = 0.0, masked_im_modeling: bool = False):
+                 drop_path_rate: float = 0.0, masked_im_modeling: bool = False, **family: Any):
+        """`family`: the encoder family's settings (`vit.family_settings`: LayerScale, registers, pooling, ...)."""
         super().__init__(img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio, drop_path_rate,
-                         masked_im_modeling)
+                         masked_im_modeling, **family)
         depth_patch = patch_size if depth_patch is None else int(depth_patch)
         if depth_patch < 1 or img_size % depth_patch:
             raise ValueError(f"depth_patch must be >= 1 and divide img_size {img_size}, not {depth_patch}")
@@ -93,16 +95,18 @@ class VisionTransformer3D(VisionTransformer):
         self.depth_embed = nn.Parameter(torch.zeros(1, img_size // depth_patch, embed_dim))
 
     def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "cls_token", "masked_embed", "depth_embed"}
+        return super().no_weight_decay() | {"depth_embed"}
 
     def attention_bias(self, x: torch.Tensor) -> torch.Tensor | None:
-        # log(n_depth) on the CLS key: as if the CLS token were repeated once per depth position (module docstring)
+        # log(n_depth) on the CLS key (and on the registers, the other tokens a volume does not repeat): as if each
+        # were repeated once per depth position (module docstring)
         n_depth = x.shape[-1] // self.depth_patch
         if n_depth == 1:
             return None
-        n_tokens = 1 + (x.shape[-3] // self.patch_size) * (x.shape[-2] // self.patch_size) * n_depth
-        cls = torch.full([1, 1, 1, 1], math.log(n_depth), dtype=x.dtype, device=x.device)
-        return torch.cat([cls, torch.zeros(1, 1, 1, n_tokens - 1, dtype=x.dtype, device=x.device)], dim=-1)
+        prefix = self.num_prefix_tokens
+        n_patches = (x.shape[-3] // self.patch_size) * (x.shape[-2] // self.patch_size) * n_depth
+        cls = torch.full([1, 1, 1, prefix], math.log(n_depth), dtype=x.dtype, device=x.device)
+        return torch.cat([cls, torch.zeros(1, 1, 1, n_patches, dtype=x.dtype, device=x.device)], dim=-1)
 
     def prepare_tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         gi, gj = x.shape[-3] // self.patch_size, x.shape[-2] // self.patch_size
@@ -115,7 +119,7 @@ class VisionTransformer3D(VisionTransformer):
         depth = resample_depth_embed(self.depth_embed, gk).reshape(1, 1, 1, gk, dim)
         patch_pos = (plane + depth).reshape(1, gi * gj * gk, dim)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1) + pos[:, :1], x + patch_pos], dim=1)
-        return x
+        return self.insert_registers(x)
 
     @torch.jit.export
     def forward_intermediates(
@@ -136,17 +140,10 @@ class VisionTransformer3D(VisionTransformer):
         return outputs
 
 
-def build_encoder3d(arch: str = "vit_base", patch_size: int = 16, img_size: int = 96, drop_path_rate: float = 0.0,
-                    masked_im_modeling: bool = False, in_chans: int = 3,
-                    depth_patch: int | None = None) -> VisionTransformer3D:
-    """Build a 3-D VisionFM encoder (`vit_tiny`, `vit_small`, `vit_base` or `vit_large`) for img_size^3 volumes."""
-    if arch not in ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
-    if patch_size not in _PATCH_SIZES[arch]:
-        raise ValueError(f"{arch} supports patch sizes {_PATCH_SIZES[arch]}, not {patch_size}")
-    if img_size % patch_size:
-        raise ValueError(f"img_size {img_size} is not a multiple of the patch size {patch_size}")
-    dim, depth, heads = ARCHS[arch]
-    return VisionTransformer3D(img_size=img_size, patch_size=patch_size, depth_patch=depth_patch, in_chans=in_chans,
-                               embed_dim=dim, depth=depth, num_heads=heads, drop_path_rate=drop_path_rate,
-                               masked_im_modeling=masked_im_modeling)
+def build_encoder3d(arch: str | None = None, patch_size: int | None = None, img_size: int = 96,
+                    drop_path_rate: float = 0.0, masked_im_modeling: bool = False, in_chans: int = 3,
+                    depth_patch: int | None = None, encoder: str = "visionfm") -> VisionTransformer3D:
+    """Build a 3-D encoder of a family (`encoder`, as `build_encoder`; default VisionFM's ViT-B/16) for img_size^3
+    volumes; `arch` and `patch_size` default to the family's."""
+    settings = family_settings(encoder, arch, patch_size, img_size, masked_im_modeling)
+    return VisionTransformer3D(depth_patch=depth_patch, in_chans=in_chans, drop_path_rate=drop_path_rate, **settings)

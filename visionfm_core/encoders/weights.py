@@ -1,11 +1,17 @@
-"""Safe loading of VisionFM, iBOT/DINO and this project's encoder weights.
+"""Safe loading of VisionFM, iBOT/DINO, RETFound, DINOv2 and this project's encoder weights.
 
 Accepted sources (a path or an already-loaded dict):
 - a full pretraining checkpoint: {student, teacher, optimizer, epoch, args (argparse.Namespace), ...};
-  `checkpoint_key` picks teacher (default) or student, whose keys carry `module.` / `backbone.` prefixes;
+  `checkpoint_key` picks teacher (default) or student, whose keys carry `module.` / `backbone.` prefixes
+  (RETFound-DINOv2's files are DINOv2 training checkpoints of this form);
 - a fine-tuned classification checkpoint: {visionfm_state_dict, classifier_state_dict, ...};
-- a bare backbone state dict (ImageNet DINO ViT weights have the same names);
+- RETFound-MAE's checkpoints: the weights under `model` (MAE pretraining: encoder + `decoder_*`; fine-tuned:
+  encoder + `fc_norm` + `head`);
+- a bare backbone state dict (ImageNet DINO ViT weights have the same names; DINOv2's released files);
 - this project's own files written by `save_encoder_weights` / `visionfm import-weights`.
+
+Each encoder family (`visionfm_core.encoders.families`) has its key layout; a file whose keys (or header) show
+another family's layout is refused naming both, before any tensor is compared or inflated.
 
 Files are read with `torch.load(weights_only=True)`; the only class allowed beyond tensors and
 containers is `argparse.Namespace`, which the original training checkpoints pickle under `args`.
@@ -24,6 +30,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from visionfm_core.encoders.families import ENCODER_FAMILIES, get_encoder_family
 from visionfm_core.encoders.vit import ARCHS, resample_pos_embed
 from visionfm_core.encoders.vit3d import inflate_patch_embedding, resample_depth_embed
 from visionfm_core.engine.io import atomic_torch_save
@@ -31,7 +38,7 @@ from visionfm_core.modalities import get_modality
 
 __all__ = ["WeightsError", "LoadReport", "read_checkpoint", "extract_backbone", "load_encoder_weights",
            "load_bundle_encoder", "save_encoder_weights", "sha256sum", "require_checkpoint", "declared_modality",
-           "declared_header", "check_modality", "check_architecture"]
+           "declared_header", "check_modality", "check_architecture", "file_layout", "check_family"]
 
 logger = logging.getLogger(__name__)
 ORIGINAL_LICENCE = "CC BY-NC 4.0, from the original release"
@@ -183,6 +190,84 @@ def check_architecture(raw: Any, name: str, encoder: nn.Module) -> None:
                            f"{patch}), or pass weights of this model's architecture.")
 
 
+_SIZE_LETTER = {"vit_tiny": "Ti", "vit_small": "S", "vit_base": "B", "vit_large": "L"}
+_LAYOUT_TITLE = {"visionfm": "VisionFM/DINO ViT (final norm)", "retfound_mae": "RETFound-MAE (fc_norm / MAE decoder)",
+                 "dinov2": "DINOv2 (LayerScale, mask_token)"}
+
+
+def file_layout(state: Mapping[str, torch.Tensor]) -> dict | None:
+    """What a backbone state dict's keys say about its encoder family: {"layout": "visionfm" | "retfound_mae" |
+    "dinov2", "arch", "patch_size", "reg_tokens", "description"}; None when it holds no ViT patch embedding.
+
+    DINOv2: LayerScale gammas, `register_tokens` or a (1, D) `mask_token`; RETFound-MAE: `fc_norm` (fine-tuned) or
+    the MAE decoder (`decoder_*`, pretraining); anything else is a plain ViT with a final norm (VisionFM, DINO, iBOT,
+    MAE's encoder-only release)."""
+    kernel = state.get("patch_embed.proj.weight")
+    if not isinstance(kernel, torch.Tensor) or kernel.dim() < 4:
+        return None
+    width, patch = int(kernel.shape[0]), int(kernel.shape[2])
+    depth = len({k.split(".")[1] for k in state if k.startswith("blocks.") and k.split(".")[1].isdigit()})
+    arch = next((name for name, (dim, n, _) in ARCHS.items() if (dim, n) == (width, depth)), None)
+    mask = state.get("mask_token")
+    regs = state.get("register_tokens")
+    if any(k.endswith(".ls1.gamma") for k in state) or isinstance(regs, torch.Tensor) or (
+            isinstance(mask, torch.Tensor) and mask.dim() == 2):
+        layout = "dinov2"
+    elif "fc_norm.weight" in state or any(k.startswith("decoder_") for k in state):
+        layout = "retfound_mae"
+    else:
+        layout = "visionfm"
+    reg_tokens = int(regs.shape[1]) if isinstance(regs, torch.Tensor) and regs.dim() == 3 else 0
+    size = f"ViT-{_SIZE_LETTER.get(arch, f'{width}x{depth}')}/{patch}"
+    description = f"{_LAYOUT_TITLE[layout]} {size}" + (f" with {reg_tokens} register tokens" if reg_tokens else "")
+    return {"layout": layout, "arch": arch, "patch_size": patch, "reg_tokens": reg_tokens, "description": description}
+
+
+def _model_layout(encoder: nn.Module) -> tuple[str, str]:
+    """(family name, description) of a built encoder, in `file_layout`'s words."""
+    family = get_encoder_family(getattr(encoder, "family", "visionfm"))
+    arch, patch = _arch_of(encoder), getattr(encoder, "patch_size", "?")
+    regs = getattr(encoder, "num_prefix_tokens", 1) - 1
+    size = f"ViT-{_SIZE_LETTER.get(arch or '', '?')}/{patch}"
+    return family.name, (f"{_LAYOUT_TITLE[family.layout]} {size}"
+                         + (f" with {regs} register tokens" if regs else ""))
+
+
+def _families_for(found: dict) -> list[str]:
+    """The family names whose published layout matches a file's (`file_layout`)."""
+    return [f.name for f in ENCODER_FAMILIES.values() if f.layout == found["layout"]
+            and f.reg_tokens == found["reg_tokens"] and (found["arch"] is None or f.arch == found["arch"])]
+
+
+def check_family(raw: Any, state: Mapping[str, torch.Tensor], name: str, encoder: nn.Module) -> dict | None:
+    """Refuse a file of another encoder family than `encoder`'s, naming both layouts: its header's `encoder` (this
+    project's files), else its key layout (`file_layout`; a plain ViT fits VisionFM and RETFound-MAE, whose
+    encoder-only weights are plain). Returns the file's layout."""
+    ours, ours_text = _model_layout(encoder)
+    family = get_encoder_family(ours)
+    header = declared_header(raw) or {}
+    found = file_layout(state)
+    declared = header.get("encoder")
+    if isinstance(declared, str) and declared in ENCODER_FAMILIES and declared != ours:
+        theirs = found["description"] if found else get_encoder_family(declared).title
+        raise WeightsError(f"{name} holds a {declared} encoder ({theirs}), according to its header; this model's "
+                           f"encoder is {ours} ({ours_text}). Build the model with encoder={declared} (bundles: "
+                           f"--encoder {declared}), or pass {ours} weights.")
+    if found is None:
+        return None
+    fits = found["layout"] == family.layout or (found["layout"] == "visionfm" and family.layout == "retfound_mae")
+    if found["layout"] == "dinov2" and family.layout == "dinov2" and found["reg_tokens"] != family.reg_tokens:
+        fits = False
+    if not fits:
+        candidates = _families_for(found) or [f.name for f in ENCODER_FAMILIES.values()
+                                              if f.layout == found["layout"]]
+        raise WeightsError(f"{name} holds a {found['description']} encoder; this model's encoder is {ours} "
+                           f"({ours_text}). Build the model with encoder={candidates[0]} (bundles: --encoder "
+                           f"{candidates[0]}" + (f"; or {', '.join(candidates[1:])}" if len(candidates) > 1 else "")
+                           + f"), or pass weights of the {ours} layout.")
+    return found
+
+
 def _same_modality(a: str, b: str) -> bool:
     try:
         return get_modality(a).name == get_modality(b).name
@@ -217,7 +302,9 @@ def load_encoder_weights(
     """Load encoder weights from a path or dict, resizing `pos_embed`; raise `WeightsError` on any mismatch.
 
     Keys outside the encoder (`head.*`, optimiser state, ...) are ignored and reported. The only encoder key
-    allowed to be absent is `masked_embed` (the teacher and ImageNet DINO weights have none).
+    allowed to be absent is `masked_embed` (the teacher and ImageNet DINO weights have none), and those the encoder's
+    family declares optional (RETFound-MAE's pretraining files have no `fc_norm`: it starts at its initial value, as
+    RETFound fine-tunes). A file of another encoder family is refused naming both layouts (`check_family`).
     With `expected_modality`, a file that declares another modality (its header, or an original release named
     `VFM_<Modality>_weights.pth`) is refused, naming both, unless `allow_modality_mismatch`; a file that
     declares none is accepted. A header naming another architecture or patch size than `encoder`'s is refused.
@@ -229,15 +316,16 @@ def load_encoder_weights(
         get_modality(expected_modality)  # an unknown expected modality is a configuration error: say so first
     raw = read_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
     modality = check_modality(raw, name, expected_modality, allow_modality_mismatch)
-    check_architecture(raw, name, encoder)
     state, entry = extract_backbone(raw, checkpoint_key)
+    check_family(raw, state, name, encoder)  # before the architecture: another family's file says so first
+    check_architecture(raw, name, encoder)
     target = encoder.state_dict()
     report = LoadReport(source=name, entry=entry, modality=modality, header=declared_header(raw))
     _inflate_or_refuse_dims(state, target, encoder, name, report)
 
     if "pos_embed" in state and "pos_embed" in target and state["pos_embed"].shape != target["pos_embed"].shape:
         old = state["pos_embed"]
-        prefix = getattr(encoder, "num_prefix_tokens", 1)
+        prefix = 1  # the CLS token's position: register tokens have none (DINOv2)
         n_target = target["pos_embed"].shape[1] - prefix
         side = int(round(n_target**0.5))
         if old.shape[-1] == target["pos_embed"].shape[-1] and side * side == n_target:
@@ -250,7 +338,8 @@ def load_encoder_weights(
             state["depth_embed"] = resample_depth_embed(old, target["depth_embed"].shape[1])
             report.resized["depth_embed"] = (tuple(old.shape), tuple(state["depth_embed"].shape))
 
-    missing = [k for k in target if k not in state and k != "masked_embed"]
+    optional = {"masked_embed", *get_encoder_family(getattr(encoder, "family", "visionfm")).optional_keys}
+    missing = [k for k in target if k not in state and k not in optional]
     mismatched = [
         f"{k}: file {tuple(state[k].shape)} vs encoder {tuple(target[k].shape)}"
         for k in target

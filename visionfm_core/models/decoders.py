@@ -9,15 +9,15 @@ import torch
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 from torch import nn
 
+from visionfm_core.encoders.families import visionfm_dense_blocks
+
 __all__ = ["dense_block_indices", "UNETRDecoder2d", "UNETRDecoder", "DenseHead"]
 
 
 def dense_block_indices(depth: int) -> list[int]:
-    """Blocks (3, 5, 7, 11) of a 12-block encoder, spread in the same proportion over other depths."""
-    indices = [max(0, round((i + 1) * depth / 12) - 1) for i in (3, 5, 7, 11)]
-    if len(set(indices)) != 4:
-        raise ValueError(f"an encoder with {depth} blocks is too shallow for the 4-block UNETR decoder")
-    return indices
+    """Blocks (3, 5, 7, 11) of a 12-block encoder, spread in the same proportion over other depths (VisionFM's; each
+    encoder family declares its own: `encoder.dense_blocks`)."""
+    return visionfm_dense_blocks(depth)
 
 
 def _up_projection(embed_dim: int, out_channels: int, factor: int, norm_name: str, spatial_dims: int = 2,
@@ -107,9 +107,16 @@ class DenseHead(nn.Module):
                  block_indices: list[int] | None = None, norm_name: str = "instance"):
         super().__init__()
         depth = len(encoder.blocks)
-        # negatives count from the end; the decoder takes the maps shallow to deep
+        patch, family = encoder.patch_size, getattr(encoder, "family", "visionfm")
+        if patch < 8 or patch & (patch - 1):
+            raise ValueError(f"the dense heads' UNETR decoder upsamples by factors of 2 and needs a patch size that is "
+                             f"a power of 2 from 8; the {family} encoder has patch size {patch}. Use a patch-16 "
+                             "encoder for dense tasks (--encoder visionfm or retfound_mae).")
+        # negatives count from the end; the decoder takes the maps shallow to deep; by default the blocks the
+        # encoder's family declares (VisionFM: 3, 5, 7, 11 of 12; others evenly spaced)
+        declared = list(getattr(encoder, "dense_blocks", []))
         self.block_indices = encoder._block_indices(list(block_indices)) if block_indices is not None \
-            else dense_block_indices(depth)
+            else (declared if declared else dense_block_indices(depth))
         if len(self.block_indices) != 4:
             raise ValueError(f"the UNETR decoder takes 4 encoder blocks, got block_indices={self.block_indices}")
         # a 3-D encoder (vit3d.VisionTransformer3D) gets the 3-D decoder, on its NCDHW maps

@@ -19,7 +19,9 @@ logger = logging.getLogger(__name__)
 
 
 class VisionFMTaskModel(nn.Module):
-    """A VisionFM encoder and one head from `HEADS`: "classification", "regression", "landmarks", "segmentation".
+    """An encoder (VisionFM's by default, or another family's: `encoder="retfound_mae"`, "dinov2_vitb14", ...; see
+    `visionfm_core.encoders.families`) and one head from `HEADS`: "classification", "regression", "landmarks",
+    "segmentation". Heads read the family's image feature per block (`encode`), so none has per-encoder code.
 
     - classification -> logits (B, K) from the CLS tokens of the last 4 blocks (`n_last_blocks`)
     - regression -> values (B, K), `hidden="mlp"` (the original biomarker head) or `"linear"`
@@ -50,8 +52,8 @@ class VisionFMTaskModel(nn.Module):
 
     def __init__(self, head: str, num_outputs: int, encoder: EncoderConfig | None = None,
                  head_options: dict | None = None, **kwargs: Any):
-        """`encoder`: how to build the encoder; its settings may also come as keyword arguments (arch, patch_size,
-        img_size, freeze_encoder, drop_path_rate, pretrained, checkpoint_key, modality, allow_modality_mismatch,
+        """`encoder`: how to build the encoder; its settings may also come as keyword arguments (encoder, arch,
+        patch_size, img_size, freeze_encoder, drop_path_rate, pretrained, checkpoint_key, modality, allow_modality_mismatch,
         spatial_dims, depth_patch: see `EncoderConfig`). The other keyword arguments go to the head, as do the
         entries of `head_options` (a dict: what a bundle config passes, e.g. an imported model's pooling)."""
         super().__init__()
@@ -73,8 +75,9 @@ class VisionFMTaskModel(nn.Module):
                                    "declared_modality": report.modality, "header": report.header}
         else:
             self.encoder_source = {"weights": None, "initialisation": "random initialisation"}
-        self.encoder_source.update(task_modality=modality, arch=config.arch, patch_size=config.patch_size,
-                                   freeze_encoder=bool(config.freeze_encoder))
+        arch, patch_size = config.size
+        self.encoder_source.update(task_modality=modality, encoder=config.family.name, arch=arch,
+                                   patch_size=patch_size, freeze_encoder=bool(config.freeze_encoder))
         if config.spatial_dims == 3:
             self.encoder_source.update(spatial_dims=3, depth_patch=self.encoder.depth_patch)
         self.warned_random_frozen = False
@@ -132,11 +135,13 @@ class VisionFMTaskModel(nn.Module):
             return self.encoder.forward_intermediates(x, self.block_indices, self.map_fmt, True)
         if self.uses_tokens:
             return self.encoder.get_intermediate_layers(x, self.block_indices)
-        return [tokens[:, 0] for tokens in self.encoder.get_intermediate_layers(x, self.block_indices)]
+        return self.encoder.block_features(x, self.block_indices)
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """What the head takes: CLS tokens (B, D), patch maps (B, D, H/p, W/p) or, for heads with `uses_tokens`, the
-        token sequences (B, 1 + N, D) of `block_indices`."""
+        """What the head takes: the encoder family's image feature (B, D) computed from each block of
+        `block_indices` (VisionFM, DINOv2: the CLS token after the final norm; RETFound: the patch-token mean through
+        fc_norm), patch maps (B, D, H/p, W/p) of those blocks or, for heads with `uses_tokens`, their token
+        sequences (B, 1 + N, D)."""
         if self.freeze_encoder:
             with torch.no_grad():
                 features = self._encode(x)

@@ -188,9 +188,11 @@ class Commands:
                        arch: str | None = None, patch_size: int | None = None, bundle: str | None = None,
                        dataset: str | None = None, encoder_file: str | None = None, avgpool_patchtokens: int = 0,
                        n_last_blocks: int | None = None, class_names: str | list | None = None,
-                       overwrite: bool = False, bundles_dir: str | None = None) -> None:
-        """--out FILE: check SRC (an original VisionFM, iBOT/DINO or fine-tuned checkpoint) against the encoder and
-        write the bare backbone with a header (modality, source, sha256, licence) for the bundles to use.
+                       overwrite: bool = False, bundles_dir: str | None = None, encoder: str = "visionfm") -> None:
+        """--out FILE: check SRC (an original VisionFM, iBOT/DINO or fine-tuned checkpoint; with --encoder NAME another
+        family's release: retfound_mae, retfound_dinov2, dinov2_vitb14, ...) against the encoder and write the bare
+        backbone with a header (encoder, modality, source, sha256, licence) for the bundles to use (--encoder NAME
+        there too). --arch / --patch_size default to the family's published size.
 
         --bundle BUNDLE: write the original's task model SRC (a fine-tuned classification checkpoint with
         visionfm_state_dict + classifier_state_dict, or a linear probe's state_dict with --encoder_file
@@ -216,6 +218,7 @@ class Commands:
             return
         if out is None:
             sys.exit("visionfm import-weights: give --out FILE (encoder weights) or --bundle BUNDLE (a task model)")
+        from visionfm_core.encoders.families import get_encoder_family
         from visionfm_core.encoders.vit import build_encoder
         from visionfm_core.encoders.weights import (
             ORIGINAL_LICENCE,
@@ -226,17 +229,19 @@ class Commands:
         )
         from visionfm_core.modalities import get_modality
 
-        arch, patch_size = arch or "vit_base", patch_size or 16
         modality = get_modality(modality).name
+        family = get_encoder_family(encoder)
+        arch, patch_size = arch or family.arch, int(patch_size or family.patch_size)
         raw = read_checkpoint(src)
-        encoder = build_encoder(arch, patch_size)
-        report = load_encoder_weights(encoder, raw, checkpoint_key)
-        licence = ORIGINAL_LICENCE if _is_original_release(raw, src) else None
-        save_encoder_weights(encoder, out, modality=modality, arch=arch, patch_size=patch_size,
+        net = build_encoder(arch, patch_size, encoder=family.name)
+        report = load_encoder_weights(net, raw, checkpoint_key)
+        licence = ORIGINAL_LICENCE if _is_original_release(raw, src) else (
+            None if family.name == "visionfm" else f"{family.licence}, from the {family.title} release")
+        save_encoder_weights(net, out, modality=modality, encoder=family.name, arch=arch, patch_size=patch_size,
                              source=os.path.basename(src), sha256=sha256sum(src), checkpoint_key=report.entry,
                              licence=licence)
         print(report)
-        print(f"wrote {out} ({modality}, {arch}/{patch_size}{', licence: ' + licence if licence else ''})")
+        print(f"wrote {out} ({family.name} {modality}, {arch}/{patch_size}{', licence: ' + licence if licence else ''})")
 
     def convert_oct(self, input: str, out: str, format: str = "auto", rows: int = 1024, cols: int = 512,
                     interlaced: bool = False, spacing: str | tuple | None = None) -> None:

@@ -94,7 +94,8 @@ class FusionInputsd(MapTransform):
     """
 
     def __init__(self, modalities: Sequence[str], spatial_size: int | Sequence[int], image_key: str = "image",
-                 present_key: str = "present", warning_key: str = "modality_warning", patient_key: str = "patient_id"):
+                 present_key: str = "present", warning_key: str = "modality_warning", patient_key: str = "patient_id",
+                 encoder: str = "visionfm"):
         self.modalities = [get_modality(m).name for m in modalities]
         self.keys_ = [modality_key(m) for m in self.modalities]
         super().__init__(self.keys_, allow_missing_keys=True)
@@ -108,7 +109,7 @@ class FusionInputsd(MapTransform):
                 ModalityCheckd("image", m, warning_key="warning"),
                 EyeChannelsd("image", m),
                 EyeResized("image", size, mode="bilinear"),
-                ModalityNormalized("image", m),
+                ModalityNormalized("image", m, encoder=encoder),  # the encoder family's normalisation
                 EnsureTyped("image", dtype=torch.float32, track_meta=False),
             ]) for m in self.modalities}
 

@@ -23,3 +23,19 @@ def assert_close_to_scale(actual, expected, rel: float = 1e-4, msg: str | None =
     actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
     scale = expected.detach().abs().max().item() if expected.numel() else 0.0
     torch.testing.assert_close(actual, expected, atol=rel * max(scale, 1e-12), rtol=rel, msg=msg)
+
+
+def datalist_with_change(path: str, split: str, index: int, **changes) -> str:
+    """A copy of the datalist JSON at `path`, next to it, with entry `index` of `split` changed (a value of `...`
+    deletes the key); the copy's path."""
+    import json
+
+    data = json.loads(open(path).read())
+    data[split][index].update(changes)
+    for key, value in changes.items():
+        if value is ...:
+            del data[split][index][key]
+    changed = f"{path[:-5]}_changed.json"
+    with open(changed, "w") as f:
+        json.dump(data, f)
+    return changed

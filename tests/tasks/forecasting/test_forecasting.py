@@ -1,13 +1,17 @@
 """Networks with more than one input: progression forecasting (image + interval) and per-patient fusion."""
 
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from sklearn.metrics import accuracy_score, average_precision_score, f1_score, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    f1_score,
+    roc_auc_score,
+)
 
 from visionfm_core.data import make_phantom
 from visionfm_core.tasks.forecasting import (
@@ -19,7 +23,7 @@ from visionfm_core.tasks.forecasting import (
 
 from bundle_harness import infer_with_random_weights
 from harness_forecasting import write_forecasting_dataset
-from tests_common import assert_close_to_scale
+from tests_common import assert_close_to_scale, datalist_with_change
 
 SMALL = {"arch": "vit_tiny", "img_size": 32}
 
@@ -44,7 +48,6 @@ def test_interval_encoding_distinct_bounded_and_covers_6500_days():
 def pair_model():
     torch.manual_seed(0)
     return VisionFMForecastingModel(pair=True, **SMALL).eval()
-
 
 
 def test_the_original_feature_is_the_mean_of_the_last_blocks_patch_tokens():
@@ -121,19 +124,6 @@ def forecasting_data(tmp_path_factory):
     return root, write_forecasting_dataset(root)
 
 
-def _with(path, split, index, **changes):
-    """A copy of the datalist next to it with one entry changed (`...` deletes a key); its path."""
-    data = json.loads(open(path).read())
-    data[split][index].update(changes)
-    for key, value in changes.items():
-        if value is ...:
-            del data[split][index][key]
-    changed = f"{path[:-5]}_changed.json"
-    with open(changed, "w") as f:
-        json.dump(data, f)
-    return changed
-
-
 @pytest.mark.parametrize("changes, message", [
     ({"interval_days": 0}, r"interval_days 0 is outside \(0, 6500\]"),
     ({"interval_days": 7000}, r"interval_days 7000 is outside \(0, 6500\]"),
@@ -143,7 +133,7 @@ def _with(path, split, index, **changes):
 ])
 def test_forecasting_datalist_errors_name_the_entry_and_image(forecasting_data, changes, message):
     root, path = forecasting_data
-    data = _with(path, "training", 3, **changes)
+    data = datalist_with_change(path, "training", 3, **changes)
     with pytest.raises(ValueError, match=message) as e:
         load_forecasting_datalist(data, "training")
     assert "'training' entry 3" in str(e.value)
@@ -153,7 +143,7 @@ def test_pair_mode_needs_a_followup(forecasting_data):
     root, path = forecasting_data
     entries = load_forecasting_datalist(path, "training", pair=True)
     assert all(e["followup"].endswith("followup.png") and isinstance(e["interval_days"], float) for e in entries)
-    data = _with(path, "validation", 2, followup=None)
+    data = datalist_with_change(path, "validation", 2, followup=None)
     assert load_forecasting_datalist(data, "validation")[2]["followup"] == ""  # fine without pair mode
     with pytest.raises(ValueError, match=r"'validation' entry 2 \(image .*validation_02_baseline.png\) has no "
                                          r"\"followup\" image"):
@@ -165,7 +155,7 @@ def test_forecasting_bundle_writes_probability_per_interval(forecasting_data, tm
     root, path = forecasting_data
     grey = np.repeat(make_phantom("OCT", 48, 0)[..., :1], 3, axis=2)
     Image.fromarray(grey).save(root / "grey_followup.png")  # a grey scan as a follow-up photo: warned about
-    rows = infer_with_random_weights("fundus_glaucoma_forecasting", _with(path, "test", 1, followup="grey_followup.png"), tmp_path,
+    rows = infer_with_random_weights("fundus_glaucoma_forecasting", datalist_with_change(path, "test", 1, followup="grey_followup.png"), tmp_path,
                   pair=True)
     assert list(rows[0]) == ["image", "followup", "interval_days", "probability", "prediction", "label", "warning"]
     assert len(rows) == 4 and rows[0]["interval_days"] == "6500.0"

@@ -6,27 +6,18 @@ import pytest
 import torch
 
 from visionfm_core.data import eval_transforms
-from visionfm_core.tasks.fusion import FusionInputsd, VisionFMFusionModel, load_fusion_datalist
+from visionfm_core.tasks.fusion import (
+    FusionInputsd,
+    VisionFMFusionModel,
+    load_fusion_datalist,
+)
 from visionfm_core.tasks.fusion.model import _weights_per_modality
 
 from bundle_harness import infer_with_random_weights
 from harness_fusion import write_fusion_dataset
-from tests_common import assert_close_to_scale
+from tests_common import assert_close_to_scale, datalist_with_change
 
 SMALL = {"arch": "vit_tiny", "img_size": 32}
-
-
-def _with(path, split, index, **changes):
-    """A copy of the datalist next to it with one entry changed (`...` deletes a key); its path."""
-    data = json.loads(open(path).read())
-    data[split][index].update(changes)
-    for key, value in changes.items():
-        if value is ...:
-            del data[split][index][key]
-    changed = f"{path[:-5]}_changed.json"
-    with open(changed, "w") as f:
-        json.dump(data, f)
-    return changed
 
 
 @pytest.fixture(scope="module")
@@ -133,13 +124,13 @@ def test_fusion_inputs_load_normalise_and_flag_each_modality(fusion_data):
 def test_fusion_datalist_errors(fusion_data):
     root, path = fusion_data
     with pytest.raises(ValueError, match=r"'training' entry 2 \(patient training_2\) has no image at all"):
-        load_fusion_datalist(_with(path, "training", 2, fundus=None, oct=...), "training", ["Fundus", "OCT"])
+        load_fusion_datalist(datalist_with_change(path, "training", 2, fundus=None, oct=...), "training", ["Fundus", "OCT"])
     with pytest.raises(ValueError, match="Patient P9 has no image at all"):
         FusionInputsd(["Fundus", "OCT"], 32)({"patient_id": "P9", "fundus": "", "oct": None})
     with pytest.raises(ValueError, match=r"'test' entry 1 \(patient test_1\): oct image .*nowhere.png does not exist"):
-        load_fusion_datalist(_with(path, "test", 1, oct="nowhere.png"), "test", ["Fundus", "OCT"])
+        load_fusion_datalist(datalist_with_change(path, "test", 1, oct="nowhere.png"), "test", ["Fundus", "OCT"])
     with pytest.raises(ValueError, match=r"patient validation_0\): label 3 is not an integer class index in 0..2"):
-        load_fusion_datalist(_with(path, "validation", 0, label=3), "validation", ["Fundus", "OCT"], num_classes=3)
+        load_fusion_datalist(datalist_with_change(path, "validation", 0, label=3), "validation", ["Fundus", "OCT"], num_classes=3)
     with pytest.raises(ValueError, match=r"is for modalities \['Fundus', 'OCT'\], but the network takes "
                                          r"\['Fundus', 'FFA'\]"):
         load_fusion_datalist(path, "test", ["Fundus", "FFA"])
@@ -148,7 +139,7 @@ def test_fusion_datalist_errors(fusion_data):
 def test_fusion_bundle_predicts_every_patient_missing_modalities_included(fusion_data, tmp_path):
     root, path = fusion_data
     fundus = json.loads(open(path).read())["test"][0]["fundus"]
-    warn = _with(path, "test", 0, oct=fundus)  # a colour photo under oct: a warning, not a failure
+    warn = datalist_with_change(path, "test", 0, oct=fundus)  # a colour photo under oct: a warning, not a failure
     rows = infer_with_random_weights("multimodal_disease_classification", warn, tmp_path, class_names=["a", "b", "c"])
     assert [r["patient_id"] for r in rows] == [f"test_{i}" for i in range(4)]
     assert [r["present"] for r in rows] == ["fundus+oct", "fundus", "fundus+oct", "oct"]

@@ -143,6 +143,28 @@ def test_knn_protocol_and_the_dry_run_plan_with_its_cost(tmp_path, capsys):
     assert "papila" in report["time_per_dataset_s"]
 
 
+
+def test_encoder_families_compare_in_one_benchmark(tmp_path):
+    """A DINOv2-family file (its header names the family, size and patch) beside a VisionFM one: each is built and
+    normalised as its family, and both are scored on the same test images with the paired tests."""
+    from visionfm_core.tools.benchmark.protocol import parse_encoders
+
+    write_phantom_benchmark(tmp_path / "data", ("papila",), per_class=2, size=40, patients=False)
+    vfm = encoder_file(tmp_path / "vfm.pt", "Fundus", 5)
+    torch.manual_seed(6)
+    dino = tmp_path / "dino.pt"
+    save_encoder_weights(build_encoder("vit_tiny", 14, img_size=112, encoder="dinov2_vits14"), dino,
+                         modality="Fundus", encoder="dinov2_vits14", arch="vit_tiny", patch_size=14)
+    (spec,) = parse_encoders([f"dinov2={dino}"])
+    assert (spec.files[0].family, spec.files[0].arch, spec.files[0].patch_size) == ("dinov2_vits14", "vit_tiny", 14)
+    settings = Settings(protocol="knn", knn_k=3, **{**TINY, "image_size": 112})  # a multiple of 16 and of 14
+    report = run_benchmark(tmp_path / "data", [f"visionfm={vfm}", f"dinov2={dino}"], out=tmp_path / "out",
+                           seeds=[0], settings=settings, measure=False)
+    assert {r["encoder"] for r in report["results"]} == {"visionfm", "dinov2"}
+    scores = {r["encoder"]: r["test"]["probabilities"] for r in report["results"]}
+    assert len(scores["visionfm"]) == len(scores["dinov2"]) == 6 and scores["visionfm"] != scores["dinov2"]
+    assert rows(tmp_path / "out" / "comparisons.csv")  # the paired tests of the two families
+
 def test_finetune_estimate_counts_the_recipes_epochs_per_dataset(tmp_path):
     write_phantom_benchmark(tmp_path / "data", ("aptos2019", "papila"), per_class=1, size=32)
     enc = encoder_file(tmp_path / "enc.pt", "Fundus", 6)

@@ -81,8 +81,9 @@ class KNNProbe:
     """
 
     def __init__(self, datalist: str | None, modality: str, image_size: int = DEFAULT_RECIPE.image_size, k: int = 20,
-                 interval: int = 1, batch_size: int = 32, name: str = "knn_top1"):
-        self.datalist, self.modality, self.image_size = datalist, modality, image_size
+                 interval: int = 1, batch_size: int = 32, name: str = "knn_top1", encoder: str = "visionfm"):
+        # `encoder`: the family whose normalisation the images get (VisionFM's per-modality statistics by default)
+        self.datalist, self.modality, self.image_size, self.encoder = datalist, modality, image_size, encoder
         self.k, self.interval, self.batch_size, self.name = k, interval, batch_size, name
 
     def _loader(self, split: str):
@@ -93,7 +94,8 @@ class KNNProbe:
         from visionfm_core.data.transforms import ValidateLabeld, eval_transforms
 
         # the evaluation preprocessing of every VisionFM pipeline: same reader, same resize as pretraining
-        transform = Compose([eval_transforms(self.modality, self.image_size), ValidateLabeld("label", 10**6)])
+        transform = Compose([eval_transforms(self.modality, self.image_size, encoder=self.encoder),
+                             ValidateLabeld("label", 10**6)])
         return DataLoader(Dataset(load_datalist(self.datalist, split), transform), batch_size=self.batch_size)
 
     def attach(self, engine: Engine) -> None:

@@ -46,6 +46,11 @@ class EncoderFile:
     path: str | None  # None: random initialisation
     modality: str | None  # what the file declares (header or original file name); None: says nothing
     sha256: str | None
+    # the encoder family and size its header declares (`visionfm import-weights --encoder NAME` writes them), so
+    # RETFound, DINOv2 and VisionFM files compare in one run; None: the run's settings (VisionFM's ViT-B/16)
+    family: str | None = None
+    arch: str | None = None
+    patch_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -66,8 +71,9 @@ class EncoderSpec:
         return silent[0] if silent else None
 
 
-def _declared(path: str) -> tuple[str | None, str]:
-    from visionfm_core.encoders.weights import declared_modality, read_checkpoint, sha256sum
+def _declared(path: str) -> tuple[str | None, str, dict]:
+    """The modality, sha256 and {family, arch, patch_size} (those its header declares) of an encoder file."""
+    from visionfm_core.encoders.weights import declared_header, declared_modality, read_checkpoint, sha256sum
 
     try:
         raw = read_checkpoint(path)
@@ -81,7 +87,10 @@ def _declared(path: str) -> tuple[str | None, str]:
             modality = get_modality(modality).name
         except ValueError:
             pass
-    return modality, sha256sum(path)
+    header = declared_header(raw) or {}
+    size = {"family": header.get("encoder"), "arch": header.get("arch"),
+            "patch_size": int(header["patch_size"]) if header.get("patch_size") else None}
+    return modality, sha256sum(path), size
 
 
 def parse_encoders(encoders) -> list[EncoderSpec]:
@@ -112,8 +121,8 @@ def parse_encoders(encoders) -> list[EncoderSpec]:
                 continue
             if not os.path.isfile(p):
                 raise BenchmarkError(f"encoder file {p} (encoder {name!r}) does not exist.")
-            modality, sha = _declared(p)
-            out.append(EncoderFile(os.path.abspath(p), modality, sha))
+            modality, sha, size = _declared(p)
+            out.append(EncoderFile(os.path.abspath(p), modality, sha, **size))
         specs.append(EncoderSpec(name, tuple(out)))
     return specs
 
@@ -338,7 +347,8 @@ def _bundle_overrides(unit: Unit, settings: Settings, bundle: Path, datalist: Pa
     return {
         "bundle_root": str(bundle), "dataset_dir": str(datalist.parent), "datalist": str(datalist),
         "ckpt_dir": str(folder / "models"), "output_dir": str(folder / "runs"),
-        "modality": unit.dataset.spec.modality, "arch": settings.arch, "patch_size": settings.patch_size,
+        "modality": unit.dataset.spec.modality, "encoder": unit.file.family or "visionfm",
+        "arch": unit.file.arch or settings.arch, "patch_size": unit.file.patch_size or settings.patch_size,
         "image_size": settings.image_size, "batch_size": settings.batch_size, "num_workers": settings.num_workers,
         "checkpoint_key": settings.checkpoint_key, "allow_modality_mismatch": settings.allow_modality_mismatch,
         "device": f"$torch.device({settings.resolved_device()!r})",
@@ -356,7 +366,8 @@ def _finetune_transforms(settings: Settings) -> list:
          "size": "@image_size"},
         {"_target_": "RandFlipd", "keys": "image", "prob": 0.5, "spatial_axis": 1},
         {"_target_": "RandFlipd", "keys": "image", "prob": 0.5, "spatial_axis": 0},
-        {"_target_": "visionfm_core.data.ModalityNormalized", "keys": "image", "modality": "@modality"},
+        {"_target_": "visionfm_core.data.ModalityNormalized", "keys": "image", "modality": "@modality",
+         "encoder": "@encoder"},
         {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"},
         {"_target_": "visionfm_core.data.ValidateLabeld", "keys": "label", "num_classes": "@num_classes"},
     ]
@@ -395,14 +406,16 @@ def _run_knn(unit: Unit, settings: Settings, datalist: Path) -> tuple[list, list
 
     torch.manual_seed(unit.seed)  # only a random-init encoder draws numbers
     device = torch.device(settings.resolved_device())
-    encoder = build_encoder(settings.arch, settings.patch_size, img_size=settings.image_size)
+    f = unit.file
+    encoder = build_encoder(f.arch or settings.arch, f.patch_size or settings.patch_size,
+                            img_size=settings.image_size, encoder=f.family or "visionfm")
     if unit.file.path:
         load_encoder_weights(encoder, unit.file.path, settings.checkpoint_key,
                              expected_modality=unit.dataset.spec.modality,
                              allow_modality_mismatch=settings.allow_modality_mismatch)
     encoder.to(device).eval()
     probe = KNNProbe(str(datalist), unit.dataset.spec.modality, settings.image_size, k=settings.knn_k,
-                     batch_size=settings.batch_size)
+                     batch_size=settings.batch_size, encoder=f.family or "visionfm")
     train_f, train_l = probe.embed(encoder, "training", device)
     test_f, _ = probe.embed(encoder, "test", device)
     probs = knn_scores(train_f, train_l, test_f, unit.dataset.spec.num_classes, settings.knn_k,

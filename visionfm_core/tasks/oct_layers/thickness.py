@@ -22,7 +22,14 @@ import torch
 from ignite.engine import Engine, Events
 
 from visionfm_core.engine.io import atomic_write_bytes, atomic_write_text
-from visionfm_core.engine.writers import OutputNames, TableWriter, csv_table, readable_samples, sample_filename
+from visionfm_core.engine.writers import (
+    OutputNames,
+    TableWriter,
+    csv_table,
+    nanmean,
+    readable_samples,
+    sample_filename,
+)
 from visionfm_core.tasks.oct_layers.annotations import IGNORE_LABEL
 
 __all__ = ["voxel_spacing_mm", "thickness_maps", "dice_per_class", "enface_png", "LayerThicknessWriter",
@@ -231,10 +238,10 @@ class LayerThicknessWriter(TableWriter):
             atomic_write_text(os.path.join(self.output_dir, "dice.csv"), csv_table(header, table))
             dice = np.array([r["dice"] for r in labelled], dtype=np.float64)
             mae = np.array([r["thickness_mae_um"] for r in labelled], dtype=np.float64)
-            per_class = {c: _mean(dice[:, i]) for i, c in enumerate(layers)}
-            metrics = {"mean_dice": _mean(np.array([v for v in per_class.values() if v is not None])),
+            per_class = {c: nanmean(dice[:, i]) for i, c in enumerate(layers)}
+            metrics = {"mean_dice": nanmean(np.array([v for v in per_class.values() if v is not None])),
                        "dice": per_class,
-                       "thickness_mae_um": {c: _mean(mae[:, i]) for i, c in enumerate(classes)},
+                       "thickness_mae_um": {c: nanmean(mae[:, i]) for i, c in enumerate(classes)},
                        "num_volumes": len(labelled)}
             atomic_write_text(os.path.join(self.output_dir, "metrics.json"), json.dumps(metrics, indent=1))
         engine.logger.info("wrote thickness maps of %d volumes to %s", len(self.rows), self.output_dir)
@@ -244,11 +251,6 @@ class LayerThicknessWriter(TableWriter):
 def _with_total(maps: np.ndarray) -> np.ndarray:
     """The class maps plus the total retina (their sum: every class but the background) as the last map."""
     return np.concatenate([maps, maps.sum(0, keepdims=True)], axis=0)
-
-def _mean(values: np.ndarray) -> float | None:
-    defined = values[~np.isnan(values)] if values.size else values
-    return float(defined.mean()) if defined.size else None
-
 
 def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine
 
+from visionfm_core.engine.metric_utils import nan_mean
 from visionfm_core.engine.writers import TableWriter, batch_value, readable_samples, sample_filename
 
 __all__ = ["VolumeDiceWriter", "StructureVolumesWriter", "label_indices", "dice_per_structure"]
@@ -70,8 +71,8 @@ class VolumeDiceWriter(TableWriter):
     def _write(self, engine: Engine) -> None:
         names = [f"dice_{n}" for n in self.class_names[1:]]
         table = [[r["image"], *[_fmt(r[n]) for n in names], r["warning"]] for r in self.rows]
-        means = {n: _nanmean([r[n] for r in self.rows]) for n in names}
-        metrics = {**means, "mean_dice": _nanmean(list(means.values())), "volumes": len(self.rows)}
+        means = {n: nan_mean([r[n] for r in self.rows]) for n in names}
+        metrics = {**means, "mean_dice": nan_mean(list(means.values())), "volumes": len(self.rows)}
         self._save(["image", *names, "warning"], table, self.rows, metrics)
 
 
@@ -106,11 +107,6 @@ class StructureVolumesWriter(TableWriter):
         table = [[r["image"], "x".join(map(str, r["shape"])), "x".join(map(str, r["spacing_mm"])),
                   *[r[n] for n in names], r["warning"]] for r in self.rows]
         self._save(["image", "shape", "spacing_mm", *names, "warning"], table, self.rows, None)
-
-
-def _nanmean(values: list[float]) -> float:
-    kept = [v for v in values if not math.isnan(v)]
-    return float(np.mean(kept)) if kept else float("nan")
 
 
 def _fmt(v: float) -> str:

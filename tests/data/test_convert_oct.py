@@ -2,7 +2,8 @@
 
 Tested for real on small synthetic files: Zeiss .img (raw cube, read by oct-converter), Topcon .fda and .fds
 (built with oct-converter's own construct definitions, read by oct-converter), Heidelberg .e2e and Bioptigen
-.OCT (built with oct-converter's layouts) and Heidelberg .vol (written by eyepy's own writer, read by eyepy).
+.OCT (built with oct-converter's layouts), Heidelberg .vol (written by eyepy's own writer, read by eyepy) and
+Heidelberg XML exports (built to the structure eyepy's parser reads, as eyepy has no XML writer; read by eyepy).
 """
 
 from __future__ import annotations
@@ -310,3 +311,104 @@ def test_bioptigen_oct_time_series_numbered(tmp_path):
     for out, vol in zip(written, volumes):
         np.testing.assert_array_equal(np.asarray(nib.load(out).dataobj), vol.transpose(1, 2, 0))
         assert sidecar(out)["laterality"] == "L" and sidecar(out)["format"] == "oct"
+
+
+def write_heidelberg_xml(folder, bscans: np.ndarray, scale=(0.0039, 0.0114, 0.12), laterality="L",
+                         layers: dict[str, np.ndarray] | None = None, image_ext="png"):
+    """A Heidelberg XML export as eyepy's parser (``eyepy/io/he/xml_reader.py``) reads it: HEDX/BODY with the
+    patient, study and series; per image an Image element with ImageType/Type (LOCALIZER or OCT), an
+    OphthalmicAcquisitionContext (Width, Height, ScaleX, ScaleY in mm; Start/End Coord X, Y in mm for the B-scans)
+    and ImageData/ExamURL (a Windows path whose last part is the image file next to the XML); layers as
+    Segmentation/SegLine (Name, Array of rows per A-scan). eyepy has no XML writer, so the test builds the file.
+    ``bscans``: (B-scans, axial, lateral) uint8; ``layers``: name -> (B-scans, lateral) rows."""
+    import xml.etree.ElementTree as ET
+
+    from PIL import Image
+
+    def sub(parent, tag, text=None, **children):
+        el = ET.SubElement(parent, tag)
+        if text is not None:
+            el.text = str(text)
+        for name, value in children.items():
+            sub(el, name, value)
+        return el
+
+    def date(parent, tag, y, m, d):
+        sub(sub(parent, tag), "Date", Year=y, Month=m, Day=d)
+
+    def image(series, kind, name, width, height, sx, sy):
+        img = sub(series, "Image")
+        sub(img, "ImageType", Type=kind)
+        context = sub(img, "OphthalmicAcquisitionContext", Width=width, Height=height, ScaleX=sx, ScaleY=sy)
+        sub(img, "ImageData", ExamURL=f"C:\\HEYEX\\export\\{name}")
+        return img, context
+
+    folder.mkdir(parents=True, exist_ok=True)
+    n, axial, lateral = bscans.shape
+    root = ET.Element("HEDX")
+    body = sub(root, "BODY")
+    sub(body, "SWVersion", Version="6.16.2.0")
+    patient = sub(body, "Patient", ID=7, PatientID="test", LastName="Doe", FirstNames="Jane")
+    date(patient, "Birthdate", 1970, 1, 1)
+    study = sub(patient, "Study")
+    date(study, "StudyDate", 2024, 5, 6)
+    series = sub(study, "Series", ID=12, Laterality=laterality)
+    reference = sub(series, "ReferenceSeries", ID=12)
+    date(reference, "ExamDate", 2024, 5, 6)
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(folder / "slo.png")
+    _, context = image(series, "LOCALIZER", "slo.png", 32, 32, 0.2, 0.2)
+    sub(context, "Angle", 30)
+    sub(context, "Focus", 0.0)
+    for k in range(n):
+        name = f"bscan_{k:03d}.{image_ext}"
+        Image.fromarray(bscans[k]).save(folder / name)
+        img, context = image(series, "OCT", name, lateral, axial, scale[1], scale[0])
+        for tag, x in (("Start", 0.5), ("End", 0.5 + (lateral - 1) * scale[1])):
+            sub(sub(context, tag), "Coord", X=x, Y=1.0 + k * scale[2])
+        sub(context, "ImageQuality", 30.0)
+        segmentation = sub(img, "Segmentation", NumSegmentations=len(layers or {}))
+        for layer, rows in (layers or {}).items():
+            sub(segmentation, "SegLine", Name=layer, Array=" ".join(f"{v:.6g}" for v in rows[k]))
+    ET.ElementTree(root).write(folder / "export.xml", encoding="utf-8", xml_declaration=True)
+    return folder / "export.xml"
+
+
+@pytest.mark.parametrize("image_ext, laterality, eye", [("png", "L", "L"), ("tif", "R", "R")])
+def test_heidelberg_xml_export_through_eyepy(tmp_path, image_ext, laterality, eye):
+    bscans = RNG.integers(0, 256, (BSCANS, AXIAL, LATERAL), dtype=np.uint8)
+    bscans[0, 0] = np.arange(LATERAL) * 20  # a recognisable top row of the first B-scan
+    layers = {"ILM": np.full((BSCANS, LATERAL), 3.0), "BM": np.full((BSCANS, LATERAL), 12.5)}
+    source = write_heidelberg_xml(tmp_path / "export", bscans, laterality=laterality, layers=layers,
+                                  image_ext=image_ext)
+    out = tmp_path / "out" / "eye.nii.gz"
+    main(["convert-oct", str(source.parent), "--out", str(out)])  # the export's folder: its one .xml is read
+    img = nib.load(out)
+    assert img.shape == (AXIAL, LATERAL, BSCANS) and img.get_data_dtype() == np.uint8
+    cube = np.asarray(img.dataobj)
+    # slice k is B-scan k, vitreous (row 0) at the top, A-scans left to right as exported
+    np.testing.assert_array_equal(cube[0, :, 0], np.arange(LATERAL) * 20)
+    np.testing.assert_array_equal(cube, bscans.transpose(1, 2, 0))
+    # axial / lateral: the XML's ScaleY / ScaleX; between B-scans: the distance of their start/end positions
+    np.testing.assert_allclose(img.header.get_zooms(), [0.0039, 0.0114, 0.12], rtol=1e-6)
+    meta = sidecar(out)
+    assert meta["format"] == "xml" and meta["source"] == str(source) and meta["laterality"] == eye
+    assert meta["spacing_source"] == ["header"] * 3 and meta["shape"] == [AXIAL, LATERAL, BSCANS]
+    assert meta["layer_annotations"] == ["ILM", "BM"]  # named in the sidecar; heights are not converted
+    assert sorted(os.listdir(out.parent)) == ["eye.json", "eye.nii.gz"]
+
+
+def test_heidelberg_xml_export_bad_input(tmp_path):
+    bscans = RNG.integers(0, 256, (3, AXIAL, LATERAL), dtype=np.uint8)
+    source = write_heidelberg_xml(tmp_path / "export", bscans)
+    (source.parent / "bscan_001.png").unlink()  # a B-scan image missing from the export
+    with pytest.raises(OCTConversionError, match=r"export.xml could not be read as a Heidelberg XML export by eyepy"
+                                                 r".*bscan_001.png"):
+        convert_oct(source, tmp_path / "o.nii.gz")
+    (source.parent / "EXPORT.XML").write_bytes(source.read_bytes())
+    with pytest.raises(OCTConversionError, match=r"EXPORT.XML: eyepy reads .* only from a file named \*.xml"):
+        convert_oct(source.parent / "EXPORT.XML", tmp_path / "o.nii.gz")
+    (source.parent / "EXPORT.XML").unlink()
+    (source.parent / "other.xml").write_text("<HEDX/>")
+    with pytest.raises(OCTConversionError, match=r"export holds 2 .xml files"):
+        convert_oct(source.parent, tmp_path / "o.nii.gz")
+    assert not any(p.name.startswith("o.") or p.name.startswith(".convert") for p in tmp_path.iterdir())

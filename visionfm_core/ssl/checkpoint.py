@@ -23,6 +23,7 @@ from ignite.engine import Engine, Events
 
 from visionfm_core.encoders.weights import WeightsError, read_checkpoint, save_encoder_weights
 from visionfm_core.engine.io import atomic_torch_save
+from visionfm_core.engine.resume import differences, load_objects, normalised_identity, resume_setting
 from visionfm_core.modalities import get_modality
 
 __all__ = ["PretrainingCheckpoint", "RUN_IDENTITY_IGNORES"]
@@ -31,7 +32,6 @@ logger = logging.getLogger(__name__)
 # recipe values a run may change and still be the same run: `epochs` (to extend a finished run), and the
 # bookkeeping/hardware settings that do not change what is learnt
 RUN_IDENTITY_IGNORES = ("epochs", "keep_every_epochs", "amp")
-_FALSE_WORDS = {"false", "no", "none", "0", "off"}  # `--resume false` arrives as a string from the command line
 
 
 class PretrainingCheckpoint:
@@ -63,8 +63,8 @@ class PretrainingCheckpoint:
                  arch: str | None = None, patch_size: int | None = None, run_identity: dict | None = None):
         self.ckpt_dir = ckpt_dir
         self.header = {"modality": modality, "arch": arch, "patch_size": patch_size}
-        self.resume = _resume_setting(resume)
-        self.run_identity = None if run_identity is None else _normalised_identity(run_identity)
+        self.resume = resume_setting(resume)
+        self.run_identity = None if run_identity is None else normalised_identity(run_identity)
         self.save_every_iterations = save_every_iterations
         self.keep_every_epochs = keep_every_epochs
         self.save = save
@@ -130,14 +130,7 @@ class PretrainingCheckpoint:
                                + ", ".join(f"{k}={old} (this run: {new})" for k, (old, new) in mismatch.items()))
         self._check_same_run(path, saved)
         max_epochs = engine.state.max_epochs
-        for name, obj in self._objects(engine).items():
-            if name not in ckpt:
-                raise WeightsError(f"cannot resume from {path}: it has no '{name}' entry")
-            try:
-                obj.load_state_dict(ckpt[name])
-            except (RuntimeError, KeyError, ValueError) as e:
-                reason = str(e).splitlines()[0]
-                raise WeightsError(f"cannot resume from {path}: '{name}' does not fit ({reason})") from None
+        load_objects(self._objects(engine), ckpt, path)
         engine.state.max_epochs = max_epochs  # the run's own max_epochs wins over the checkpoint's
         if engine.state.epoch >= max_epochs:
             # nothing to train: say so plainly instead of a run that looks like it trained
@@ -168,33 +161,6 @@ class PretrainingCheckpoint:
         )
 
 
-def _resume_setting(resume: Any) -> bool | str:
-    """True, False, "auto", "force" or a path; command-line words like "false"/"true" become booleans."""
-    if resume is None:
-        return False
-    if isinstance(resume, str):
-        word = resume.strip().lower()
-        if word in _FALSE_WORDS:
-            return False
-        if word in ("true", "yes", "1", "on"):
-            return True
-        if word in ("auto", "force"):
-            return word
-    return resume
-
-
-def _normalised_identity(identity: dict) -> dict:
-    """Plain values; paths that exist become absolute, so `./data` and `/abs/data` are the same folder."""
-    out = {}
-    for key, value in identity.items():
-        if isinstance(value, os.PathLike) or (isinstance(value, str) and value and os.path.exists(value)):
-            value = os.path.realpath(value)
-        elif hasattr(value, "item"):  # a 0-d tensor or numpy scalar
-            value = value.item()
-        out[str(key)] = value
-    return out
-
-
 def _identity_of_loader(loader: Any) -> dict | None:
     """What the data loader says about the run's data: its number of images and, if listed, their folder."""
     dataset = getattr(loader, "dataset", None)
@@ -211,11 +177,7 @@ def _identity_of_loader(loader: Any) -> dict | None:
         identity["num_images"] = len(dataset)
     except TypeError:
         pass
-    return _normalised_identity(identity) if identity else None
-
-
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
+    return normalised_identity(identity) if identity else None
 
 
 def _same_modality(a: Any, b: Any) -> bool:
@@ -234,12 +196,7 @@ def _run_differences(saved: dict, current: dict) -> list[str]:
     if saved.get("modality") and current.get("modality") and not _same_modality(saved["modality"],
                                                                                    current["modality"]):
         found.append(f"modality={saved['modality']} (this run: {current['modality']})")
-    old_identity, new_identity = saved.get("run_identity") or {}, current.get("run_identity") or {}
-    for key in [k for k in old_identity if k in new_identity]:
-        if _plain(old_identity[key]) != _plain(new_identity[key]):
-            found.append(f"{key}={old_identity[key]} (this run: {new_identity[key]})")
-    old_recipe, new_recipe = saved.get("recipe") or {}, current.get("recipe") or {}
-    for key in [k for k in old_recipe if k in new_recipe]:
-        if key not in RUN_IDENTITY_IGNORES and _plain(old_recipe[key]) != _plain(new_recipe[key]):
-            found.append(f"recipe {key}={_plain(old_recipe[key])} (this run: {_plain(new_recipe[key])})")
+    found += differences(saved.get("run_identity") or {}, current.get("run_identity") or {})
+    found += differences(saved.get("recipe") or {}, current.get("recipe") or {}, prefix="recipe ",
+                         ignore=RUN_IDENTITY_IGNORES)
     return found

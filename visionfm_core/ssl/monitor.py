@@ -85,6 +85,7 @@ class KNNProbe:
         # `encoder`: the family whose normalisation the images get (VisionFM's per-modality statistics by default)
         self.datalist, self.modality, self.image_size, self.encoder = datalist, modality, image_size, encoder
         self.k, self.interval, self.batch_size, self.name = k, interval, batch_size, name
+        self.train_loader = self.val_loader = None  # made on first use (on rank 0 only under torch.distributed)
 
     def _loader(self, split: str):
         from monai.data import DataLoader, Dataset
@@ -101,7 +102,6 @@ class KNNProbe:
     def attach(self, engine: Engine) -> None:
         if not self.datalist:
             return
-        self.train_loader = self.val_loader = None  # made on first use, on rank 0 only
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
 
     @torch.no_grad()

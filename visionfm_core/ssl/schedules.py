@@ -166,8 +166,7 @@ def clip_gradients(model: nn.Module, clip: float = DEFAULT_RECIPE.clip_grad) -> 
         return torch.zeros(0)
     norms = torch.stack(torch._foreach_norm(grads))
     coefs = (clip / (norms + 1e-6)).clamp_(max=1.0)
-    for g, c in zip(grads, coefs.unbind()):
-        g.mul_(c.to(g.dtype))
+    torch._foreach_mul_(grads, list(coefs.to(grads[0].dtype).unbind()))
     return norms
 
 

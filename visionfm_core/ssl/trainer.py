@@ -49,14 +49,14 @@ from monai.engines.utils import IterationEvents
 from monai.engines.workflow import Workflow
 from torch import nn
 
-from visionfm_core.engine.distributed import gather_from_processes, mean_over_processes, world_size
+from visionfm_core.engine.distributed import gather_from_processes, mean_over_processes, unwrap, world_size
 from visionfm_core.ssl.head import IBOTModel, masked_patch_index
 from visionfm_core.ssl.loss import DINOClsLoss, IBOTPatchLoss, entropy, patch_weights
 from visionfm_core.ssl.masking import BlockMaskGenerator
 from visionfm_core.ssl.recipe import IBOTRecipe, start_warning
 from visionfm_core.ssl.schedules import IBOTSchedules, cancel_last_layer_gradients, clip_gradients
 
-__all__ = ["IBOTTrainer", "build_ibot_trainer", "iteration_generators", "unwrap", "OUTPUT_KEYS"]
+__all__ = ["IBOTTrainer", "build_ibot_trainer", "iteration_generators", "OUTPUT_KEYS"]
 logger = logging.getLogger(__name__)
 
 OUTPUT_KEYS = (
@@ -71,11 +71,6 @@ OUTPUT_KEYS = (
     "teacher_entropy",
     "kl_teacher_student",
 )
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside DistributedDataParallel / DataParallel (or the model itself)."""
-    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
 
 
 def iteration_generators(seed: int, rank: int, iteration: int) -> tuple[torch.Generator, np.random.Generator]:
@@ -248,8 +243,8 @@ class IBOTTrainer(Trainer):
 
     @torch.no_grad()
     def _ema_update(self, momentum: float) -> None:
-        torch._foreach_mul_(self._teacher_params, momentum)
-        torch._foreach_add_(self._teacher_params, self._student_params, alpha=1.0 - momentum)
+        # teacher = momentum * teacher + (1 - momentum) * student, in one pass over the weights
+        torch._foreach_lerp_(self._teacher_params, self._student_params, 1.0 - momentum)
 
     # ------------------------------------------------------------------------------------------
     def _iteration(self, engine: "IBOTTrainer", batchdata: Any) -> list[dict[str, float]]:
@@ -414,6 +409,21 @@ class IBOTTrainer(Trainer):
             engine.terminate()
 
 
+def _compile_backbones(*models: IBOTModel) -> None:
+    """`torch.compile` each model's `backbone.forward_features` (what IBOTModel calls), in place; the module, its
+    parameters and their names stay the same. The whole backbone is one graph: compiling block by block would
+    recompile for every block (each has its own drop-path rate)."""
+    from visionfm_core.engine.precision import _compiler_works
+
+    problem = _compiler_works()
+    if problem:
+        logger.warning("compile=True, but torch.compile does not work here (%s): pretraining runs eagerly", problem)
+        return
+    for model in models:
+        model.backbone.forward_features = torch.compile(model.backbone.forward_features)
+    logger.info("pretraining backbones compiled with torch.compile (the first steps include the compilation)")
+
+
 def build_ibot_trainer(
     train_data_loader: Iterable,
     modality: str,
@@ -426,6 +436,7 @@ def build_ibot_trainer(
     init_weights: str | None = None,
     init_checkpoint_key: str = "teacher",
     ddp: bool = False,
+    compile: bool = False,
     stop_on_collapse: bool = True,
     collapse_check_from_epoch: int | None = None,
     image_key: str = "image",
@@ -446,6 +457,10 @@ def build_ibot_trainer(
         init_weights / init_checkpoint_key: start both backbones from existing encoder weights (the original
             VisionFM or ImageNet DINO weights, a local file; see `load_initial_weights`).
         ddp: wrap the student in DistributedDataParallel (multi-process runs under torchrun).
+        compile: run the student's and the teacher's backbones through `torch.compile` (one graph per crop size; the
+            first steps pay the compilation, minutes on a small CPU). It fuses the casts, norms and activations
+            around the matmuls that autocast leaves as separate passes over memory. Parameter names, checkpoints
+            and results are unchanged; without a working compiler it warns and runs eagerly.
         stop_on_collapse / collapse_check_from_epoch / image_key / train_handlers: passed to `IBOTTrainer`.
 
     The trainer keeps the recipe as `trainer.recipe` and every part as an attribute (student, teacher, optimizer,
@@ -484,7 +499,11 @@ def build_ibot_trainer(
         drop_path_rate=recipe.drop_path_rate,
     )
     load_initial_weights((student, teacher), init_weights, init_checkpoint_key)
-    optimizer = torch.optim.AdamW(param_groups(student))
+    if compile:
+        _compile_backbones(student, teacher)
+    # the fused kernel updates each tensor in one pass (the default for-each path makes ~10 passes over the weights
+    # and moments): ~3.5x faster on a CPU, where it was ~1/4 of the bf16 step
+    optimizer = torch.optim.AdamW(param_groups(student), fused=torch.device(device).type in ("cpu", "cuda"))
     if ddp:
         # no find_unused_parameters (a graph walk every step): every student parameter gets a gradient every
         # step, the mask token included when no crop is masked (it is in the graph with weight 0)

@@ -11,9 +11,14 @@ Formats, through the ``oct-converter`` library unless noted (both it and ``eyepy
 ======  =====================================  ===========================================================
 format  files                                  spacing
 ======  =====================================  ===========================================================
-e2e     Heidelberg .e2e (may hold several)     axial from the B-scan headers; lateral and between B-scans
-                                               are not read by the library (1.0 + warning; --spacing)
+e2e     Heidelberg .e2e (may hold several),    axial from the B-scan headers; lateral and between B-scans
+        oct-converter (not eyepy: it has no    are not read by the library (1.0 + warning; --spacing)
+        .e2e writer to test against, and its
+        reader gives no spacing, only pixels)
 vol     Heidelberg .vol, through eyepy         all three from the file header
+xml     Heidelberg XML export (the .xml or     axial and lateral from the XML's ScaleY/ScaleX; between
+        its folder; one image per B-scan),     B-scans from the B-scans' start/end positions (eyepy)
+        through eyepy
 fda     Topcon .fda                            all three from @PARAM_SCAN_04/02 when present
 fds     Topcon .fds                            as .fda
 img     Zeiss Cirrus .img (raw cube; give      none in the file: --spacing required
@@ -21,6 +26,9 @@ img     Zeiss Cirrus .img (raw cube; give      none in the file: --spacing requi
 oct     Bioptigen .OCT (Optovue .oct with its  none read: --spacing required
         .txt next to it as a fallback)
 ======  =====================================  ===========================================================
+
+Layer segmentations in .vol and XML files are not converted; the sidecar lists their names
+(``layer_annotations``) so a user knows the file carries them.
 
 Everything is written to temporary files first and renamed at the end, so an interrupted or failed conversion
 leaves no partial output.
@@ -32,20 +40,20 @@ import json
 import logging
 import os
 import tempfile
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-__all__ = ["OCT_FORMATS", "OCTConversionError", "convert_oct", "read_oct", "read_heidelberg_vol"]
+__all__ = ["OCT_FORMATS", "OCTConversionError", "convert_oct", "read_oct", "read_heidelberg_vol",
+           "read_heidelberg_xml", "StagedNiftiWriter", "LAYOUT"]
 
 # formats whose files give no spacing at all: converting them needs --spacing
 NO_SPACING_FORMATS = {"img": "Zeiss Cirrus .img", "oct": "Bioptigen .OCT"}
 
 logger = logging.getLogger(__name__)
 
-OCT_FORMATS = ("e2e", "vol", "fda", "fds", "img", "oct")
-_EXTENSIONS = {".e2e": "e2e", ".vol": "vol", ".fda": "fda", ".fds": "fds", ".img": "img", ".oct": "oct"}
+OCT_FORMATS = ("e2e", "vol", "xml", "fda", "fds", "img", "oct")
+_EXTENSIONS = {".e2e": "e2e", ".vol": "vol", ".xml": "xml", ".fda": "fda", ".fds": "fds", ".img": "img", ".oct": "oct"}
 LAYOUT = "i = rows (axial depth), j = columns (lateral), k = B-scans"
 
 
@@ -57,8 +65,9 @@ class OCTVolume:
     """One converted cube: ``array`` (axial, lateral, B-scans), ``spacing`` (mm per axis or None where unknown)."""
 
     def __init__(self, array: np.ndarray, spacing: Sequence[float | None], laterality: str | None = None,
-                 volume_id: str | None = None):
+                 volume_id: str | None = None, layer_annotations: list[str] | None = None):
         self.array = array
+        self.layer_annotations = layer_annotations  # names of the layer segmentations in the file (None: not read)
         self.spacing = [None if s is None or not np.isfinite(s) or s <= 0 else float(s) for s in spacing]
         self.laterality = laterality or None
         self.volume_id = volume_id
@@ -106,7 +115,7 @@ def read_heidelberg_vol(path: str) -> list[OCTVolume]:
         volume = eyepy.import_heyex_vol(path)
         raw = volume.raw_data  # (B-scans, axial, lateral), the stored reflectivities
         scale = (volume.scale_y, volume.scale_x, volume.scale_z)  # eyepy: y = axial, x = lateral, z = B-scans
-        unit, laterality = volume.scale_unit, volume.laterality
+        unit, laterality, layers = volume.scale_unit, volume.laterality, list(volume.layers)
     except Exception as e:  # construct's stream errors on a short file, ValueError on circle/star scans, ...
         raise OCTConversionError(f"OCT file {path} could not be read as a Heidelberg .vol by eyepy: "
                                  f"{type(e).__name__}: {e}") from e
@@ -116,7 +125,45 @@ def read_heidelberg_vol(path: str) -> list[OCTVolume]:
         raise OCTConversionError(f"OCT file {path}: eyepy gives its spacing in {unit!r}, not mm.")
     data = np.where(np.isfinite(raw) & (raw < 3.0e38), raw, 0.0)
     array = (np.clip(data, 0.0, 1.0) ** 0.25).astype(np.float32).transpose(1, 2, 0)
-    return [OCTVolume(np.ascontiguousarray(array), list(scale), _lateral(laterality))]
+    return [OCTVolume(np.ascontiguousarray(array), list(scale), _lateral(laterality), layer_annotations=layers)]
+
+
+def heidelberg_xml_file(path: str) -> str:
+    """A Heidelberg XML export given as its folder -> the one .xml in it (eyepy's rule); a file is returned as is."""
+    if not os.path.isdir(path):
+        return path
+    xmls = sorted(name for name in os.listdir(path) if name.lower().endswith(".xml"))
+    if len(xmls) != 1:
+        raise OCTConversionError(f"Folder {path} holds {len(xmls)} .xml files; a Heidelberg XML export folder holds "
+                                 "exactly one (give the .xml file itself).")
+    return os.path.join(path, xmls[0])
+
+
+def read_heidelberg_xml(path: str) -> list[OCTVolume]:
+    """Heidelberg XML export (an .xml plus one image per B-scan and the localizer, named in the XML's ExamURL)
+    through eyepy's reader (``eyepy.import_heyex_xml``). The B-scans are the exported 8-bit images, written as they
+    are (uint8). Spacing: eyepy's scale_y / scale_x (the first OCT image's ScaleY / ScaleX, mm) and scale_z (the mean
+    distance between the B-scans' start and end positions)."""
+    try:
+        import eyepy
+    except ImportError as e:
+        raise OCTConversionError(f"Converting {path} (xml) needs the eyepy library: "
+                                 "pip install 'visionfm-monai[oct]'.") from e
+    if not path.endswith(".xml"):  # eyepy takes any other name for a folder to search
+        raise OCTConversionError(f"{path}: eyepy reads a Heidelberg XML export only from a file named *.xml "
+                                 "(lower case); rename it.")
+    try:
+        volume = eyepy.import_heyex_xml(path)
+        raw = volume.raw_data  # (B-scans, axial, lateral) uint8, the exported images
+        scale = (volume.scale_y, volume.scale_x, volume.scale_z)  # eyepy: y = axial, x = lateral, z = B-scans
+        laterality, layers = volume.laterality, list(volume.layers)
+    except Exception as e:  # a missing B-scan image, a missing element, a single B-scan (no spacing), ...
+        raise OCTConversionError(f"OCT file {path} could not be read as a Heidelberg XML export by eyepy: "
+                                 f"{type(e).__name__}: {e}") from e
+    if raw.ndim != 3 or 0 in raw.shape:
+        raise OCTConversionError(f"OCT file {path} holds no B-scans eyepy could extract (shape {raw.shape}).")
+    array = np.ascontiguousarray(raw.transpose(1, 2, 0))
+    return [OCTVolume(array, list(scale), _lateral(laterality), layer_annotations=layers)]
 
 
 class _NumpyWithBinaryFromstring:
@@ -146,6 +193,8 @@ def read_oct(path: str | os.PathLike, fmt: str = "auto", rows: int = 1024, cols:
              interlaced: bool = False) -> tuple[str, list[OCTVolume]]:
     """Read a vendor OCT file into :class:`OCTVolume` s (several for an .e2e or a Bioptigen time series)."""
     path = os.fspath(path)
+    if fmt in ("auto", "xml"):
+        path = heidelberg_xml_file(path)
     if not os.path.isfile(path):
         raise OCTConversionError(f"OCT file {path} does not exist or is not a file.")
     if os.path.getsize(path) == 0:
@@ -153,6 +202,8 @@ def read_oct(path: str | os.PathLike, fmt: str = "auto", rows: int = 1024, cols:
     fmt = _format_of(path, fmt)
     if fmt == "vol":
         return fmt, read_heidelberg_vol(path)
+    if fmt == "xml":
+        return fmt, read_heidelberg_xml(path)
     if fmt == "img":
         size = os.path.getsize(path)
         if rows <= 0 or cols <= 0 or size % (rows * cols):
@@ -211,12 +262,53 @@ def _sidecar(nifti: str) -> str:
     return (nifti[: -len(".nii.gz")] if nifti.endswith(".nii.gz") else nifti[:-4]) + ".json"
 
 
+class StagedNiftiWriter:
+    """NIfTI cubes (affine diag(spacing in mm)) and their JSON sidecars written under temporary names beside their
+    final paths and renamed together by `commit` (or removed by `discard`): a conversion that fails half-way leaves
+    nothing partial behind."""
+
+    def __init__(self, prefix: str = ".convert-oct-"):
+        self.prefix, self.pending = prefix, []  # pending: (temporary, final)
+
+    def _temp(self, final: str | os.PathLike, suffix: str) -> str:
+        folder = os.path.dirname(os.path.abspath(final))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=self.prefix, suffix=suffix, dir=folder)
+        os.close(fd)
+        self.pending.append((tmp, os.fspath(final)))
+        return tmp
+
+    def nifti(self, final: str | os.PathLike, array: np.ndarray, spacing: Sequence[float],
+              sidecar: dict | None = None) -> str:
+        """Stage `array` as the NIfTI `final` (.nii or .nii.gz) and, given, `sidecar` as its JSON (`_sidecar`)."""
+        import nibabel as nib
+
+        final = os.fspath(final)
+        img = nib.Nifti1Image(array, np.diag([*spacing, 1.0]))
+        img.header.set_xyzt_units("mm")
+        nib.save(img, self._temp(final, ".nii.gz" if final.endswith(".nii.gz") else ".nii"))
+        if sidecar is not None:
+            with open(self._temp(_sidecar(final), ".json"), "w") as f:
+                f.write(json.dumps(sidecar, indent=2) + "\n")
+        return final
+
+    def commit(self) -> None:
+        for tmp, final in self.pending:
+            os.replace(tmp, final)
+        self.pending = []
+
+    def discard(self) -> None:
+        for tmp, _ in self.pending:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        self.pending = []
+
+
 def convert_oct(input: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto", rows: int = 1024,
                 cols: int = 512, interlaced: bool = False, spacing: Sequence[float] | None = None) -> list[str]:
     """Convert one vendor OCT file to NIfTI (one per volume, numbered ``OUT_1.nii.gz``, ... when the file holds
     several) plus a JSON sidecar each. ``spacing`` (axial, lateral, between B-scans; mm) replaces what the file
     says. Returns the NIfTI paths written. Raises :class:`OCTConversionError` naming the file."""
-    import nibabel as nib
 
     src, out = os.fspath(input), os.fspath(out)
     if spacing is not None:
@@ -224,6 +316,8 @@ def convert_oct(input: str | os.PathLike, out: str | os.PathLike, fmt: str = "au
         if len(spacing) != 3 or min(spacing) <= 0:
             raise OCTConversionError(f"--spacing needs 3 positive values in mm (axial, lateral, between B-scans), "
                                      f"got {spacing}.")
+    if fmt in ("auto", "xml"):
+        src = heidelberg_xml_file(src)  # the sidecar names the .xml, not its folder
     fmt, volumes = read_oct(src, fmt, rows=rows, cols=cols, interlaced=interlaced)
     if spacing is None and fmt in NO_SPACING_FORMATS:
         # a defaulted 1.0 mm would make every thickness ~250x too large: these files need the spacing given
@@ -232,9 +326,8 @@ def convert_oct(input: str | os.PathLike, out: str | os.PathLike, fmt: str = "au
             "AXIAL,LATERAL,BETWEEN in mm (e.g. 0.00195,0.0117,0.047 for a 6 x 6 x 2 mm cube of 1024 x 512 x 128 "
             "voxels)")
     targets = _outputs(out, len(volumes))
-    folder = os.path.dirname(os.path.abspath(targets[0]))
-    os.makedirs(folder, exist_ok=True)
-    written: list[tuple[str, str]] = []  # (temporary, final)
+    os.makedirs(os.path.dirname(os.path.abspath(targets[0])), exist_ok=True)
+    writer = StagedNiftiWriter()
     try:
         for k, (vol, target) in enumerate(zip(volumes, targets)):
             if 0 in vol.array.shape:
@@ -252,28 +345,14 @@ def convert_oct(input: str | os.PathLike, out: str | os.PathLike, fmt: str = "au
             array = vol.array
             if array.dtype.kind == "f":
                 array = array.astype(np.float32)
-            img = nib.Nifti1Image(array, np.diag(list(used) + [1.0]))
-            img.header.set_xyzt_units("mm")
-            ext = ".nii.gz" if target.endswith(".nii.gz") else ".nii"
-            fd, tmp = tempfile.mkstemp(prefix=".convert-oct-", suffix=ext, dir=folder)
-            os.close(fd)
-            written.append((tmp, target))
-            nib.save(img, tmp)
-            side = {
+            writer.nifti(target, array, used, {
                 "source": os.path.abspath(src), "format": fmt, "volume": k + 1, "volumes_in_file": len(volumes),
                 "volume_id": vol.volume_id, "shape": list(array.shape), "layout": LAYOUT,
                 "spacing_mm": [float(s) for s in used], "spacing_source": source, "laterality": vol.laterality,
-                "dtype": str(array.dtype),
-            }
-            fd, tmp_json = tempfile.mkstemp(prefix=".convert-oct-", suffix=".json", dir=folder)
-            with os.fdopen(fd, "w") as f:
-                json.dump(side, f, indent=2)
-            written.append((tmp_json, _sidecar(target)))
-        for tmp, final in written:
-            os.replace(tmp, final)
+                "dtype": str(array.dtype), "layer_annotations": vol.layer_annotations,
+            })
+        writer.commit()
     except BaseException:
-        for tmp, _ in written:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        writer.discard()
         raise
     return targets

@@ -26,11 +26,12 @@ def real_fundus_photo() -> np.ndarray:
     return np.ascontiguousarray(retina().transpose(2, 0, 1), dtype=np.float32) / 255.0
 
 
-def make_fundus_phantom(grade: int, size: int = 224, seed: int = 0) -> np.ndarray:
+def make_fundus_phantom(grade: int, size: int = 224, seed: int = 0, lesion_scale: float = 1.0) -> np.ndarray:
     """A synthetic colour fundus image for DR grade 0..4, as (size, size, 3) uint8. Deterministic for a seed.
 
     Dark background, orange-red retina disc, bright optic disc, branching dark-red vessels, and red dots /
-    yellow exudates whose number increases with ``grade`` (none at grade 0).
+    yellow exudates whose number increases with ``grade`` (none at grade 0). ``lesion_scale`` multiplies the
+    lesions' radii (1: radius 2-4.5 px at 224 px).
     """
     from skimage.draw import disk
     from skimage.filters import gaussian
@@ -82,8 +83,10 @@ def make_fundus_phantom(grade: int, size: int = 224, seed: int = 0) -> np.ndarra
             placed += 1
 
     extra = int(rng.integers(0, 3)) if grade > 0 else 0
-    spots(_RED_DOTS[grade] + extra, np.array([110, 15, 10], np.float32), 2.0, 4.0)
-    spots(_EXUDATES[grade] + (extra if grade >= 2 else 0), np.array([235, 215, 90], np.float32), 2.5, 4.5)
+    lesion = lesion_scale
+    spots(_RED_DOTS[grade] + extra, np.array([110, 15, 10], np.float32), 2.0 * lesion, 4.0 * lesion)
+    spots(_EXUDATES[grade] + (extra if grade >= 2 else 0), np.array([235, 215, 90], np.float32), 2.5 * lesion,
+          4.5 * lesion)
 
     # Camera-like softness and sensor noise, then the black surround.
     img = gaussian(img, sigma=0.6 * s, channel_axis=-1, preserve_range=True)
@@ -122,12 +125,14 @@ def _trace_vessel(points, rng, pos, direction, width, length, depth, step) -> No
 
 
 def write_demo_dataset(
-    root: str | os.PathLike, per_class: int = 8, size: int = 224, seed: int = 0, num_classes: int = 5
+    root: str | os.PathLike, per_class: int = 8, size: int = 224, seed: int = 0, num_classes: int = 5,
+    lesion_scale: float = 1.0,
 ) -> str:
     """Write phantom PNGs in the RETFound layout ``root/{train,val,test}/<grade>/`` plus ``root/datalist.json``.
 
     ``train`` gets ``per_class`` images per grade, ``val`` and ``test`` ``max(2, per_class // 2)``. Class folders
-    are ``"0"`` .. ``str(num_classes - 1)`` (grades 0..4 at most). Returns the datalist path.
+    are ``"0"`` .. ``str(num_classes - 1)`` (grades 0..4 at most). ``lesion_scale``: see `make_fundus_phantom` (the
+    demo draws 2.5x larger lesions, whose grade iBOT can learn as a texture). Returns the datalist path.
     """
     from PIL import Image
 
@@ -143,7 +148,7 @@ def write_demo_dataset(
             for i in range(n):
                 # A distinct, reproducible seed for every image, derived from (seed, split, grade, index).
                 image_seed = int(np.random.SeedSequence([seed, split_index, grade, i]).generate_state(1)[0])
-                phantom = make_fundus_phantom(grade, size=size, seed=image_seed)
+                phantom = make_fundus_phantom(grade, size=size, seed=image_seed, lesion_scale=lesion_scale)
                 Image.fromarray(phantom).save(
                     os.path.join(folder, f"{split}_g{grade}_{i:03d}.png"), compress_level=1  # fast; demo data only
                 )

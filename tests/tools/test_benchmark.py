@@ -123,6 +123,38 @@ def test_another_configuration_is_refused_not_mixed(finetuned, tmp_path):
         run_benchmark(data, [a], out=root / "out", settings=Settings(**TINY), bundles_dir=BUNDLES, measure=False)
 
 
+def test_linear_protocol_trains_the_head_on_the_frozen_encoder(tmp_path):
+    """`linear`: the classification bundle with the encoder frozen. The tables carry every metric with its interval,
+    and the saved model holds exactly the encoder file's weights (only the head was trained)."""
+    from visionfm_core.encoders.weights import load_encoder_weights, load_model_weights
+    from visionfm_core.models import VisionFMTaskModel
+
+    write_phantom_benchmark(tmp_path / "data", ("papila",), per_class=1, size=40)
+    enc = encoder_file(tmp_path / "enc.pt", "Fundus", 7)
+    report = run_benchmark(tmp_path / "data", [f"probe={enc}"], out=tmp_path / "out", seeds=[0],
+                           settings=Settings(protocol="linear", **TINY), bundles_dir=BUNDLES, measure=False)
+    out = tmp_path / "out"
+    table = rows(out / "results.csv")
+    assert {(r["dataset"], r["encoder"]) for r in table} == {("papila", "probe")}
+    assert {r["metric"] for r in table} == {"accuracy", "auroc", "aupr", "kappa", "f1"}
+    for r in table:
+        if r["value"] != "nan":
+            assert float(r["ci_low"]) <= float(r["value"]) <= float(r["ci_high"])
+    assert "| PAPILA | 0 |" in (out / "results.md").read_text()
+    assert json.loads((out / "results.json").read_text())["configuration"]["settings"]["protocol"] == "linear"
+    (result,) = report["results"]
+    assert result["protocol"] == "linear" and len(result["test"]["probabilities"]) == 3
+    models = out / "runs" / "papila" / "probe" / "seed0" / "models"
+    assert json.loads((models / "encoder_source.json").read_text())["encoders"][0]["freeze_encoder"] is True
+    # the frozen encoder is the file's, tensor for tensor: only the head was trained
+    trained = VisionFMTaskModel("classification", 3, arch="vit_tiny", img_size=32)
+    load_model_weights(trained, models / "model.pt")
+    reference = build_encoder("vit_tiny", img_size=32)
+    load_encoder_weights(reference, enc)
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(trained.encoder.state_dict()[name], tensor), name
+
+
 def test_knn_protocol_and_the_dry_run_plan_with_its_cost(tmp_path, capsys):
     write_phantom_benchmark(tmp_path / "data", ("papila",), per_class=2, size=40, patients=False)
     enc = encoder_file(tmp_path / "enc.pt", "Fundus", 5)

@@ -23,6 +23,8 @@ import argparse
 import hashlib
 import logging
 import os
+import pickle
+import pickletools
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -38,7 +40,8 @@ from visionfm_core.modalities import get_modality
 
 __all__ = ["WeightsError", "LoadReport", "read_checkpoint", "extract_backbone", "load_encoder_weights",
            "load_bundle_encoder", "save_encoder_weights", "sha256sum", "require_checkpoint", "declared_modality",
-           "declared_header", "check_modality", "check_architecture", "file_layout", "check_family"]
+           "declared_header", "check_modality", "check_architecture", "file_layout", "check_family",
+           "load_model_weights", "check_state_fits"]
 
 logger = logging.getLogger(__name__)
 ORIGINAL_LICENCE = "CC BY-NC 4.0, from the original release"
@@ -87,22 +90,80 @@ def sha256sum(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+_SAFE_GLOBALS = [argparse.Namespace]  # beyond tensors and plain containers: what the original checkpoints pickle
+_OS_MODULES = {"posix": "os", "nt": "os"}  # how the pickle names os.system & co. on each platform
+
+
 def read_checkpoint(path: str | os.PathLike) -> Any:
-    """`torch.load` with weights_only=True, allowing only `argparse.Namespace` beyond tensors and containers."""
+    """The one safe loader of model files: `torch.load` with weights_only=True, allowing only `argparse.Namespace`
+    beyond tensors and containers. A file that is missing, empty, not a PyTorch file, or that needs anything else
+    to unpickle raises WeightsError with one line naming the file and the reason; nothing in the file is run."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise WeightsError(f"checkpoint {path} does not exist")
     if os.path.getsize(path) == 0:
         raise WeightsError(f"checkpoint {path} is empty (0 bytes)")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError for disallowed globals, RuntimeError for corrupt archives
+    except pickle.UnpicklingError as e:  # what weights_only refuses: globals beyond the allowed ones, other opcodes
+        found = _unsafe_globals(path, e)
+        if not found:  # random bytes, a plain pickle of something weights_only does not read, ...
+            raise WeightsError(f"{path}: cannot be read as a PyTorch file (torch.save's format): "
+                               f"{_torch_reason(str(e))}") from None
+        names = [f"'{name}'" for name in found]
         raise WeightsError(
-            f"could not safely read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}. "
-            "Only tensors, plain containers and argparse.Namespace are accepted; a file that needs other "
-            "classes to unpickle is refused rather than executed."
-        ) from None
+            f"{path}: cannot be loaded safely: it contains the global{'s' if len(names) > 1 else ''} "
+            f"{', '.join(names)}, which {'are' if len(names) > 1 else 'is'} not allowed (only tensors, plain "
+            "containers and argparse.Namespace are); nothing in it was run. It may be malicious: re-create it with "
+            "visionfm (bundle training, or `visionfm import-weights` from the original release)") from None
+    except Exception as e:  # RuntimeError for corrupt or truncated archives, and the like
+        raise WeightsError(f"{path}: cannot be read as a PyTorch file: {type(e).__name__}: "
+                           f"{_torch_reason(str(e))}") from None
+
+
+def _unsafe_globals(path: str, error: Exception) -> list[str]:
+    """The globals (functions, classes) `path`'s pickle names beyond the allowed ones, found without unpickling
+    anything: torch's scan of zip-format files, else the one torch's message names (older torch formats), else a
+    scan of a plain pickle's opcodes."""
+    allowed = {f"{c.__module__}.{c.__qualname__}" for c in _SAFE_GLOBALS}
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:
+        found = re.findall(r"GLOBAL ([\w.]+)", str(error)) or _pickle_globals(path)
+    names = []
+    for name in dict.fromkeys(found):
+        module, _, attr = name.rpartition(".")
+        names.append(f"{_OS_MODULES.get(module, module)}.{attr}")
+    return [n for n in names if n not in allowed]
+
+
+def _pickle_globals(path: str) -> list[str]:
+    """Globals named by the first pickle in `path` (GLOBAL, or STACK_GLOBAL after its two strings); [] when the
+    file is not a pickle. pickletools only parses the opcodes."""
+    names, strings = [], []
+    try:
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name == "GLOBAL":
+                    names.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(".".join(strings[-2:]))
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:
+        pass  # not a pickle (or a damaged one): what was found so far
+    return names
+
+
+def _torch_reason(message: str) -> str:
+    """torch's error message without its advice (to re-run with weights_only=False, to read the docs, to file an
+    issue): the first sentence that says what was wrong."""
+    advice = ("weights_only", "Weights only load failed", "documentation", "file an issue", "add_safe_globals",
+              "safe_globals", "pytorch.org")
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    kept = " ".join(line for line in lines if not any(a in line for a in advice)) or (lines[0] if lines else "")
+    return kept.split(". ")[0].rstrip(".")[:300] or "unknown error"
 
 
 def _strip(key: str) -> str:
@@ -406,6 +467,14 @@ def load_model_weights(network: nn.Module, path: str | os.PathLike, what: str = 
     state = read_checkpoint(path)
     if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
         state = state["model"]
+    check_state_fits(network, state, path, what, hint)
+    network.load_state_dict(state, strict=True)
+
+
+def check_state_fits(network: nn.Module, state: Any, path: str | os.PathLike, what: str = "the network",
+                     hint: str = "") -> None:
+    """Raise WeightsError naming `path` and what differs unless `state` is a state dict of tensors with exactly
+    `network`'s keys and shapes."""
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path} is not a state dict of tensors (found {type(state).__name__}): expected the "
                            "models/model.pt that training a bundle writes")
@@ -423,7 +492,6 @@ def load_model_weights(network: nn.Module, path: str | os.PathLike, what: str = 
         if shapes:
             problems.append(f"{len(shapes)} shape mismatches (e.g. {'; '.join(shapes[:2])})")
         raise WeightsError(f"{path} does not fit {what}: {'; '.join(problems)}" + (f". {hint}" if hint else ""))
-    network.load_state_dict(state, strict=True)
 
 
 def load_bundle_encoder(encoder: nn.Module, path: str | os.PathLike, checkpoint_key: str = "teacher",

@@ -164,10 +164,44 @@ class PrepareData:
         _report(out, landmark_csv_to_datalist(csv, image_dir=image_dir, out=out, names=names,
                                               val_fraction=val_fraction, test_fraction=test_fraction, seed=seed))
 
+    # OCT cube datasets with annotation masks (visionfm_core/data/datasets/oct_volumes.py): OUT is a folder that
+    # receives the NIfTI cubes, the label maps and datalist.json (the bundle's --dataset_dir)
+
+    def duke_dme(self, root: str, out: str, grader: int = 1, val_fraction: float = 0.2, test_fraction: float = 0.2,
+                 seed: int = 0, spacing: str | tuple | None = None) -> None:
+        """Duke DME (Chiu et al. 2015) ROOT/Subject_NN.mat, read through eyepy -> OUT/images/*.nii.gz,
+        OUT/labels/*_layers.nii.gz (the 9 classes of oct_layer_segmentation; 255 where not annotated) and
+        OUT/datalist.json, split by subject. --grader 2: the second grader's boundaries and fluid. --spacing
+        AXIAL,LATERAL,BETWEEN (mm) replaces eyepy's dataset means."""
+        from visionfm_core.data.datasets.oct_volumes import duke_dme_to_datalist
+
+        _report(os.path.join(out, "datalist.json"),
+                duke_dme_to_datalist(root, out, grader=grader, val_fraction=val_fraction,
+                                     test_fraction=test_fraction, seed=seed, spacing=_floats(spacing)))
+
+    def retouch(self, root: str, out: str, val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
+                spacing: str | tuple | None = None) -> None:
+        """RETOUCH ROOT/RETOUCH-TrainingSet-<vendor>/<case>/{oct,reference}.mhd, read through eyepy ->
+        OUT/images/*.nii.gz, OUT/labels/*_fluid.nii.gz (0 no fluid, 1 IRF, 2 SRF, 3 PED) and OUT/datalist.json with
+        the vendor of each case, split per vendor. --spacing AXIAL,LATERAL,BETWEEN (mm) replaces the .mhd's."""
+        from visionfm_core.data.datasets.oct_volumes import retouch_to_datalist
+
+        _report(os.path.join(out, "datalist.json"),
+                retouch_to_datalist(root, out, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                                    spacing=_floats(spacing)))
+
+
+def _floats(value) -> list[float] | None:
+    """fire passes --spacing 1,2,3 as a tuple and --spacing "1,2,3" as a string."""
+    if value is None:
+        return None
+    return [float(v) for v in (value.split(",") if isinstance(value, str) else value)]
+
 
 def _report(out: str, datalist: dict) -> None:
     counts = {k: len(datalist[k]) for k in ("training", "validation", "test")}
-    names = f", landmarks {datalist['landmark_names']}" if "landmark_names" in datalist else ""
+    names = f", landmarks {datalist['landmark_names']}" if "landmark_names" in datalist else (
+        f", classes {datalist['class_names']}" if "class_names" in datalist else "")
     print(f"wrote {out}: {counts}{names}")
 
 
@@ -200,7 +234,12 @@ class Commands:
         original's head and preprocessing, so the bundle's evaluation, inference, export and MONAI Label run it
         unchanged. --dataset aptos2019|idrid|messidor2|papila|glaucoma_fundus|jsiec|retina|octid names its outputs
         in the original's class order (default: the bundle's classes, or --class_names a,b,c);
-        --avgpool_patchtokens 0|1|2 is the pooling the head was trained with (fine-tuned models: 0)."""
+        --avgpool_patchtokens 0|1|2 is the pooling the head was trained with (fine-tuned models: 0).
+        The other decoders of the original's evaluation scripts (a state_dict with --encoder_file) go into the bundle of
+        their family: UNETR / linear segmentation heads (fundus_vessel_segmentation), landmarks
+        (*_landmark_detection), regression (fundus_biomarker_regression; --class_names names its outputs), the
+        13-output multi-task head (fundus_multidisease_classification), forecasting (fundus_glaucoma_forecasting,
+        with the --avgpool_patchtokens it was trained with)."""
         if bundle is not None:
             from visionfm_core.encoders.weights import WeightsError
             from visionfm_core.tools.import_task import TaskImportError, import_task_checkpoint
@@ -245,7 +284,8 @@ class Commands:
 
     def convert_oct(self, input: str, out: str, format: str = "auto", rows: int = 1024, cols: int = 512,
                     interlaced: bool = False, spacing: str | tuple | None = None) -> None:
-        """Vendor OCT file INPUT (Heidelberg .e2e/.vol, Topcon .fda/.fds, Zeiss .img, Bioptigen .OCT) -> NIfTI OUT
+        """Vendor OCT file INPUT (Heidelberg .e2e/.vol or XML export: the .xml or its folder, Topcon .fda/.fds, Zeiss
+        .img, Bioptigen .OCT) -> NIfTI OUT
         (rows = axial, columns = lateral, slices = B-scans; spacing in mm) + a JSON sidecar; a file holding
         several volumes gives OUT_1.nii.gz, OUT_2.nii.gz, ... Zeiss .img: --rows/--cols give the B-scan size.
         --spacing AXIAL,LATERAL,BETWEEN (mm) replaces the file's spacing; Zeiss .img and Bioptigen .OCT files carry
@@ -264,8 +304,8 @@ class Commands:
 
     def demo(self, out: str = "demo_output", epochs: int | None = None, arch: str | None = None,
              per_class: int | None = None, bundle: str = "fundus_dr_classification", bundles_dir: str | None = None,
-             pretrain_epochs: int | None = None, image_size: int | None = None, baseline: bool = True,
-             report: bool = True) -> None:
+             pretrain_epochs: int | None = None, image_size: int | None = None, lesion_scale: float | None = None,
+             baseline: bool = True, report: bool = True) -> None:
         """Pretrain a small encoder with iBOT on built-in graded fundus phantoms (labels unused), fine-tune the fundus
         DR bundle from it and, for comparison, train a linear head on an untrained frozen encoder; evaluate both on
         the test split, grade the real fundus photo from scikit-image and write OUT/report/index.html (every task
@@ -274,7 +314,8 @@ class Commands:
         from visionfm_core.tools.demo import run_demo
 
         run_demo(out=out, epochs=epochs, arch=arch, per_class=per_class, bundle=bundle, bundles_dir=bundles_dir,
-                 pretrain_epochs=pretrain_epochs, image_size=image_size, baseline=baseline, report=report)
+                 pretrain_epochs=pretrain_epochs, image_size=image_size, lesion_scale=lesion_scale,
+                 baseline=baseline, report=report)
 
     def export(self, bundle: str, format: str = "onnx", quantize: str | None = None, ckpt: str | None = None,
                out: str | None = None, dataset_dir: str | None = None, datalist: str | None = None,
@@ -421,7 +462,12 @@ class Commands:
 
 
 def main(argv: list[str] | None = None) -> None:
-    fire.Fire(Commands, command=argv if argv is not None else sys.argv[1:], name="visionfm")
+    from visionfm_core.encoders.weights import WeightsError
+
+    try:
+        fire.Fire(Commands, command=argv if argv is not None else sys.argv[1:], name="visionfm")
+    except WeightsError as e:  # a model file that cannot be used: one line naming it and the reason
+        sys.exit(f"visionfm: {e}")
 
 
 if __name__ == "__main__":

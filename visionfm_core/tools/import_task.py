@@ -1,18 +1,24 @@
 """`visionfm import-weights FILE --bundle BUNDLE`: a task model of the original VisionFM release into a bundle.
 
-Two layouts of the original are read (facts from its published code; see /work/shared/reference/visionfm.md):
+Layouts of the original read here (facts from its published code; see /work/shared/reference/visionfm.md):
 - fine-tuned classification checkpoints (`checkpoint_best_finetune.pth`): `visionfm_state_dict` (the bare encoder)
   and `classifier_state_dict` (its `ClsHead`, keys `module.channel_bn.*` and `module.classifier.{0,3,6}.*`, the
   head wrapped in DDP), fine-tuned with `--avgpool_patchtokens 0` on the CLS tokens of the last 4 blocks;
 - linear-probe checkpoints of its evaluation scripts (`checkpoint_<key>_linear.pth`): `state_dict` (the same head),
   the encoder coming from the pretraining file (`encoder_file=`).
 
-The head becomes the bundle's `original_classification` head (the original's architecture and tensor names, so the
-bundle computes the original's numbers); the encoder is checked and loaded as `visionfm import-weights` does. The
-bundle's `models/` then holds `model.pt` (the whole network, as the bundle builds it), `class_names.json` (the
-public dataset's classes in the original's output order, or the bundle's defaults) and `network.json` (head variant,
-pooling, preprocessing "original": `visionfm_core.models.settings_file`). Everything is checked before anything is
-written; a head that does not fit the bundle is refused naming the tensors, the file and the bundle.
+and, into the bundle of their family, the other decoders its evaluation scripts train on a frozen encoder
+(`state_dict` of the decoder, the encoder from the pretraining file): UNETR and linear segmentation heads, landmarks,
+biomarker regression, forecasting and the 13-output multi-task head (`DECODER_HEADS`: which variant runs each;
+docs/released_models.md has the layouts).
+
+The classification head becomes the bundle's `original_classification` head (the original's architecture and tensor
+names, so the bundle computes the original's numbers); the encoder is checked and loaded as `visionfm
+import-weights` does. The bundle's `models/` then holds `model.pt` (the whole network, as the bundle builds it),
+`class_names.json` (the public dataset's classes in the original's output order, or the bundle's defaults) and
+`network.json` (head variant, pooling, preprocessing "original": `visionfm_core.models.settings_file`). Everything
+is checked before anything is written; a head that does not fit the bundle is refused naming the tensors, the file
+and the bundle.
 """
 
 from __future__ import annotations
@@ -48,27 +54,24 @@ class TaskImportError(ValueError):
 @dataclass
 class ImportedModel:
     bundle: str
-    kind: str  # "fine-tuned classification" or "linear probe"
-    class_names: list[str]
+    kind: str  # "fine-tuned classification", "linear probe", "UNETR segmentation decoder", ...
+    class_names: list[str]  # the outputs' names
     head_options: dict
     written: list[str] = field(default_factory=list)
     encoder_report: str = ""
+    head: str = ORIGINAL_HEAD
 
     def __str__(self) -> str:
         options = ", ".join(f"{k}={v}" for k, v in self.head_options.items())
         return "\n".join([self.encoder_report,
-                          f"{self.kind} head -> {ORIGINAL_HEAD} ({options}), {len(self.class_names)} classes: "
+                          f"{self.kind} head -> {self.head} ({options}), {len(self.class_names)} outputs: "
                           f"{', '.join(self.class_names)}", *(f"wrote {p}" for p in self.written)])
-
-
-def _strip_module(key: str) -> str:
-    return key[len("module."):] if key.startswith("module.") else key
 
 
 def original_head_state(state: Mapping[str, Any], source: str) -> tuple[dict[str, torch.Tensor], int]:
     """The original `ClsHead` tensors of a checkpoint entry, `module.` removed, and its depth (layers 1-3).
     Raises TaskImportError naming the unexpected or missing keys."""
-    tensors = {_strip_module(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    tensors = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
     unknown = sorted(k for k in tensors if not _HEAD_KEY.match(k))
     if unknown:
         raise TaskImportError(f"{source}: keys {', '.join(unknown[:6])} are not part of the original's classification "
@@ -127,11 +130,12 @@ def import_task_checkpoint(src: str | os.PathLike, bundle: str | os.PathLike, mo
     source = os.fspath(src)
     bundle_dir = resolve_bundle(bundle, bundles_dir)
     family = bundle_family(bundle_dir).name
-    if family != "classification":
-        raise TaskImportError(f"{bundle_dir} is a {family} bundle; task checkpoints of the original's classification "
-                           "heads go into classification bundles (e.g. fundus_dr_classification). Other decoders "
-                           "of the original (segmentation, landmarks, regression, forecasting, multi-task) are not "
-                           "importable yet: see docs/released_models.md.")
+    if family != "classification" and family not in DECODER_HEADS:
+        raise TaskImportError(f"{bundle_dir} is a {family} bundle; the original's task checkpoints go into "
+                           f"classification, {', '.join(DECODER_HEADS)} bundles (docs/released_models.md)")
+    if family != "classification" and dataset:
+        raise TaskImportError(f"--dataset names a public classification dataset; {bundle_dir.name} is a {family} "
+                           "bundle: leave it out")
     parser = _bundle_settings(bundle_dir, overrides or {})
     bundle_modality = parser.get_parsed_content("modality")
     modality = get_modality(modality).name
@@ -153,6 +157,9 @@ def import_task_checkpoint(src: str | os.PathLike, bundle: str | os.PathLike, mo
     raw = read_checkpoint(source)
     if not isinstance(raw, Mapping):
         raise TaskImportError(f"{source} holds a {type(raw).__name__}, not a checkpoint dict")
+    if family != "classification":
+        return _import_decoder(raw, source, bundle_dir, family, parser, modality, encoder_file, checkpoint_key,
+                               avgpool_patchtokens, n_last_blocks, class_names)
     if isinstance(raw.get("classifier_state_dict"), Mapping):
         kind, head_entry = "fine-tuned classification", "classifier_state_dict"
         if encoder_file is not None:
@@ -162,12 +169,17 @@ def import_task_checkpoint(src: str | os.PathLike, bundle: str | os.PathLike, mo
         if not isinstance(raw.get("visionfm_state_dict"), Mapping):
             raise TaskImportError(f"{source} has classifier_state_dict but no visionfm_state_dict (its encoder)")
     elif isinstance(raw.get("state_dict"), Mapping) and any(
-            _strip_module(k).startswith(("channel_bn.", "classifier.")) for k in raw["state_dict"]):
+            k.removeprefix("module.").startswith(("channel_bn.", "classifier.")) for k in raw["state_dict"]):
         kind, head_entry = "linear probe", "state_dict"
         if encoder_file is None:
             raise TaskImportError(f"{source} is a linear-probe checkpoint (a head only): pass the encoder it was "
                                f"trained on, --encoder_file VFM_{modality}_weights.pth")
         encoder_source, encoder_key = os.fspath(encoder_file), checkpoint_key
+    elif isinstance(raw.get("state_dict"), Mapping) and decoder_kind(raw["state_dict"]) is not None:
+        kind = decoder_kind(raw["state_dict"])
+        raise TaskImportError(f"{source} [state_dict] holds {KIND_TITLES[kind]} ({_sample(raw['state_dict'])}), which "
+                           f"goes into a {' or '.join(_families_of(kind))} bundle, not {bundle_dir.name} "
+                           "(classification)")
     else:
         raise TaskImportError(f"{source} holds no head of the original (classifier_state_dict of a fine-tuned model, or "
                            f"a linear probe's state_dict; keys: {sorted(raw)[:8]}). For encoder weights use "
@@ -257,3 +269,180 @@ def _class_names(public, class_names, parser, num_outputs: int, where: str, bund
         raise TaskImportError(f"{where}: {last_key} has shape {tuple(last.shape)}, {num_outputs} outputs, "
                            f"but {said}")
     return names
+
+
+# --- the other decoders of the original's evaluation scripts (segmentation, landmarks, regression, forecasting,
+# multi-task): `{epoch, state_dict (the decoder, module.* from DDP), optimizer, ...}`, trained on a frozen encoder
+# that comes from the pretraining file (--encoder_file)
+
+# bundle family -> {what the checkpoint holds: the head variant that runs it}
+DECODER_HEADS = {
+    "segmentation": {"unetr": "original_unetr", "linear_seg": "original_linear_seg"},
+    "landmarks": {"unetr": "original_landmarks"},
+    "regression": {"bn_mlp": "original_regression"},
+    "multitask": {"bn_mlp": "original_multitask"},
+    "forecasting": {"forecast": "original_forecasting"},
+}
+KIND_TITLES = {"unetr": "the original's UNETR decoder (Unetr_Head: d1-d4, s1-s4, c1-c4, cls)",
+               "linear_seg": "the original's linear segmentation head (linSeg: conv_seg)",
+               "bn_mlp": "the original's batch-norm MLP head (ClsHead / RegHead: channel_bn, classifier.N)",
+               "forecast": "the original's forecasting head (ForecastHead: fc_1, pe)"}
+# classifier indices of the batch-norm MLP heads: RegHead (and a 2-layer ClsHead) and the 3-layer ClsHead
+_BN_MLP_LAYERS = {"regression": (0, 3), "multitask": (0, 3, 6)}
+# the bundle id that names each family's outputs
+_OUTPUT_NAMES = {"segmentation": "class_names", "landmarks": "landmark_names", "regression": "target_names",
+                 "multitask": "output_names"}
+
+
+def decoder_kind(state: Mapping[str, Any]) -> str | None:
+    """Which of the original's decoders a state dict holds (keys with or without `module.`), or None."""
+    keys = {k.removeprefix("module.") for k in state}
+    if "cls.weight" in keys and "d1.deconv.weight" in keys:
+        return "unetr"
+    if "conv_seg.weight" in keys:
+        return "linear_seg"
+    if "fc_1.weight" in keys:
+        return "forecast"
+    if "channel_bn.weight" in keys and any(k.startswith("classifier.") for k in keys):
+        return "bn_mlp"
+    return None
+
+
+def _families_of(kind: str) -> list[str]:
+    families = [f for f, heads in DECODER_HEADS.items() if kind in heads]
+    return ["classification", *families] if kind == "bn_mlp" else families
+
+
+def _sample(state: Mapping[str, Any]) -> str:
+    keys = sorted(state)
+    return ", ".join(keys[:4]) + (", ..." if len(keys) > 4 else "")
+
+
+def _blocks_of_width(width: int, dim: int, depth: int, mode: int, n_last_blocks: int | None, where: str,
+                     tensor: str, bundle_name: str, arch: str) -> int:
+    """The number of last blocks whose feature (pooling `mode`) is `width` wide, checked."""
+    if mode == 1:
+        if width != dim:
+            raise TaskImportError(f"{where}: {tensor} takes {width} features, but --avgpool_patchtokens 1 (the mean "
+                               f"patch token) gives {dim} in {bundle_name} ({arch})")
+        return 1
+    blocks = width / dim - (1 if mode == 2 else 0)
+    if blocks != int(blocks) or not 1 <= blocks <= depth:
+        raise TaskImportError(f"{where}: {tensor} takes {width} features, which no number of the {arch} encoder's "
+                           f"{dim}-wide blocks gives with --avgpool_patchtokens {mode} in {bundle_name}: another "
+                           "architecture or pooling mode?")
+    if n_last_blocks is not None and n_last_blocks != int(blocks):
+        raise TaskImportError(f"{where}: {tensor} takes {width} features = {int(blocks)} blocks, not --n_last_blocks "
+                           f"{n_last_blocks}")
+    return int(blocks)
+
+
+def _import_decoder(raw: Mapping[str, Any], source: str, bundle_dir: Path, family: str, parser, modality: str,
+                    encoder_file, checkpoint_key: str, avgpool_patchtokens: int, n_last_blocks: int | None,
+                    class_names) -> ImportedModel:
+    from visionfm_core.engine.io import atomic_torch_save
+    from visionfm_core.models.settings_file import write_network_settings
+    from visionfm_core.tasks.forecasting.model import original_interval_table
+
+    bundle_name, arch = bundle_dir.name, parser.get_parsed_content("arch")
+    state = raw.get("state_dict")
+    if not isinstance(state, Mapping):
+        raise TaskImportError(f"{source} has no state_dict (the decoder its evaluation scripts save; keys: "
+                           f"{sorted(raw)[:8]})")
+    where = f"{source} [state_dict]"
+    tensors = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    kind = decoder_kind(tensors)
+    heads = DECODER_HEADS[family]
+    if kind not in heads:
+        holds = KIND_TITLES[kind] if kind else "no decoder of the original"
+        goes = f", which goes into a {' or '.join(_families_of(kind))} bundle" if kind else ""
+        raise TaskImportError(f"{where} holds {holds} ({_sample(tensors)}){goes}; {bundle_name} is a {family} "
+                           f"bundle and runs {' or '.join(KIND_TITLES[k] for k in heads)}")
+    head = heads[kind]
+    if encoder_file is None:
+        raise TaskImportError(f"{source} holds a decoder only, trained on a frozen encoder: pass that encoder, "
+                           f"--encoder_file VFM_{modality}_weights.pth")
+    dim, depth = _embed_dim(parser), _depth(parser)
+    options: dict[str, Any] = {}
+    if kind in ("unetr", "linear_seg", "bn_mlp") and avgpool_patchtokens != 0:
+        raise TaskImportError(f"--avgpool_patchtokens {avgpool_patchtokens}: the original trains this decoder on "
+                           "fixed features (the dense decoders on blocks' patch maps, the regression and multi-task "
+                           "heads on the last blocks' CLS tokens); leave it out")
+    if kind == "bn_mlp":
+        layers = tuple(sorted({int(k.split(".")[1]) for k in tensors if k.startswith("classifier.")}))
+        if layers != _BN_MLP_LAYERS[family]:
+            raise TaskImportError(f"{where}: classifier layers at indices {list(layers)}; the original's {family} head "
+                               f"has them at {list(_BN_MLP_LAYERS[family])}")
+        width = int(tensors["channel_bn.weight"].shape[0])
+        options["n_last_blocks"] = _blocks_of_width(width, dim, depth, 0, n_last_blocks, where, "channel_bn.weight",
+                                                    bundle_name, arch)
+    pe = tensors.pop("pe", None) if kind == "forecast" else None
+    if kind == "forecast":
+        width = int(tensors["fc_1.weight"].shape[-1])
+        options = {"avgpool_patchtokens": avgpool_patchtokens,
+                   "n_last_blocks": _blocks_of_width(width, dim, depth, avgpool_patchtokens, n_last_blocks, where,
+                                                     "fc_1.weight", bundle_name, arch),
+                   "max_len": 6500}
+        if pe is not None:
+            if pe.ndim != 3 or pe.shape[1:] != (1, width):
+                raise TaskImportError(f"{where}: pe has shape {tuple(pe.shape)}; the original's interval table is "
+                                   f"(max_len, 1, {width}) for fc_1.weight {tuple(tensors['fc_1.weight'].shape)}")
+            options["max_len"] = int(pe.shape[0])
+            off = (pe.float() - original_interval_table(width, int(pe.shape[0]))).abs().max().item()
+            if off > 1e-4:
+                raise TaskImportError(f"{where}: pe is not the original's sinusoidal interval table (max difference "
+                                   f"{off:.3g}); {bundle_name} computes that table and cannot run another")
+    if family == "regression":
+        k = int(tensors["classifier.3.weight"].shape[0])
+        defaults = [str(c) for c in parser.get_parsed_content("default_target_names")]
+        names = [str(c) for c in (class_names.split(",") if isinstance(class_names, str) else class_names or [])]
+        names = names or (defaults if len(defaults) == k else [])
+        if len(names) != k:
+            said = f"--class_names gives {len(names)}" if class_names else \
+                f"{bundle_name}'s default targets are {len(defaults)} ({', '.join(defaults)}): pass --class_names"
+            shape = tuple(tensors["classifier.3.weight"].shape)
+            raise TaskImportError(f"{where}: classifier.3.weight has shape {shape}, {k} outputs, but {said}")
+        parser["targets"] = {"names": names, "units": [""] * k}
+    elif class_names:
+        raise TaskImportError(f"--class_names names a classifier's or a regression head's outputs; {bundle_name}'s "
+                           "outputs are fixed by the bundle")
+
+    parser["head"], parser["head_options"] = head, options
+    try:
+        network = parser.get_parsed_content("network_def")
+    except ValueError as e:
+        raise TaskImportError(f"{bundle_name} cannot build {head} for {where}: {e}") from None
+    expected = {k[len("head."):]: v for k, v in network.state_dict().items() if k.startswith("head.")}
+    unknown, missing = sorted(set(tensors) - set(expected)), sorted(set(expected) - set(tensors))
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    shapes = [f"{k}: file {tuple(tensors[k].shape)} vs bundle {tuple(v.shape)}" for k, v in expected.items()
+              if k in tensors and tensors[k].shape != v.shape]
+    if unknown or missing or shapes:
+        said = [f"unexpected {', '.join(unknown[:6])}" if unknown else "",
+                f"missing {', '.join(missing[:6])}" if missing else "", "; ".join(shapes[:4])]
+        raise TaskImportError(f"{where} does not fit {bundle_name} ({head}): {'; '.join(s for s in said if s)}")
+    for k, v in expected.items():
+        tensors.setdefault(k, v)  # num_batches_tracked of batch norms saved without it
+    encoder = network.backbone.encoder if hasattr(network, "backbone") else network.encoder
+    try:
+        report = load_encoder_weights(encoder, os.fspath(encoder_file), checkpoint_key, expected_modality=modality)
+    except WeightsError as e:
+        raise TaskImportError(f"the encoder of {encoder_file} does not fit {bundle_name}: {e}") from None
+    network.head.load_state_dict({k: tensors[k] for k in expected}, strict=True)
+
+    names = [str(c) for c in parser.get_parsed_content(_OUTPUT_NAMES[family])] if family in _OUTPUT_NAMES \
+        else ["progression"]
+    title = {"unetr": f"UNETR {family} decoder", "linear_seg": "linear segmentation head",
+             "bn_mlp": f"{family} head", "forecast": "forecasting head"}[kind]
+    settings = {"head": head, "head_options": options,
+                "imported_from": {"kind": title, "file": Path(source).name, "sha256": sha256sum(source),
+                                  "encoder": Path(os.fspath(encoder_file)).name, "licence": ORIGINAL_LICENCE}}
+    models_dir = bundle_dir / "models"
+    models_dir.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(network.state_dict(), models_dir / "model.pt")
+    written = [str(models_dir / "model.pt"), write_network_settings(models_dir, settings)]
+    if family == "regression":
+        from visionfm_core.tasks.regression.transforms import save_targets
+
+        written.append(save_targets(models_dir, names, [""] * len(names)))
+    return ImportedModel(str(bundle_dir), title, names, options, written, str(report), head)

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from original_reference import RefViT, ddp
 from visionfm_core.tools.cli import main
 
 REPO = Path(__file__).resolve().parents[3]
@@ -25,47 +26,6 @@ FUNDUS_STD = (0.29482534527778625, 0.20167365670204163, 0.13668020069599152)
 
 
 # --- the reference: the original's published architecture in plain torch -----------------------------------------
-
-
-class RefBlock(nn.Module):
-    def __init__(self, dim, heads):
-        super().__init__()
-        self.heads = heads
-        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
-        self.attn = nn.Module()
-        self.attn.qkv, self.attn.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-        self.mlp = nn.Module()
-        self.mlp.fc1, self.mlp.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
-
-    def forward(self, x):
-        b, n, d = x.shape
-        q, k, v = self.attn.qkv(self.norm1(x)).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        attn = (q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5).softmax(-1)
-        x = x + self.attn.proj((attn @ v).transpose(1, 2).reshape(b, n, d))
-        return x + self.mlp.fc2(nn.functional.gelu(self.mlp.fc1(self.norm2(x))))
-
-
-class RefViT(nn.Module):
-    """ViT with `get_intermediate_layers(x, n)`: the last n block outputs, each through the final norm."""
-
-    def __init__(self, dim=192, depth=12, heads=3, patch=16, size=224):
-        super().__init__()
-        self.patch_embed = nn.Module()
-        self.patch_embed.proj = nn.Conv2d(3, dim, patch, patch)
-        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
-        self.pos_embed = nn.Parameter(torch.randn(1, (size // patch) ** 2 + 1, dim) * 0.02)
-        self.blocks = nn.ModuleList(RefBlock(dim, heads) for _ in range(depth))
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-
-    def get_intermediate_layers(self, x, n):
-        x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed
-        out = []
-        for i, block in enumerate(self.blocks):
-            x = block(x)
-            if len(self.blocks) - i <= n:
-                out.append(self.norm(x))
-        return out
 
 
 class RefClsHead(nn.Module):
@@ -106,10 +66,6 @@ def make_reference(k, mode, n, layers, seed=0):
             if isinstance(m, nn.LayerNorm):
                 m.weight.normal_(1, 0.1), m.bias.normal_(0, 0.1)
     return vit, head
-
-
-def ddp(state):
-    return {f"module.{k}": v for k, v in state.items()}
 
 
 def bundle_copy(tmp_path, name="fundus_dr_classification"):
@@ -268,21 +224,13 @@ def test_training_the_bundle_forgets_the_imported_head(tmp_path):
 @pytest.mark.parametrize("mode", [0, 1, 2])
 def test_original_head_scripts_and_exports(tmp_path, mode):
     """The bundle checks script and export the network: the original head must survive both, in every mode."""
-    import onnxruntime
-
-    from tests_common import assert_close_to_scale
+    from tests_common import assert_scripts_and_exports
     from visionfm_core.models import VisionFMTaskModel
 
     torch.manual_seed(0)
     net = VisionFMTaskModel("original_classification", 4, arch="vit_tiny", img_size=32,
                             head_options={"avgpool_patchtokens": mode, "n_last_blocks": 2}).eval()
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        expected = net(x)
-        assert_close_to_scale(torch.jit.script(net)(x), expected)
-    torch.onnx.export(net, (x,), str(tmp_path / "m.onnx"), input_names=["image"], dynamo=False)
-    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
-    assert_close_to_scale(torch.from_numpy(session.run(None, {"image": x.numpy()})[0]), expected)
+    assert_scripts_and_exports(net, torch.randn(2, 3, 32, 32), tmp_path)
 
 
 def test_imported_bundle_exports(tmp_path):

@@ -8,7 +8,8 @@ from torch import nn
 
 from visionfm_core.models.heads import init_linear, last_blocks, register_head
 
-__all__ = ["ClassificationHead", "CLSClassificationHead", "OriginalClassificationHead", "POOLING_MODES"]
+__all__ = ["ClassificationHead", "CLSClassificationHead", "OriginalClassificationHead", "POOLING_MODES",
+           "original_pooling"]
 
 
 class ClassificationHead(nn.Module):
@@ -56,6 +57,19 @@ class CLSClassificationHead(ClassificationHead):
 POOLING_MODES = (0, 1, 2)
 
 
+def original_pooling(features: list[torch.Tensor], avgpool_patchtokens: int,
+                     num_prefix_tokens: int = 1) -> torch.Tensor:
+    """The original's image feature from the normalised token sequences (B, prefix + N, D) of its blocks: mode 0 the
+    CLS tokens concatenated (n x D), 1 the last block's mean patch token (D), 2 both (n x D + D)."""
+    mean_patch = features[-1][:, num_prefix_tokens:].mean(dim=1)
+    if avgpool_patchtokens == 1:
+        return mean_patch
+    x = torch.cat([tokens[:, 0] for tokens in features], dim=-1)
+    if avgpool_patchtokens == 2:
+        x = torch.cat([x, mean_patch], dim=-1)
+    return x
+
+
 @register_head("original_classification")
 class OriginalClassificationHead(nn.Module):
     """The original VisionFM `ClsHead`, its tensors under the original's names: `channel_bn` (batch norm, eps 1e-6,
@@ -99,12 +113,5 @@ class OriginalClassificationHead(nn.Module):
         init_linear(self.classifier)
 
     def forward(self, features: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
-        last = features[-1]
-        mean_patch = last[:, self.num_prefix_tokens:].mean(dim=1)
-        if self.avgpool_patchtokens == 1:
-            x = mean_patch
-        else:
-            x = torch.cat([tokens[:, 0] for tokens in features], dim=-1)
-            if self.avgpool_patchtokens == 2:
-                x = torch.cat([x, mean_patch], dim=-1)
+        x = original_pooling(features, self.avgpool_patchtokens, self.num_prefix_tokens)
         return self.classifier(self.channel_bn(x))

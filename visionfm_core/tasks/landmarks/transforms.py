@@ -107,7 +107,8 @@ class HeatmapsToLandmarksd(MapTransform):
     Positions come from :func:`visionfm_core.tasks.landmarks.heatmaps.soft_argmax_2d` (sub-pixel) in heatmap pixels, then are mapped
     from the heatmap's size to the original size in the image meta ``spatial_shape`` (the inverse of
     :class:`ScaleLandmarksd` when the heatmaps have the network input's size; heatmaps already brought back to the
-    original size are mapped 1:1).
+    original size are mapped 1:1), and, for an image read at a reduced size (meta ``decode_scale`` of
+    ``EyeImageReader(decode_size=...)``), from the decoded pixels to the file's.
     """
 
     def __init__(self, keys: KeysCollection = "pred", image_key: str = "image",
@@ -128,5 +129,10 @@ class HeatmapsToLandmarksd(MapTransform):
                 raise ValueError(f"HeatmapsToLandmarksd expects one sample's heatmaps (L, h, w) under {key!r} for "
                                  f"image {source_name(image)}, got shape {tuple(heatmaps.shape)} (decollate the batch).")
             points = soft_argmax_2d(heatmaps.as_subclass(torch.Tensor).detach()[None])[0]
-            d[out_key] = scale_points(points, tuple(heatmaps.shape[-2:]), original_hw(image))
+            points = scale_points(points, tuple(heatmaps.shape[-2:]), original_hw(image))
+            scale = (getattr(image, "meta", None) or {}).get("decode_scale")
+            if scale is not None:  # read reduced (EyeImageReader(decode_size)): decoded pixel i is centred at
+                scale = float(torch.as_tensor(scale).reshape(-1)[0])  # s * i + (s - 1) / 2 of the file
+                points = points * scale + (scale - 1) / 2
+            d[out_key] = points
         return d

@@ -22,11 +22,11 @@ from monai.transforms import MapTransform
 from torch import nn
 
 from visionfm_core.models.heads import register_head
-from visionfm_core.tasks.classification.head import CLSClassificationHead
+from visionfm_core.tasks.classification.head import CLSClassificationHead, OriginalClassificationHead
 
 __all__ = ["GRADE_TASK", "GRADE_CLASSES", "BINARY_TASKS", "MULTITASK_TASKS", "MULTITASK_OUTPUTS",
-           "DEFAULT_BINARY_WEIGHTS", "MultiTaskHead", "MultiTaskLoss", "multitask_probabilities",
-           "MultiTaskProbabilitiesd"]
+           "DEFAULT_BINARY_WEIGHTS", "MultiTaskHead", "OriginalMultiTaskHead", "MultiTaskLoss",
+           "multitask_probabilities", "MultiTaskProbabilitiesd"]
 
 GRADE_TASK = "dr_grade"
 GRADE_CLASSES = ("healthy", "dr_1", "dr_2", "dr_3", "dr_4")
@@ -50,6 +50,22 @@ class MultiTaskHead(CLSClassificationHead):
             raise ValueError(f"multitask head: need 2 <= num_grades < num_outputs, got num_grades={num_grades}, "
                              f"num_outputs={num_outputs}")
         super().__init__(encoder, num_outputs, n_last_blocks, dropout)
+        self.num_grades = num_grades
+
+
+@register_head("original_multitask")
+class OriginalMultiTaskHead(OriginalClassificationHead):
+    """The original release's multi-task head under its tensor names: its `ClsHead` (layers 3) on the CLS tokens of
+    the last 4 blocks after the final norm, with 13 outputs (`channel_bn.*`, `classifier.{0,3,6}.*`), so its
+    trained heads run unchanged. The first `num_grades` logits are the grade (softmax), the rest binary."""
+
+    def __init__(self, encoder: nn.Module, num_outputs: int = len(MULTITASK_OUTPUTS), num_grades: int = 5,
+                 n_last_blocks: int = 4, dropout: float = 0.1):
+        if not 2 <= num_grades < num_outputs:
+            raise ValueError(f"multitask head: need 2 <= num_grades < num_outputs, got num_grades={num_grades}, "
+                             f"num_outputs={num_outputs}")
+        super().__init__(encoder, num_outputs, n_last_blocks=n_last_blocks, avgpool_patchtokens=0, layers=3,
+                         dropout=dropout)
         self.num_grades = num_grades
 
 

@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 from visionfm_core.models.heads import init_linear, last_blocks, register_head
 
-__all__ = ["RegressionHead", "StandardisedSmoothL1Loss"]
+__all__ = ["RegressionHead", "OriginalRegressionHead", "StandardisedSmoothL1Loss"]
 
 
 @register_head("regression")
@@ -61,6 +61,32 @@ class RegressionHead(nn.Module):
     def forward(self, features: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
         z = self.layers(torch.cat(features, dim=-1))
         return z * self.target_std + self.target_mean
+
+
+@register_head("original_regression")
+class OriginalRegressionHead(nn.Module):
+    """The original release's biomarker head (`RegHead`), under its tensor names, so its trained heads run unchanged:
+    `channel_bn` (batch norm, eps 1e-6, momentum 0.99) on the CLS tokens of the last `n_last_blocks` blocks after
+    the final norm (C = n x D, 3072 for ViT-B), then `classifier`: Linear(C, C/4), GELU, Dropout(0.1), Linear(C/4, K)
+    (indices 0 and 3). Its outputs are the targets in their own units: the original trains on raw values, so this
+    head has no standardisation buffers. `hidden` is the bundle's option; the original's head is the MLP."""
+
+    uses_patch_maps = False
+
+    def __init__(self, encoder: nn.Module, num_outputs: int, n_last_blocks: int = 4, hidden: str = "mlp",
+                 dropout: float = 0.1):
+        super().__init__()
+        if hidden != "mlp":
+            raise ValueError(f"original_regression is the original's MLP head; hidden={hidden!r} is another head")
+        self.block_indices = last_blocks(encoder, n_last_blocks)
+        in_dim = n_last_blocks * encoder.embed_dim
+        self.channel_bn = nn.BatchNorm1d(in_dim, eps=1e-6, momentum=0.99)
+        self.classifier = nn.Sequential(nn.Linear(in_dim, in_dim // 4), nn.GELU(), nn.Dropout(dropout),
+                                        nn.Linear(in_dim // 4, num_outputs))
+        init_linear(self.classifier)
+
+    def forward(self, features: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.channel_bn(torch.cat(features, dim=-1)))
 
 
 class StandardisedSmoothL1Loss(nn.Module):

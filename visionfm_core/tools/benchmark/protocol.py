@@ -352,7 +352,9 @@ def _bundle_overrides(unit: Unit, settings: Settings, bundle: Path, datalist: Pa
         "image_size": settings.image_size, "batch_size": settings.batch_size, "num_workers": settings.num_workers,
         "checkpoint_key": settings.checkpoint_key, "allow_modality_mismatch": settings.allow_modality_mismatch,
         "device": f"$torch.device({settings.resolved_device()!r})",
-        "initialize": [f"$monai.utils.set_determinism(seed={unit.seed})"],
+        # the unit's seed in place of the bundle's first initialize step (set_determinism); the steps after it (the
+        # evaluation's checkpoint loading) stay
+        "initialize::0": f"$monai.utils.set_determinism(seed={unit.seed})",
     }
 
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end check of apps/monailabel on a real MONAI Label 0.8.5 server, offline, on CPU:
 # environment (setup_monailabel.sh), fresh weights in a temporary copy of the bundles, a server on 127.0.0.1 on a
-# free port, real inputs (skimage's retina photo, nilearn's MNI152 template) to every family, bad inputs, one
-# training round through /train; the server is stopped by its process id on exit. Prints PASS/FAIL per check and
-# exits non-zero on any failure.
+# free port, real inputs (skimage's retina photo, nilearn's MNI152 template) to every family, bad inputs (each
+# rejected upload deleted), one training round through /train; the server is stopped by its process id on exit.
+# Prints PASS/FAIL per check and exits non-zero on any failure.
 #   KEEP=1 scripts/monailabel_check.sh    keeps the temporary folder (logs, served bundles) for a look
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,7 +44,9 @@ rm -rf "$WORK/app/model"
 
 PORT=$("$PY" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 URL=http://127.0.0.1:$PORT
-nice -n 10 monailabel start_server --app "$WORK/app" --studies "$WORK/studies" \
+# the server's own temporary folder: the check counts what rejected uploads leave there (they must leave nothing)
+mkdir -p "$WORK/server_tmp"
+TMPDIR=$WORK/server_tmp nice -n 10 monailabel start_server --app "$WORK/app" --studies "$WORK/studies" \
   --conf bundles_dir "$WORK/bundles" --conf models "$MODELS" --conf overrides "$OVERRIDES" \
   --conf zoo_source local --conf sam2 false --host 127.0.0.1 --port "$PORT" >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
@@ -62,7 +64,7 @@ echo "server up on $URL (pid $SERVER_PID) after $(( $(date +%s) - start )) s"
 
 status=0
 nice -n 5 "$PY" apps/monailabel/check.py run "$WORK" --url "$URL" --models "$MODELS" --overrides "$OVERRIDES" \
-  || status=$?
+  --server_tmp "$WORK/server_tmp" || status=$?
 if [ "$status" != 0 ]; then
   echo "server log (last lines):"; grep -v -e "\[INFO\]" -e " - INFO - " "$WORK/server.log" | tail -25
 fi

@@ -83,6 +83,7 @@ def make_inputs(work: Path) -> None:
     mni = load_mni152_template(resolution=2)
     nib.save(nib.Nifti1Image(np.asarray(mni.get_fdata(), dtype=np.float32), mni.affine), inputs / "mni152.nii.gz")
     (inputs / "not_an_image.png").write_text("this is a text file, not a PNG\n")
+    (inputs / "garbage.png").write_bytes(np.random.default_rng(0).bytes(50 << 20))  # 50 MB that are no image
     # a wrong checkpoint for the strict-loading check: another bundle's keys
     import torch
 
@@ -134,6 +135,15 @@ def post(url: str, model: str, path: Path, output: str = "json", params: dict | 
                              timeout=timeout)
 
 
+def uploads_deleted(server_tmp: Path | None, before: list[str] | None, what: str) -> None:
+    """An error answer deletes the upload before it goes out: the server's temporary folder holds what it held."""
+    if server_tmp is None:
+        return
+    after = sorted(os.listdir(server_tmp))
+    report(f"bad input, {what}: upload deleted (server's temporary folder: {len(before)} entries before, "
+           f"{len(after)} after)", after == before, f"left: {sorted(set(after) - set(before))}")
+
+
 def still_serving(url: str, after: str) -> bool:
     import requests
 
@@ -180,7 +190,8 @@ def check_mask(url: str, model: str, path: Path, expect_shape: tuple, labels: di
     report(f"{model}: label names {names}, mask values {values}", ok)
 
 
-def run(work: Path, url: str, models: list[str], skip_train: bool = False, overrides: dict | None = None) -> int:
+def run(work: Path, url: str, models: list[str], skip_train: bool = False, overrides: dict | None = None,
+        server_tmp: Path | None = None) -> int:
     import requests
 
     inputs = work / "inputs"
@@ -230,21 +241,25 @@ def run(work: Path, url: str, models: list[str], skip_train: bool = False, overr
             report(f"fundus_ibot_pretraining: CLS embedding of length {len(emb)} ({arch})",
                    len(emb) == ARCHS[arch][0] and bool(np.all(np.isfinite(emb))))
 
-    # bad input: a clear HTTP error, and the server keeps serving
+    # bad input: a clear HTTP error, the upload deleted (the server's temporary folder as before), still serving
     bad = [
         ("unknown bundle", "no_such_bundle", photo, (404,), "unknown bundle"),
-        ("non-image upload", "fundus_dr_classification", inputs / "not_an_image.png", (422,), "not a readable image"),
+        ("non-image upload", "fundus_dr_classification", inputs / "not_an_image.png", (422,),
+         "not a readable image"),
+        ("50 MB of garbage", "fundus_dr_classification", inputs / "garbage.png", (422,), "cannot use"),
         ("3-D volume to a 2-D bundle", "fundus_dr_classification", volume, (422,), "2-D"),
         ("2-D photo to a 3-D bundle", "mri_orbit_segmentation", photo, (422,), "3-D"),
     ]
     for what, model, path, codes, needle in bad:
         if model != "no_such_bundle" and model not in models:
             continue
+        before = sorted(os.listdir(server_tmp)) if server_tmp else None
         r = post(url, model, path)
         detail = r.json().get("detail", r.text) if r.headers.get("content-type", "").startswith("application/json") \
             else r.text
         report(f"bad input, {what}: HTTP {r.status_code}: {str(detail)[:220]}",
                r.status_code in codes and needle in str(detail))
+        uploads_deleted(server_tmp, before, what)
         still_serving(url, what)
 
     # a checkpoint whose keys do not match: swap it in, ask, put the right one back
@@ -255,10 +270,12 @@ def run(work: Path, url: str, models: list[str], skip_train: bool = False, overr
         shutil.move(weights, keep)
         shutil.copy(inputs / "wrong_model.pt", weights)
         try:
+            before = sorted(os.listdir(server_tmp)) if server_tmp else None
             r = post(url, target, photo)
             detail = r.json().get("detail", r.text) if r.status_code != 200 else ""
             report(f"bad input, mismatched checkpoint: HTTP {r.status_code}: {str(detail)[:220]}",
                    r.status_code >= 400 and "model.pt" in str(detail) and "does not fit" in str(detail))
+            uploads_deleted(server_tmp, before, "mismatched checkpoint")
         finally:
             shutil.move(keep, weights)
             os.utime(weights)  # a new mtime: the server reloads the right weights
@@ -315,12 +332,14 @@ def main() -> int:
     p.add_argument("--bundles_dir", type=Path, default=REPO / "bundles")
     p.add_argument("--skip_train", action="store_true")
     p.add_argument("--overrides", default="", help="JSON, as the server's --conf overrides")
+    p.add_argument("--server_tmp", type=Path, default=None,
+                   help="the server's temporary folder (its TMPDIR): checks that rejected uploads are deleted")
     a = p.parse_args()
     models = [m for m in a.models.split(",") if m]
     if a.action == "prepare":
         prepare(a.work, models, a.bundles_dir, parse_overrides(a.overrides))
         return 0
-    return run(a.work, a.url.rstrip("/"), models, a.skip_train, parse_overrides(a.overrides))
+    return run(a.work, a.url.rstrip("/"), models, a.skip_train, parse_overrides(a.overrides), a.server_tmp)
 
 
 if __name__ == "__main__":

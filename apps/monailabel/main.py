@@ -46,6 +46,8 @@ from visionfm_label.bundles import (BundleError, bundle_info, discover, link_int
                                     parse_overrides, select)
 from visionfm_label.infer import InputError, VisionFMInferTask  # noqa: E402
 from visionfm_label.train import VisionFMTrainTask  # noqa: E402
+from visionfm_label.uploads import delete_after_request  # noqa: E402
+from visionfm_label.uploads import install as delete_uploads_whatever_the_answer  # noqa: E402
 
 logger = logging.getLogger(__name__)
 DEFAULT_BUNDLES_DIR = _APP_DIR.parent.parent / "bundles"
@@ -54,6 +56,7 @@ DEFAULT_BUNDLES_DIR = _APP_DIR.parent.parent / "bundles"
 class VisionFMApp(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
         conf = dict(conf or {})
+        delete_uploads_whatever_the_answer()  # MONAI Label keeps the uploads of error answers (uploads.py)
         # accepted for the stock monaibundle command line; this app never downloads (zoo) and has no SAM2 model
         for key in ("zoo_source", "sam2"):
             conf.pop(key, None)
@@ -103,13 +106,14 @@ class VisionFMApp(MONAILabelApp):
         return trainers
 
     def infer(self, request, datastore=None):
-        """MONAI Label turns any exception into a bare HTTP 500; say what went wrong instead."""
+        """MONAI Label turns any exception into a bare HTTP 500; say what went wrong instead. The upload and the
+        result file are deleted whatever the answer (visionfm_label.uploads)."""
         model = request.get("model")
         if model not in self._infers:
             raise HTTPException(status_code=404, detail=f"unknown bundle {model!r}; served: "
                                                         f"{', '.join(sorted(self._infers)) or 'none'}")
         try:
-            return super().infer(request, datastore)
+            result = super().infer(request, datastore)
         except InputError as e:
             raise HTTPException(status_code=422, detail=str(e)) from e
         except WeightsError as e:
@@ -119,3 +123,6 @@ class VisionFMApp(MONAILabelApp):
         except Exception as e:
             logger.exception(f"infer {model} failed")
             raise HTTPException(status_code=500, detail=f"{model}: {type(e).__name__}: {e}") from e
+        # the mask file our writer made: also when the endpoint fails after this (e.g. output=dicom_seg)
+        delete_after_request(result.get("file"))
+        return result

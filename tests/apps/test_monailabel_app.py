@@ -1,16 +1,21 @@
 """apps/monailabel: the pure helpers (main environment, no monailabel needed) and the app's import in the
 MONAI Label environment (.venv-monailabel; skipped, with the reason, only when that environment is absent).
 
-The live-server check is scripts/monailabel_check.sh (minutes of CPU), not part of this file.
+The full live-server check is scripts/monailabel_check.sh (minutes of CPU); the one live server here (slow) checks
+that every uploaded file is deleted whatever the answer.
 """
 
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -19,7 +24,11 @@ sys.path.insert(0, str(APP))
 
 from visionfm_label import bundles as B  # noqa: E402
 
-ML_PYTHON = REPO / ".venv-monailabel" / "bin" / "python"
+# the MONAI Label environment scripts/setup_monailabel.sh makes (MONAILABEL_VENV: another folder, as the scripts take)
+ML_VENV = REPO / os.environ.get("MONAILABEL_VENV", ".venv-monailabel")
+ML_PYTHON = ML_VENV / "bin" / "python"
+needs_monailabel = pytest.mark.skipif(not ML_PYTHON.exists(), reason="the MONAI Label environment is absent: run "
+                                      "scripts/setup_monailabel.sh (the main .venv has no monailabel)")
 
 
 def test_every_bundle_has_a_family_the_app_serves():
@@ -101,8 +110,7 @@ def test_result_tables():
     assert B.points_table([[1.5, 2.0]], ["optic_disc"]) == [{"name": "optic_disc", "x": 1.5, "y": 2.0}]
 
 
-@pytest.mark.skipif(not ML_PYTHON.exists(), reason="the MONAI Label environment is absent: run "
-                                                   "scripts/setup_monailabel.sh (the main .venv has no monailabel)")
+@needs_monailabel
 def test_app_imports_in_the_monailabel_environment():
     code = ("import sys; sys.path.insert(0, 'apps/monailabel'); import main; "
             "from monailabel.interfaces.app import MONAILabelApp; "
@@ -112,3 +120,119 @@ def test_app_imports_in_the_monailabel_environment():
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] in ("torchvision", "placeholder")
+
+
+class _Exploit:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):  # unpickled unsafely, this runs a shell command
+        return (os.system, (f"echo pwned > {self.marker}",))
+
+
+def _start_server(tmp: Path, models: dict, overrides: dict) -> tuple[subprocess.Popen, str, Path]:
+    """A MONAI Label server on a free port serving `models` ({name: weights writer}) from a copy of the bundles and
+    the app, with its own temporary folder; (process, url, temporary folder)."""
+    bundles = tmp / "bundles"
+    for name, weights in models.items():
+        shutil.copytree(REPO / "bundles" / name, bundles / name, ignore=shutil.ignore_patterns("models", "runs", "eval"))
+        weights(bundles / name, B.overrides_for(overrides, name))
+    app = tmp / "app"
+    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("model", "__pycache__"))
+    for folder in ("studies", "server_tmp", "mpl"):
+        (tmp / folder).mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # python -m monailabel.main, not the `monailabel` launcher: the launcher puts its own checkout first on PYTHONPATH
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp / "server_tmp"), "MPLCONFIGDIR": str(tmp / "mpl"),
+           "HF_HUB_OFFLINE": "1", "NO_PROXY": "*", "MONAILABEL_PYEXE": str(ML_PYTHON)}
+    cmd = [str(ML_PYTHON), "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(tmp / "studies"),
+           "--conf", "bundles_dir", str(bundles), "--conf", "models", ",".join(models),
+           "--conf", "overrides", json.dumps(overrides, separators=(",", ":")), "--conf", "skip_trainers", "true",
+           "--host", "127.0.0.1", "--port", str(port)]
+    with open(tmp / "server.log", "wb") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, f"http://127.0.0.1:{port}", tmp / "server_tmp"
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server's own process group (start_new_session)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.slow
+@needs_monailabel
+def test_live_server_deletes_every_upload_whatever_the_answer(tmp_path):
+    """MONAI Label schedules the deletion of an upload as a background task of the response, which FastAPI runs only
+    after a successful answer: every error answer left the upload in the temporary folder. Posted to a real server:
+    an image that succeeds (200, also a mask), garbage bytes (422), an unknown bundle (404), a bundle whose weights
+    file runs code (500: refused, nothing runs) and a mask requested as DICOM SEG (500 after the mask is written).
+    After each answer the server's temporary folder holds what it held before."""
+    import check  # apps/monailabel/check.py: fresh weights, as the full check serves them
+    import requests
+    from PIL import Image
+
+    marker = tmp_path / "marker"
+
+    def evil_weights(bundle, _overrides):
+        (bundle / "models").mkdir()
+        torch_save_evil(bundle / "models" / "model.pt", marker)
+
+    overrides = {"*": {"arch": "vit_tiny", "image_size": 64},
+                 "fundus_vessel_segmentation": {"working_size": 64, "feature_size": 8}}
+    models = {"fundus_dr_classification": check.fresh_weights, "fundus_vessel_segmentation": check.fresh_weights,
+              "fundus_landmark_detection": evil_weights}
+    proc, url, server_tmp = _start_server(tmp_path, models, overrides)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            try:
+                if requests.get(f"{url}/info/", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                time.sleep(1)
+        else:
+            pytest.fail("server not up after 240 s: " + (tmp_path / "server.log").read_text()[-3000:])
+
+        photo = tmp_path / "photo.png"
+        Image.fromarray((np.random.default_rng(0).random((96, 128, 3)) * 255).astype(np.uint8)).save(photo)
+        garbage = tmp_path / "scan.png"
+        garbage.write_bytes(np.random.default_rng(1).bytes(5 << 20))  # 5 MB that are no image
+        cases = [  # what, bundle, file, output, expected status, a word of the answer
+            ("an image that succeeds", "fundus_dr_classification", photo, "json", 200, "prediction"),
+            ("a mask that succeeds", "fundus_vessel_segmentation", photo, "all", 200, "label_names"),
+            ("garbage bytes", "fundus_dr_classification", garbage, "json", 422, "cannot use the uploaded file"),
+            ("an unknown bundle", "no_such_bundle", photo, "json", 404, "unknown bundle"),
+            ("weights that run code", "fundus_landmark_detection", photo, "json", 500, "cannot be loaded safely"),
+            ("a mask as DICOM SEG", "fundus_vessel_segmentation", photo, "dicom_seg", 500, "DICOM"),
+        ]
+        before = sorted(os.listdir(server_tmp))
+        counts = {}
+        for what, model, path, output, status, word in cases:
+            with open(path, "rb") as f:
+                r = requests.post(f"{url}/infer/{model}", params={"output": output}, files={"file": (path.name, f)},
+                                  timeout=300)
+            assert r.status_code == status and word in r.text, (what, r.status_code, r.text[:500])
+            # a 200's deletions run just after the answer is sent; an error's before it
+            wait_until = time.time() + (10 if status == 200 else 0)
+            while sorted(os.listdir(server_tmp)) != before and time.time() < wait_until:
+                time.sleep(0.2)
+            counts[what] = len(os.listdir(server_tmp))
+            assert sorted(os.listdir(server_tmp)) == before, (what, status, sorted(os.listdir(server_tmp)))
+        assert not marker.exists()  # the code-running weights were refused, not run
+        print(f"temporary folder: {len(before)} entries before; after each answer: {counts}")
+    finally:
+        _stop(proc)
+
+
+def torch_save_evil(path: Path, marker: Path) -> None:
+    import torch
+
+    torch.save({"payload": _Exploit(marker)}, path)

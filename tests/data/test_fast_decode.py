@@ -1,5 +1,6 @@
-"""EyeImageReader(decode_size=...): JPEGs decoded at reduced DCT scale, so inference on clinical-size photos is
-not decode-bound (issue 7; speed is measured by scripts/bench_inference.py, not here)."""
+"""EyeImageReader(decode_size=...): JPEGs decoded at reduced DCT scale, other formats reduced in their stored values,
+so inference on clinical-size photos is not decode-bound (issue 7; speed is measured by scripts/bench_inference.py,
+not here; memory on huge images by tests/data/test_large_images.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from monai.transforms import Compose, LoadImaged
 from PIL import Image
 
@@ -76,9 +76,13 @@ def test_metadata_records_decoded_and_original_size(photos):
     assert tuple(out.meta["original_spatial_shape"]) == (1500, 2000)  # kept through the pipeline
 
 
-def test_png_and_no_decode_size_read_the_full_image(photos):
-    arr, meta = read_array(str(photos / "wide.png"), decode_size=150)
-    assert arr.shape == (600, 800, 3) and "original_spatial_shape" not in meta
+def test_png_is_reduced_in_its_stored_values_and_no_decode_size_reads_the_full_image(photos):
+    full, _ = read_array(str(photos / "wide.png"))
+    arr, meta = read_array(str(photos / "wide.png"), decode_size=150)  # 600 // 150 = 4: boxes of 4 x 4
+    assert arr.shape == (150, 200, 3) and arr.dtype == np.uint8 and meta["decode_scale"] == 4.0
+    assert tuple(meta["original_spatial_shape"]) == (600, 800)
+    pooled = full.astype(np.float32).reshape(150, 4, 200, 4, 3).mean(axis=(1, 3))
+    assert np.abs(pooled - arr).max() <= 0.5 + 1e-3  # the box mean, rounded to 8 bits
     arr, meta = read_array(str(photos / "wide.jpg"))
     assert arr.shape == (1500, 2000, 3) and "original_spatial_shape" not in meta
     np.testing.assert_array_equal(np.asarray(meta["affine"]), np.eye(3))
@@ -129,9 +133,12 @@ def test_decode_size_must_be_a_positive_integer(bad):
         EyeImageReader(decode_size=bad)
 
 
-# Where the outputs do not live on the photo's pixel grid, evaluation and inference decode JPEGs at 2x the input;
-# masks and landmark coordinates need every pixel, and training always reads the full image (random crops).
+# Where the outputs do not live on the photo's pixel grid, evaluation and inference read images reduced to 2x the
+# input; the dense families' inference reads them reduced to 2x the scale the network sees and their writers put
+# the outputs back on the file's grid; training always reads the full image (random crops). Every inference reader
+# refuses files over max_pixels.
 PER_IMAGE_KINDS = {"classification", "multitask", "regression", "forecasting"}
+DENSE_DECODE = {"segmentation": "working_size", "landmarks": "image_size"}
 
 
 def _readers(transforms) -> list[str]:
@@ -140,25 +147,42 @@ def _readers(transforms) -> list[str]:
 
 @pytest.mark.parametrize("bundle", [b for b in BUNDLES if kind_of(b) not in ("pretraining", "generation")],
                          ids=lambda b: b.name)
-def test_bundles_decode_reduced_jpegs_only_where_outputs_are_per_image(bundle):
+def test_bundles_decode_reduced_images_only_where_outputs_allow(bundle):
     from monai.bundle import ConfigParser
 
     configs = {name: json.loads((bundle / "configs" / f"{name}.json").read_text())
                for name in ("train", "evaluate", "inference")}
     fast = "$visionfm_core.data.EyeImageReader(decode_size=@decode_size)"
+    limited = "$visionfm_core.data.EyeImageReader(decode_size=@decode_size, max_pixels=@max_pixels)"
     infer = _readers(configs["inference"]["preprocessing"]["transforms"])
     train = _readers(configs["train"]["train"]["deterministic_transforms"])
-    assert fast not in train
-    if kind_of(bundle) in PER_IMAGE_KINDS:
-        assert infer == [fast] * len(infer) and infer
+    assert fast not in train and limited not in train
+
+    def parsed(name, key):
+        parser = ConfigParser()
+        parser.read_config([str(bundle / "configs" / "train.json")] * (name == "evaluate")
+                           + [str(bundle / "configs" / f"{name}.json")])
+        return parser.get_parsed_content(key)
+
+    kind = kind_of(bundle)
+    if kind in PER_IMAGE_KINDS:
+        assert infer == [limited] * len(infer) and infer
         assert _readers(configs["evaluate"]["validate::preprocessing::transforms"]) == [fast] * len(infer)
         for name in ("inference", "evaluate"):
-            parser = ConfigParser()
-            parser.read_config([str(bundle / "configs" / "train.json")] * (name == "evaluate")
-                               + [str(bundle / "configs" / f"{name}.json")])
-            assert parser.get_parsed_content("decode_size") == 2 * parser.get_parsed_content("image_size")
-    else:
+            assert parsed(name, "decode_size") == 2 * parsed(name, "image_size")
+    elif kind in DENSE_DECODE:  # inference only: evaluation compares with labels on the file's grid
+        assert infer == [limited]
+        assert parsed("inference", "decode_size") == 2 * parsed("inference", DENSE_DECODE[kind])
+        assert "decode_size" not in configs["evaluate"]
+    elif kind == "fusion":
+        (inputs,) = configs["inference"]["preprocessing"]["transforms"]
+        assert (inputs["decode_size"], inputs["max_pixels"]) == ("@decode_size", "@max_pixels")
+        assert parsed("inference", "decode_size") == 2 * parsed("inference", "image_size")
+    else:  # volumes
         assert fast not in infer and "decode_size" not in configs["inference"] | configs["evaluate"]
+    if "max_pixels" in configs["inference"]:
+        assert configs["inference"]["max_pixels"] >= 12000 * 12000
+    assert kind not in PER_IMAGE_KINDS | set(DENSE_DECODE) | {"fusion"} or "max_pixels" in configs["inference"]
 
 
 def test_decode_size_none_from_the_command_line_reads_the_whole_jpeg(photos):

@@ -103,8 +103,16 @@ def test_a_pickle_that_runs_code_is_refused_and_runs_nothing(tmp_path, monkeypat
     monkeypatch.setenv("VFM_EXPLOIT_MARKER", str(marker))
     path = tmp_path / "evil.pth"
     torch.save({"teacher": build_encoder("vit_tiny").state_dict(), "payload": _Exploit()}, path)
-    with pytest.raises(WeightsError, match=r"evil.pth.*refused rather than executed"):
+    with pytest.raises(WeightsError, match=r"evil.pth: cannot be loaded safely: it contains the global 'os.system', "
+                                           r"which is not allowed") as info:
         load_encoder_weights(build_encoder("vit_tiny"), path)
+    assert "weights_only" not in str(info.value) and "\n" not in str(info.value)  # never the advice to turn it off
+    assert not marker.exists()
+    # a plain pickle (not torch.save's format) is scanned for the same globals without being unpickled
+    with open(tmp_path / "evil.pkl", "wb") as f:
+        pickle.dump({"payload": _Exploit()}, f)
+    with pytest.raises(WeightsError, match=r"evil.pkl: cannot be loaded safely: it contains the global 'os.system'"):
+        read_checkpoint(tmp_path / "evil.pkl")
     assert not marker.exists()
     # unpickled unsafely, the same object does run the command: the exploit in this test is real
     assert pickle.loads(pickle.dumps(_Exploit())) == 0 and marker.exists()
@@ -115,8 +123,9 @@ def test_unreadable_files(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint at all")
     with pytest.raises(WeightsError, match="empty.pth is empty"):
         read_checkpoint(tmp_path / "empty.pth")
-    with pytest.raises(WeightsError, match="junk.pth"):
+    with pytest.raises(WeightsError, match="junk.pth: cannot be read as a PyTorch file") as info:
         read_checkpoint(tmp_path / "junk.pth")
+    assert "weights_only" not in str(info.value) and "malicious" not in str(info.value)
     with pytest.raises(WeightsError, match="does not exist"):
         read_checkpoint(tmp_path / "missing.pth")
 

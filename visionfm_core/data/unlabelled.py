@@ -130,7 +130,9 @@ class UnlabelledImageDataset(Dataset):
 
     def read(self, path: str, slice_index: int | None = None) -> torch.Tensor:
         """(3, H, W) float in [0, 1], as `read_image` (a JPEG possibly decoded at a reduced scale)."""
-        if self.decode_size is None or not path.lower().endswith((".jpg", ".jpeg")):  # decode_size only helps JPEGs
+        # JPEGs only: pretraining keeps the other formats' pixels as the full read gives them (a box-reduced PNG
+        # would differ slightly); files over the reader's max_pixels are refused either way
+        if self.decode_size is None or not path.lower().endswith((".jpg", ".jpeg")):
             return torch.from_numpy(read_image(path, self.modality, slice_index))
         array, meta = read_array(path, slice_index, self.decode_size)
         return torch.from_numpy(unit_rgb(array, meta, grey=self.modality.grey))

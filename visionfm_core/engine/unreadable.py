@@ -15,24 +15,15 @@ raises `ImageReadError` (nothing to infer on); `skip_unreadable=False` restores 
 from __future__ import annotations
 
 import copy
-import csv
-import io
-import json
 import os
 from collections.abc import Callable, Sequence
-from typing import Sequence
 
-import numpy as np
-import torch
 from ignite.engine import Engine, Events
 from monai.data import Dataset
 
 from visionfm_core.data.io.readers import ImageReadError
-from visionfm_core.engine.io import atomic_write_bytes, atomic_write_text
+from visionfm_core.engine.io import atomic_write_text
 from visionfm_core.engine.writers import batch_value, csv_table, output_samples
-from visionfm_core.tasks.classification.metrics import classification_metrics
-from visionfm_core.tasks.landmarks.metrics import mean_radial_error
-from visionfm_core.tasks.segmentation.metrics import SEGMENTATION_METRIC_NAMES, segmentation_metrics
 
 __all__ = ["SkipUnreadableDataset", "READ_ERROR_KEY", "READ_ERROR_SOURCE_KEY", "read_failure", "UnreadableFilesReport"]
 

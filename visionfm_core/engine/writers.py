@@ -15,7 +15,7 @@ from ignite.engine import Engine, Events
 
 from visionfm_core.engine.io import atomic_write_text
 
-__all__ = ["stack_pred_label", "ClassNamesSaver", "TableWriter", "PerImageWriter", "OutputNames", "as_array", "batch_value", "sample_filename", "nanmean", "image_plane", "png_bytes", "read_photo", "readable_samples", "output_samples", "csv_table"]
+__all__ = ["stack_pred_label", "ClassNamesSaver", "TableWriter", "PerImageWriter", "OutputNames", "as_array", "batch_value", "sample_filename", "nanmean", "image_plane", "png_bytes", "read_photo", "decode_scale", "upsample_reduced", "readable_samples", "output_samples", "csv_table"]
 
 
 def stack_pred_label(output) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,6 +76,33 @@ class TableWriter:
             _write_metrics(self.output_dir, metrics)
 
 
+class ImportedNetworkForgetter:
+    """When training starts, remove ``<output_dir>/network.json``: the model the run saves there is the bundle's own,
+    so an imported model's head variant (`visionfm import-weights --bundle`) no longer applies to it."""
+
+    def __init__(self, output_dir: str):
+        self.output_dir = output_dir
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._forget)
+
+    def _forget(self, engine: Engine) -> None:
+        from visionfm_core.engine.distributed import is_main_process
+
+        if is_main_process():
+            forget_imported_network(engine, self.output_dir)
+
+
+def forget_imported_network(engine: Engine, models_dir: str) -> None:
+    """Remove an imported model's ``network.json`` from ``models_dir``, saying so: the model the starting training
+    saves there is the bundle's own, so the imported head settings no longer apply."""
+    from visionfm_core.models.settings_file import forget_network_settings
+
+    removed = forget_network_settings(models_dir)
+    if removed:
+        engine.logger.info("removed %s: it described an imported model this training replaces", removed)
+
+
 class ClassNamesSaver:
     """Write the class list a classifier trains on to ``<output_dir>/class_names.json`` (atomically) when training
     starts, so evaluation and inference name (and count) the model's outputs as trained, whatever the defaults; an
@@ -90,14 +117,10 @@ class ClassNamesSaver:
 
     def _save(self, engine: Engine) -> None:
         from visionfm_core.data.datalist import save_class_names
-        from visionfm_core.models.settings_file import forget_network_settings
 
         path = save_class_names(self.output_dir, self.class_names)
         engine.logger.info("training on classes %s (saved to %s)", self.class_names, path)
-        # the model this run saves is the bundle's own: an imported model's head settings no longer apply
-        removed = forget_network_settings(self.output_dir)
-        if removed:
-            engine.logger.info("removed %s: it described an imported model this training replaces", removed)
+        forget_imported_network(engine, self.output_dir)
 
 
 def output_samples(output) -> list[dict]:
@@ -117,10 +140,47 @@ def png_bytes(array: np.ndarray) -> bytes:
 
 
 def read_photo(image: str) -> np.ndarray:
-    """The original image as (H, W, 3) uint8, read with the project's reader."""
-    from visionfm_core.data.io.readers import read_image
+    """The original image as a new, writable (H, W, 3) uint8 array, read with the project's reader
+    (:func:`read_image`'s pixel rules).
 
+    8-bit files (nearly every photo) stay in uint8 throughout, so a writer drawing on a 12000 x 12000 photo holds
+    432 MB, not the 1.7 GB of a float copy; other files go through the float rules."""
+    from visionfm_core.data.io.readers import read_array, read_image
+
+    arr, meta = read_array(image)
+    if arr.dtype == np.uint8 and meta.get("scaling") == "full_scale" and meta.get("full_scale") == 255.0 \
+            and not meta.get("invert") and len(meta["spatial_shape"]) == 2 \
+            and tuple(arr.shape[:2]) == tuple(int(n) for n in meta["spatial_shape"]):
+        if meta.get("palette") is not None:
+            return np.asarray(meta["palette"], dtype=np.uint8)[arr]
+        if arr.ndim == 2:
+            arr = arr[..., None]
+        if arr.shape[-1] in (1, 2):  # grey (+ alpha): grey copied to 3 channels
+            return np.repeat(arr[..., :1], 3, axis=-1)
+        if arr.shape[-1] in (3, 4):  # RGB (+ alpha); a copy, as the others are: writers draw on it
+            return np.array(arr[..., :3])
     return np.round(read_image(image).transpose(1, 2, 0) * 255).astype(np.uint8)
+
+
+def decode_scale(sample: dict, key: str = "pred", image_key: str = "image") -> float:
+    """The whole factor the sample's image was reduced by when read (meta ``decode_scale`` of
+    ``EyeImageReader(decode_size=...)``, on ``key``'s or the image's meta), 1.0 when it was read whole."""
+    for value in (sample.get(key), sample.get(image_key)):
+        scale = (getattr(value, "meta", None) or {}).get("decode_scale")
+        if scale is not None:
+            return float(np.asarray(scale.cpu() if isinstance(scale, torch.Tensor) else scale).reshape(-1)[0])
+    return 1.0
+
+
+def upsample_reduced(array: np.ndarray, scale: float, hw: tuple[int, int]) -> np.ndarray:
+    """A (h, w) uint8 map on the grid of an image reduced by the whole factor ``scale`` (pixel i centred at
+    ``scale * i + (scale - 1) / 2`` of the file, as the reader's affine says) -> (H, W) = ``hw`` uint8 on the
+    file's grid, by Pillow's bilinear resize of exactly that region (no float copy of the full size)."""
+    from PIL import Image
+
+    h, w = int(hw[0]), int(hw[1])
+    out = Image.fromarray(np.ascontiguousarray(array)).resize((w, h), Image.BILINEAR, box=(0, 0, w / scale, h / scale))
+    return np.asarray(out)
 
 
 class OutputNames:

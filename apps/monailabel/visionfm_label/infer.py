@@ -171,7 +171,7 @@ class VisionFMInferTask(BundleInferTask):
     def _load_bundle_config(self, path, config):
         parser = super()._load_bundle_config(path, config)
         for key, value in self.overrides.items():  # e.g. {"arch": "vit_small"}: the same in check.py's weights
-            if parser.get(key) is None:
+            if key not in parser:  # an id whose default is null (e.g. "arch": null) is still an id
                 raise ValueError(f"override {key!r} is not an id of {config}")
             parser[key] = value
         return parser
@@ -276,20 +276,25 @@ def resize_nearest(mask: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 
 
 def save_mask(mask: np.ndarray, dimension: int, affine=None) -> str:
-    """A 2-D mask as PNG (rows x columns, as the input photo), a volume as NIfTI with the input's affine."""
-    if dimension == 2 and mask.ndim == 2:
-        from PIL import Image
+    """A 2-D mask as PNG (rows x columns, as the input photo), a volume as NIfTI with the input's affine, in a
+    temporary file (deleted after the answer: main.py); a file that could not be written is not left behind."""
+    png = dimension == 2 and mask.ndim == 2
+    path = tempfile.NamedTemporaryFile(suffix=".png" if png else ".nii.gz", delete=False).name
+    try:
+        if png:
+            from PIL import Image
 
-        path = tempfile.NamedTemporaryFile(suffix=".png", delete=False).name
-        Image.fromarray(mask).save(path)
+            Image.fromarray(mask).save(path)
+            return path
+        import nibabel as nib
+
+        aff = np.eye(4)
+        if affine is not None:
+            a = np.asarray(affine.cpu() if torch.is_tensor(affine) else affine, dtype=np.float64)
+            if a.shape == (4, 4):
+                aff = a
+        nib.save(nib.Nifti1Image(mask, aff), path)
         return path
-    import nibabel as nib
-
-    aff = np.eye(4)
-    if affine is not None:
-        a = np.asarray(affine.cpu() if torch.is_tensor(affine) else affine, dtype=np.float64)
-        if a.shape == (4, 4):
-            aff = a
-    path = tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
-    nib.save(nib.Nifti1Image(mask, aff), path)
-    return path
+    except BaseException:
+        os.unlink(path)
+        raise

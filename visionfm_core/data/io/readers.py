@@ -16,6 +16,7 @@ Anything we cannot turn into a faithful image raises :class:`ImageReadError` nam
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,6 +29,7 @@ from visionfm_core.modalities import Modality, get_modality
 
 __all__ = [
     "ImageReadError",
+    "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
     "LABEL_EXTENSIONS",
     "EyeImageReader",
@@ -46,6 +48,21 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", "
 LABEL_EXTENSIONS: tuple[str, ...] = IMAGE_EXTENSIONS + (".gif",)
 _PIL_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".ppm", ".gif")  # .ppm: STARE
 _NIFTI_EXTENSIONS = (".nii", ".nii.gz")
+
+# The largest photo (width x height) read by default: well above clinical photos (widefield and mosaic fundus
+# images reach about 50 MP) and above a 12000 x 12000 scan, yet it bounds a decode at 600 MB (8-bit RGB). Larger
+# files are refused naming their size (EyeImageReader(max_pixels=...)); this replaces Pillow's own check.
+DEFAULT_MAX_PIXELS = 200_000_000
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+def _new_limit_lock() -> None:
+    # a DataLoader worker forked while another thread held the lock would otherwise wait for it forever
+    global _PIL_LIMIT_LOCK
+    _PIL_LIMIT_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_limit_lock)
 
 # ITU-R BT.601 weights, the same ones PIL's convert("L") uses.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -76,7 +93,7 @@ _PIL_CONVERT = {
 #   "spacing"       pixel size per array axis, when the file says (DICOM PixelSpacing in mm, NIfTI pixdim in
 #                   the file's units)
 #   "bits_stored", "photometric_interpretation", "slice_index": DICOM / volume details
-#   "original_spatial_shape", "decode_scale": a JPEG read with decode_size: the file's (H, W) and the reduction
+#   "original_spatial_shape", "decode_scale": an image read with decode_size: the file's (H, W) and the reduction
 #                   factor (spatial_shape and affine then describe the decoded pixels)
 # EyeChannelsd / LabelMapd consume the scaling hints and drop them, so applying one twice fails instead of
 # scaling twice.
@@ -132,15 +149,23 @@ class EyeImageReader(ImageReader):
     Args:
         slice_index: read only this frame of a multi-frame DICOM or this slice (third axis) of a 3-D NIfTI, as a
             2-D image; :func:`count_slices` tells how many there are.
-        decode_size: JPEG only: the short side (px) the pipeline needs. The JPEG is then decoded at a reduced
-            scale (libjpeg's DCT scaling by 1/2, 1/4 or 1/8, through Pillow's ``Image.draft``), the largest
-            reduction that keeps both sides >= ``decode_size``: a 2000 px photo with ``decode_size=448`` decodes
-            at 500 px, about 10x less work for decoding, scaling and resizing than the full photo. Use about twice
-            the network input (the antialiased resize after it then has pixels to average) and only where the
-            output does not live on the photo's pixel grid (classification, regression, embeddings; not masks or
-            landmark coordinates). Other formats, and None (default), read the full image. The meta then says
-            what the pixels are (``spatial_shape`` = decoded (H, W), ``affine`` maps decoded pixels to the
-            file's pixel grid) and where they came from (``original_spatial_shape``, ``decode_scale``).
+        decode_size: the short side (px) the pipeline needs, for outputs that do not live on the photo's pixel grid
+            (classification, regression, embeddings) or that are put back on it afterwards (dense writers scale
+            their output up to ``original_spatial_shape``). The image is then read at a reduced size, the largest
+            whole reduction that keeps both sides >= ``decode_size``: a JPEG by libjpeg's DCT scaling (1/2, 1/4,
+            1/8, through Pillow's ``Image.draft``) while decoding, then, as any other Pillow format (PNG, TIFF,
+            BMP, ...) after decoding, by averaging factor x factor boxes of its stored 8/16-bit values
+            (``Image.reduce``), before any float copy exists. A 2000 px JPEG with ``decode_size=448`` decodes at
+            500 px (about 10x less work), a 12000 x 12000 PNG becomes 462 x 462 px (a 432 MB decode, never a 1.7 GB
+            float image). Use about twice the network input (the antialiased resize after it then has pixels to
+            average). A palette image is read as its colours (averaging indices means nothing), so give label maps
+            no decode_size. None (default), DICOM and NIfTI read the full image. With a decode_size the meta says
+            what the pixels are (``spatial_shape`` = decoded (H, W), ``affine`` maps decoded pixels to the file's
+            pixel grid) and where they came from (``original_spatial_shape``, ``decode_scale``).
+        max_pixels: the largest width x height of a Pillow-read file (default :data:`DEFAULT_MAX_PIXELS`, 200 MP;
+            None: no limit). A larger one raises :class:`ImageReadError` naming the file and its size before it is
+            decoded (inference lists it in ``unreadable.csv``). It replaces Pillow's decompression-bomb warning,
+            which names no file.
 
     Errors (missing, empty, corrupt or truncated files, multi-page TIFF/GIF, DICOM without pixel data, a slice
     that does not exist) raise :class:`ImageReadError` naming the file, from ``get_data``: ``read`` only collects
@@ -148,13 +173,16 @@ class EyeImageReader(ImageReader):
     differently.
     """
 
-    def __init__(self, slice_index: int | None = None, decode_size: int | None = None):
+    def __init__(self, slice_index: int | None = None, decode_size: int | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
         super().__init__()
-        integer = isinstance(decode_size, (int, np.integer)) and not isinstance(decode_size, bool)
-        if decode_size is not None and not (integer and decode_size >= 1):
-            raise ValueError(f"EyeImageReader decode_size must be a positive integer or None, got {decode_size!r}.")
+        for name, value in (("decode_size", decode_size), ("max_pixels", max_pixels)):
+            integer = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+            if value is not None and not (integer and value >= 1):
+                raise ValueError(f"EyeImageReader {name} must be a positive integer or None, got {value!r}.")
         self.slice_index = slice_index
         self.decode_size = None if decode_size is None else int(decode_size)
+        self.max_pixels = None if max_pixels is None else int(max_pixels)
 
     def verify_suffix(self, filename: Sequence[os.PathLike] | os.PathLike) -> bool:
         return all(_readable(os.fspath(name)) for name in ensure_tuple(filename))
@@ -166,7 +194,7 @@ class EyeImageReader(ImageReader):
         names = ensure_tuple(img)
         if len(names) != 1:
             raise ImageReadError(f"EyeImageReader reads one file per image, got {len(names)}: {list(names)}.")
-        return read_array(os.fspath(names[0]), self.slice_index, self.decode_size)
+        return read_array(os.fspath(names[0]), self.slice_index, self.decode_size, self.max_pixels)
 
 
 def _readable(path: str) -> bool:
@@ -193,9 +221,10 @@ def _register_with_monai() -> None:
 _register_with_monai()
 
 
-def read_array(path: str, slice_index: int | None = None, decode_size: int | None = None) -> tuple[np.ndarray, dict]:
-    """The stored array and meta of one file (what :meth:`EyeImageReader.get_data` returns); ``decode_size``: see
-    :class:`EyeImageReader` (JPEG only)."""
+def read_array(path: str, slice_index: int | None = None, decode_size: int | None = None,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, dict]:
+    """The stored array and meta of one file (what :meth:`EyeImageReader.get_data` returns); ``decode_size`` and
+    ``max_pixels``: see :class:`EyeImageReader`."""
     if os.path.isdir(path):
         return _read_dicom_series(path)
     _check_file(path)
@@ -207,7 +236,7 @@ def read_array(path: str, slice_index: int | None = None, decode_size: int | Non
     elif slice_index not in (None, 0):
         raise ImageReadError(f"Image file {path} is a 2-D image; it has no slice {slice_index}.")
     elif ext in _PIL_EXTENSIONS:
-        array, meta = _read_pil(path, decode_size)
+        array, meta = _read_pil(path, decode_size, max_pixels)
     else:
         raise ImageReadError(
             f"Image file {path} has an unsupported extension {ext!r}; supported: {', '.join(LABEL_EXTENSIONS)}."
@@ -251,33 +280,79 @@ def _scaling_for(dtype: np.dtype, path: str) -> tuple[str, float]:
     raise ImageReadError(f"Image file {path} has unsupported pixel data type {dtype}.")
 
 
-def _read_pil(path: str, decode_size: int | None = None) -> tuple[np.ndarray, dict]:
+def _open_pil(path: str, max_pixels: int | None):
+    """``Image.open`` (the header only) with our pixel limit instead of Pillow's decompression-bomb check, whose
+    warning (and error past twice its limit) names no file."""
     from PIL import Image
 
+    with _PIL_LIMIT_LOCK:  # Image.MAX_IMAGE_PIXELS is process-wide: lifted only while this thread opens the header
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            im = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    width, height = im.size
+    if max_pixels is not None and width * height > max_pixels:
+        im.close()
+        raise ImageReadError(
+            f"Image file {path} is {width} x {height} pixels ({width * height / 1e6:.0f} MP), over the limit of "
+            f"{max_pixels / 1e6:g} MP (max_pixels); not read, to keep memory bounded. Raise max_pixels (bundles: "
+            "--max_pixels N, or None for no limit) to read it."
+        )
+    return im
+
+
+def _reduce(im, factor: int):
+    """``im`` shrunk by a whole ``factor``: each output pixel the mean of a factor x factor box (edge boxes
+    partial), in the image's own 8/16-bit values, so no full-size float copy is ever made."""
+    if im.mode in ("L", "LA", "RGB", "RGBA", "I", "F", "CMYK"):
+        return im.reduce(factor)  # Pillow's box reduction, in C
+    # 16-bit grey ("I;16"): sum the factor x factor strided views into a small accumulator
+    from PIL import Image
+
+    arr = np.asarray(im)
+    h, w = -(-arr.shape[0] // factor), -(-arr.shape[1] // factor)
+    total, count = np.zeros((h, w), np.float64), np.zeros((h, w), np.float64)
+    for i in range(factor):
+        for j in range(factor):
+            part = arr[i::factor, j::factor]
+            total[: part.shape[0], : part.shape[1]] += part
+            count[: part.shape[0], : part.shape[1]] += 1
+    return Image.fromarray(np.round(total / count).astype(arr.dtype))
+
+
+def _read_pil(path: str, decode_size: int | None = None,
+              max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, dict]:
     palette = None
     scale, original = 1, None
     try:
-        with Image.open(path) as im:
+        with _open_pil(path, max_pixels) as im:
             # A multi-page TIFF (or animated GIF) is a stack, not one image: refuse rather than silently use page 0.
             if getattr(im, "n_frames", 1) > 1:
                 raise ImageReadError(
                     f"Image file {path} has {im.n_frames} pages/frames; a single 2-D image is expected."
                 )
+            fmt = im.format or _extension(path).lstrip(".").upper()
+            original = im.size
             if decode_size is not None and im.format == "JPEG":
                 # DCT-domain downscaling while decoding; mode None keeps the colour mode. Pillow picks the largest
                 # of 1/8, 1/4, 1/2 that keeps both sides >= decode_size (so the short side is >= decode_size).
-                original = im.size
                 drafted = im.draft(None, (decode_size, decode_size))  # (mode, (0, 0, w / s, h / s)) or None
                 scale = round(original[0] / drafted[1][2]) if drafted else 1
             # Image.open only reads the header: load() forces the full decode so a truncated or corrupt file fails
             # here, naming the file (this relies on Pillow's default ImageFile.LOAD_TRUNCATED_IMAGES = False).
             im.load()
-            fmt = im.format or _extension(path).lstrip(".").upper()
-            if im.mode == "P":
+            if im.mode == "P" and decode_size is None:
                 # Keep the indices (a palette label map's classes); images look the colours up in EyeChannelsd.
                 palette = _palette_of(im)
-            elif im.mode in _PIL_CONVERT:
-                im = im.convert(_PIL_CONVERT[im.mode])
+            elif im.mode in _PIL_CONVERT or im.mode == "P":  # a reduced image averages colours, never indices
+                im = im.convert(_PIL_CONVERT.get(im.mode, "RGBA" if "transparency" in im.info else "RGB"))
+            if decode_size is not None and min(im.size) // decode_size >= 2:
+                # what libjpeg's DCT scaling does for JPEG, any format gets here in its stored 8/16-bit values
+                # (after the draft, for a JPEG larger than 8x the size): the largest whole factor that keeps both
+                # sides >= decode_size, before any float copy exists
+                factor = min(im.size) // decode_size
+                im, scale = _reduce(im, factor), scale * factor
             arr = np.asarray(im)
     except ImageReadError:
         raise
@@ -288,10 +363,11 @@ def _read_pil(path: str, decode_size: int | None = None) -> tuple[np.ndarray, di
         arr = arr.astype(np.uint16)
     if palette is not None:
         return arr, _meta(arr, fmt, 2, np.eye(3), ("full_scale", 255.0), arr.dtype, palette=palette)
-    if original is None:
+    if decode_size is None:
         return arr, _meta(arr, fmt, 2, np.eye(3), _scaling_for(arr.dtype, path), arr.dtype)
-    # A decoded pixel (i, j) averages the file's pixels [s*i, s*i + s) (libjpeg scales by whole factors s), so
-    # its centre lies at s*i + (s - 1)/2 on the file's grid; the affine says so, as MONAI's resizes would.
+    # A decoded pixel (i, j) averages the file's pixels [s*i, s*i + s) (libjpeg and the reduction scale by whole
+    # factors s), so its centre lies at s*i + (s - 1)/2 on the file's grid; the affine says so, as MONAI's resizes
+    # would.
     affine = np.array([[scale, 0.0, (scale - 1) / 2], [0.0, scale, (scale - 1) / 2], [0.0, 0.0, 1.0]])
     return arr, _meta(arr, fmt, 2, affine, _scaling_for(arr.dtype, path), arr.dtype,
                       original_spatial_shape=np.asarray(original[::-1]), decode_scale=float(scale))

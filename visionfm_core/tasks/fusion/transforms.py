@@ -9,7 +9,7 @@ from typing import Hashable, Mapping, Sequence
 import torch
 from monai.transforms import Compose, EnsureTyped, LoadImaged, MapTransform
 
-from visionfm_core.data.io.readers import EyeImageReader
+from visionfm_core.data.io.readers import DEFAULT_MAX_PIXELS, EyeImageReader
 from visionfm_core.data.modality_check import ModalityCheckd
 from visionfm_core.data.multi_input import datalist_source, read_datalist_json
 from visionfm_core.data.resize import EyeResized
@@ -91,11 +91,14 @@ class FusionInputsd(MapTransform):
     modality's key gives a warning), brought to 3 channels (:class:`EyeChannelsd`, greying grey modalities),
     resized to ``spatial_size`` and normalised with that modality's statistics. An absent image (``""`` or
     missing key) is zeros and ``present`` 0. Warnings of all images are joined under ``warning_key``.
+    ``decode_size`` and ``max_pixels`` go to the reader (:class:`EyeImageReader`): inference reads each image
+    reduced to about twice ``spatial_size`` and refuses files over ``max_pixels``.
     """
 
     def __init__(self, modalities: Sequence[str], spatial_size: int | Sequence[int], image_key: str = "image",
                  present_key: str = "present", warning_key: str = "modality_warning", patient_key: str = "patient_id",
-                 encoder: str = "visionfm"):
+                 encoder: str = "visionfm", decode_size: int | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
         self.modalities = [get_modality(m).name for m in modalities]
         self.keys_ = [modality_key(m) for m in self.modalities]
         super().__init__(self.keys_, allow_missing_keys=True)
@@ -105,7 +108,8 @@ class FusionInputsd(MapTransform):
         self.warning_key, self.patient_key = warning_key, patient_key
         self.pipelines = {
             m: Compose([
-                LoadImaged("image", reader=EyeImageReader(), image_only=True),
+                LoadImaged("image", reader=EyeImageReader(decode_size=decode_size, max_pixels=max_pixels),
+                           image_only=True),
                 ModalityCheckd("image", m, warning_key="warning"),
                 EyeChannelsd("image", m),
                 EyeResized("image", size, mode="bilinear"),

@@ -39,7 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from visionfm_core.engine import precision as P  # noqa: E402
-from visionfm_core.tools.export import _first, _parser, _quantize_int8, _quiet, build_bundle_network, OnnxRuntimeNetwork
+from visionfm_core.engine.int8 import quiet_onnx_tools  # noqa: E402
+from visionfm_core.tools.export import _first, _parser, _quantize_int8, build_bundle_network, OnnxRuntimeNetwork  # noqa: E402
 
 BUNDLE = REPO / "bundles" / "fundus_dr_classification"
 
@@ -167,7 +168,7 @@ def main(argv=None) -> None:
 
         x = test_x[: args.batch] if len(test_x) >= args.batch else test_x[:1].repeat(args.batch, 1, 1, 1)
         fp32_path, int8_path = str(tmp / "model.onnx"), str(tmp / "model_int8.onnx")
-        with _quiet(), torch.no_grad():
+        with quiet_onnx_tools(), torch.no_grad():
             torch.onnx.export(net, (x,), fp32_path, dynamo=False, input_names=["image"], output_names=["pred"],
                               dynamic_axes={"image": {0: "batch"}, "pred": {0: "batch"}})
         _quantize_int8(Path(fp32_path), Path(int8_path))

@@ -6,9 +6,11 @@
    FLOP counts use 2 FLOP per multiply-add everywhere.
 3. The ViT encoder (ViT-B/16, 224 px, batch 8), images/s for: fp32 eager; bf16 eager and bf16 compiled, both through
    `visionfm_core.engine.precision.for_inference` (what the bundles use), and bf16 compiled with inductor's freezing;
-   ONNX Runtime fp32 and its dynamic int8 quantisation (QInt8, per channel); torch.ao dynamic int8 on nn.Linear
-   where it still works. The variants alternate round by round (median over rounds), so a burst of load from other
-   processes hits all alike. The embedding cosine similarity of each variant against fp32 eager (same input) is
+   ONNX Runtime fp32 and its dynamic int8 quantisation (QInt8 per channel, the linear layers' MatMuls: what
+   `precision: int8` runs on ONNX Runtime); torch.ao dynamic int8 on nn.Linear where it still works; and which int8
+   backend the bundles' probe (`int8_backend: probe`, visionfm_core.engine.int8) picks here, with its log line.
+   The variants alternate round by round (median over rounds), so a burst of load from other processes hits all
+   alike. The embedding cosine similarity of each variant against fp32 eager (same input) is
    printed too.
 4. The iBOT pretraining step (ViT-S/16, 2 global crops of 224, batch 8, as in scripts/bench_pretrain.py) in fp32 and
    bf16 autocast, from the same initial weights, batch, crops, masks and drop-path draws, with the loss of every
@@ -108,7 +110,8 @@ def _onnx_variants(net, x, threads, tmp, notes) -> dict:
     """ONNX Runtime fp32 and its dynamic int8 quantisation of `net`; {} with a note when unavailable."""
     try:
         import onnxruntime as ort
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        from visionfm_core.engine.int8 import quantize_onnx_int8
     except ImportError as error:
         notes.append(f"int8 (ONNX Runtime) skipped: onnxruntime is not installed ({error})")
         return {}
@@ -119,14 +122,11 @@ def _onnx_variants(net, x, threads, tmp, notes) -> dict:
             # the TorchScript exporter, as tests/bundles/test_bundles.py does (dynamo=False): works for our ViT here
             torch.onnx.export(net, (x,), fp32_path, dynamo=False, input_names=["image"], output_names=["embedding"],
                               dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}})
-            logging.disable(logging.WARNING)  # its root-logger advice to run shape pre-processing first
-            quantize_dynamic(fp32_path, int8_path, weight_type=QuantType.QInt8, per_channel=True)
+            quantize_onnx_int8(fp32_path, int8_path)  # as `precision: int8` quantises for ONNX Runtime
     except Exception as error:  # noqa: BLE001: any export/quantisation failure only skips these rows
         why = f"{type(error).__name__}: {error}"
         notes.append(f"int8 (ONNX Runtime) skipped: export or quantisation failed: {why}"[:300])
         return {}
-    finally:
-        logging.disable(logging.NOTSET)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads  # the same cores as torch
     options.inter_op_num_threads = 1
@@ -150,6 +150,17 @@ def _torch_ao_int8(net, notes):
     except Exception as error:  # noqa: BLE001
         notes.append(f"int8 (torch.ao dynamic) skipped: {type(error).__name__}: {error}"[:300])
         return None
+
+
+def probe_int8(net, x) -> str:
+    """What `precision: int8` with the default backend choice (the probe at the first call) picks on this machine
+    for `net` on `x`, and why (the probe's log line)."""
+    from visionfm_core.engine.int8 import int8_backend_of
+
+    probed = P.for_inference(copy.deepcopy(net), "int8")
+    with torch.inference_mode():
+        probed(x)
+    return f"the int8 probe (precision: int8) picks: {int8_backend_of(probed)} ({probed.forward.decision})"
 
 
 def build_variants(args, x, tmp, notes):
@@ -206,7 +217,7 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 # ------------------------------------------------------------------------------------------------
 # iBOT pretraining step
 # ------------------------------------------------------------------------------------------------
-def _ibot_trainer(args, amp, steps):
+def _ibot_trainer(args, amp, steps, compile=False):
     from bench_pretrain import _pretraining_batch  # the bundles' uint8 RGBA canvas, as bench_pretrain feeds it
 
     from visionfm_core.ssl import build_ibot_trainer
@@ -216,7 +227,8 @@ def _ibot_trainer(args, amp, steps):
     return build_ibot_trainer([{"image": images}] * steps, "Fundus", "cpu", max_epochs=1, arch=args.pre_arch,
                               image_size=args.pre_img, out_dim=args.out_dim, hidden_dim=args.hidden,
                               batch_size=args.batch, warmup_epochs=0, freeze_last_layer_epochs=0, amp=amp,
-                              collapse_check_from_epoch=1)  # random weights over a few steps: a flat output is expected
+                              collapse_check_from_epoch=1,  # random weights over a few steps: a flat output is expected
+                              compile=compile)
 
 
 def run_pretraining(args) -> dict:
@@ -226,8 +238,11 @@ def run_pretraining(args) -> dict:
     from ignite.engine import Events
 
     runs = {}
-    for name, amp in (("fp32", None), ("bf16", "bf16")):
-        trainer = _ibot_trainer(args, amp, args.pretrain_steps)
+    paths = [("fp32", None, False), ("bf16", "bf16", False)]
+    if args.pretrain_compile:  # its first step includes the compilation, which the median leaves out
+        paths.append(("bf16 compiled", "bf16", True))
+    for name, amp, compiled in paths:
+        trainer = _ibot_trainer(args, amp, args.pretrain_steps, compile=compiled)
         record = runs[name] = {"trainer": trainer, "times": [], "losses": []}
 
         @trainer.on(Events.ITERATION_STARTED)
@@ -273,6 +288,8 @@ def _parse(argv=None):
     p.add_argument("--pretrain_steps", type=int, default=20, help="iBOT steps per precision (loss curve)")
     p.add_argument("--out_dim", type=int, default=8192, help="iBOT head prototypes")
     p.add_argument("--hidden", type=int, default=2048, help="iBOT head hidden width")
+    p.add_argument("--pretrain_compile", action="store_true",
+                   help="also time the bf16 step with compiled backbones (build_ibot_trainer(compile=True))")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quick", action="store_true", help="smoke test: vit_tiny, 64 px, 2 steps, 1 round")
     args = p.parse_args(argv)
@@ -349,6 +366,7 @@ def main(argv=None):
     if len(int8) == 2:
         fast, slow = sorted(int8, key=int8.get, reverse=True)
         print(f"  faster int8 here: {fast} ({int8[fast] / int8[slow]:.2f}x {slow})")
+    print("  " + probe_int8(variants["fp32 eager"][0], x))
     best = max(results, key=results.get)
     best_prec = variants[best][1]
     best_frac = results[best] * flops_per_image / 1e9 / peaks["bf16"]
@@ -363,21 +381,28 @@ def main(argv=None):
           f"out_dim {args.out_dim}, random initial weights; {step_flops / 1e9:.1f} GFLOP per step counted "
           f"(matmuls and convolutions, forward + backward, {step_flops / args.batch / 1e9:.1f} per image); "
           f"median of steps 2..{args.pretrain_steps}"
-          " (fp32 and bf16 alternate step by step)")
+          " (the paths alternate step by step)")
     print(f"  {'path':28s} {'images/s':>9s} {'x fp32':>9s} {'% of peak':>10s}")
     for name, r in pre.items():
         ips = args.batch / r["step_s"]
         ratio = pre["fp32"]["step_s"] / r["step_s"]
-        frac = 100 * step_flops / r["step_s"] / 1e9 / peaks[name]
+        precision = name.split()[0]
+        frac = 100 * step_flops / r["step_s"] / 1e9 / peaks[precision]
         label = f"{name} " + ("(amp=None)" if name == "fp32" else f"(amp='bf16', {bf16_kind})")
-        print(f"  {label:28s} {ips:9.2f} {ratio:8.2f}x {frac:5.1f}% {name}")
-    print("  step  loss fp32    loss bf16    difference")
-    worst = 0.0
-    for i, (a, b) in enumerate(zip(pre["fp32"]["losses"], pre["bf16"]["losses"]), start=1):
-        rel = abs(b - a) / abs(a)
-        worst = max(worst, rel)
-        print(f"  {i:4d}  {a:11.5f}  {b:11.5f}  {100 * rel:8.3f}%")
-    print(f"  largest loss difference over {args.pretrain_steps} steps: {100 * worst:.3f}%")
+        print(f"  {label:36s} {ips:9.2f} {ratio:8.2f}x {frac:5.1f}% {precision}")
+    others = [name for name in pre if name != "fp32"]
+    print("  step  loss fp32  " + "".join(f"{'loss ' + n:>20s} {'difference':>11s}" for n in others))
+    worst = dict.fromkeys(others, 0.0)
+    for i, a in enumerate(pre["fp32"]["losses"]):
+        row = f"  {i + 1:4d}  {a:9.5f}  "
+        for n in others:
+            b = pre[n]["losses"][i]
+            rel = abs(b - a) / abs(a)
+            worst[n] = max(worst[n], rel)
+            row += f"{b:20.5f} {100 * rel:10.3f}%"
+        print(row)
+    for n in others:
+        print(f"  largest loss difference, {n} vs fp32, over {args.pretrain_steps} steps: {100 * worst[n]:.3f}%")
     print(f"\nload average (1 min) at end: {os.getloadavg()[0]:.2f}")
 
 

@@ -48,7 +48,7 @@ def _write_volume(case: str, size: int, folder: Path) -> str:
     return str(path)
 
 
-def one_case(case: str, size: int, arch: str, precision: str) -> dict:
+def one_case(case: str, size: int, arch: str, precision: str, decoder: str | None = None) -> dict:
     """Time one volume through the bundle's inference components (in this process)."""
     import torch
     from monai.bundle import ConfigParser
@@ -60,6 +60,8 @@ def one_case(case: str, size: int, arch: str, precision: str) -> dict:
         parser = ConfigParser()
         parser.read_config(str(bundle / "configs" / "inference.json"))
         parser.update({"arch": arch, "precision": precision, "output_dir": str(tmp / "out"), "num_workers": 0})
+        if decoder and case == "oct":  # the 2-D dense decoder of the slice-wise model (no model.pt to read it from)
+            parser.update({"decoder": decoder})
         torch.manual_seed(0)
         pre, post = parser.get_parsed_content("preprocessing"), parser.get_parsed_content("postprocessing")
         inferer, network = parser.get_parsed_content("inferer"), parser.get_parsed_content("network")
@@ -90,11 +92,13 @@ def main() -> None:
     ap.add_argument("--arch", default="vit_base")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--skip_mri", action="store_true")
+    ap.add_argument("--decoder", default=None, help="slice-wise OCT's dense decoder: unetr or light (default: the "
+                    "bundle's)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # "case:size": run one case in this process, print JSON
     args = ap.parse_args()
     if args.one:
         case, size = args.one.split(":")
-        print(json.dumps(one_case(case, int(size), args.arch, args.precision)))
+        print(json.dumps(one_case(case, int(size), args.arch, args.precision, args.decoder)))
         return
 
     cases = [("oct", s) for s in args.slices] + ([] if args.skip_mri else [("mri", args.mri_size)])
@@ -103,7 +107,8 @@ def main() -> None:
         order = cases if r % 2 == 0 else cases[::-1]  # alternate, so drift in machine load hits every case alike
         for case, size in order:
             out = subprocess.run([sys.executable, __file__, "--one", f"{case}:{size}", "--arch", args.arch,
-                                  "--precision", args.precision], capture_output=True, text=True, check=True)
+                                  "--precision", args.precision] + (["--decoder", args.decoder] if args.decoder else []),
+                                 capture_output=True, text=True, check=True)
             result = json.loads(out.stdout.strip().splitlines()[-1])
             results[(case, size)].append(result)
             print(f"round {r + 1}: {case} {size}: {result['seconds']:.2f} s, peak {result['peak_rss_mb']:.0f} MB",
@@ -111,7 +116,8 @@ def main() -> None:
 
     import torch
 
-    print(f"\n{args.arch}, precision {args.precision}, {os.cpu_count()} CPU threads, torch {torch.__version__}, "
+    print(f"\n{args.arch}, precision {args.precision}, OCT decoder {args.decoder or 'the bundle default'}, "
+          f"{os.cpu_count()} CPU threads, torch {torch.__version__}, "
           f"median of {args.rounds} round(s)")
     print("| pipeline | volume | s / volume | peak RSS (MB) | RSS before the volume (MB) |")
     print("|---|---|---|---|---|")

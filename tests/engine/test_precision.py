@@ -206,10 +206,16 @@ AGREEMENT = {"fundus_dr_classification": ("softmax", "top1_agreement"),
              "fundus_biomarker_regression": ("values", "max_abs_difference")}
 
 
+# the int8 backend each runs on (engine.int8): the default probe, ONNX Runtime through a sliding window, and torch.ao
+# where the backend does not matter to what is checked (each ONNX export costs seconds)
+INT8_BACKEND = {"fundus_dr_classification": "probe", "fundus_vessel_segmentation": "onnxruntime"}
+
+
 @pytest.mark.parametrize("name", list(AGREEMENT))
-def test_evaluation_in_int8_reports_its_agreement_with_fp32(name, tmp_path):
+def test_evaluation_in_int8_reports_its_agreement_with_fp32(name, tmp_path, monkeypatch):
     """Point 2: evaluate.json with `--precision int8` runs the test split in int8 and writes, beside the task
-    metrics, how far int8 is from fp32 on the same images (one measure per kind of output)."""
+    metrics, how far int8 is from fp32 on the same images (one measure per kind of output) and which int8 backend
+    ran."""
     from monai.bundle import run
 
     from bundle_harness import config, make_data
@@ -217,17 +223,21 @@ def test_evaluation_in_int8_reports_its_agreement_with_fp32(name, tmp_path):
     bundle = next(b for b in BUNDLES if b.name == name)
     kind, measure = AGREEMENT[name]
     spec = make_data(bundle, tmp_path)
+    monkeypatch.delenv("VISIONFM_INT8_BACKEND", raising=False)
     paths = dict(ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "runs"))
     log = str(bundle / "configs" / "logging.conf")
     run(config_file=config(bundle, "train"), logging_file=log, **TINY, **spec["train"], **paths,
         **{"train::trainer::max_epochs": 1})
     for precision in ("fp32", "int8"):
         run(config_file=[config(bundle, "train"), config(bundle, "evaluate")], logging_file=log, **TINY,
-            **spec["train"], ckpt_dir=str(tmp_path / "models"), eval_dir=str(tmp_path / precision), precision=precision)
+            **spec["train"], ckpt_dir=str(tmp_path / "models"), eval_dir=str(tmp_path / precision), precision=precision,
+            int8_backend=INT8_BACKEND.get(name, "torch.ao"))  # the config key, as `--int8_backend` sets it
     assert "precision_agreement" not in json.loads((tmp_path / "fp32" / "metrics.json").read_text())
     metrics = json.loads((tmp_path / "int8" / "metrics.json").read_text())
     agreement = metrics.pop("precision_agreement")
     assert agreement["precision"] == "int8" and agreement["kind"] == kind
+    backend = INT8_BACKEND.get(name, "torch.ao")
+    assert agreement["int8_backend"] in (("onnxruntime", "torch.ao") if backend == "probe" else (backend,))
     value = agreement[measure]
     assert value >= 0 and (value <= 1 if measure in ("top1_agreement", "agreement", "dice_difference") else True)
     if measure in ("top1_agreement", "agreement"):

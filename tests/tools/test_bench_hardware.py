@@ -19,8 +19,9 @@ def test_bench_hardware_quick_runs_and_prints_the_table():
     out = proc.stdout
     assert proc.returncode == 0, proc.stderr[-4000:]
     for line in ("load average (1 min) at start:", "SIMD flags: avx2", "matmul peak (512x512x512", "fp32 eager ",
-                 "bf16 eager ", "best path:", "iBOT pretraining step: vit_tiny/16", "fp32 (amp=None)",
-                 "bf16 (amp='bf16'", "largest loss difference over 2 steps", "load average (1 min) at end:"):
+                 "bf16 eager ", "best path:",
+                 "the int8 probe (precision: int8) picks: ", "iBOT pretraining step: vit_tiny/16", "fp32 (amp=None)",
+                 "bf16 (amp='bf16'", "largest loss difference, bf16 vs fp32, over 2 steps", "load average (1 min) at end:"):
         assert line in out, f"{line!r} missing from:\n{out}"
     # a compiled row or the reason it is missing; an int8 row or the reason it was skipped
     assert "bf16 compiled " in out or "compile unavailable:" in out, out

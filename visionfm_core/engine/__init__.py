@@ -6,9 +6,14 @@
 - `run_notes`: where a run's encoder came from (encoder_source.json);
 - `optim`: optimiser and parameter groups for fine-tuning;
 - `io`: atomic file writes;
+- `checkpoint`: model files loaded by the bundles' configs, through the safe loader (one line on refusal);
 - `unreadable`: inference that keeps going past unreadable files, and their report;
 - `writers`: the base classes and helpers of the families' output writers;
-- `metric_utils`: small helpers the families' metrics share.
+- `metric_utils`: small helpers the families' metrics share;
+- `resume`: task training that resumes after a kill and refuses to write over another run's model (the `resume`
+  setting and run identity, shared with pretraining);
+- `output_lock`: one inference/evaluation at a time per output folder; a finished run's results kept unless
+  `overwrite`.
 """
 
 __all__: list[str] = []

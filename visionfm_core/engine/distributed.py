@@ -15,11 +15,17 @@ __all__ = [
     "world_size",
     "rank",
     "wrap_ddp",
+    "unwrap",
     "main_process_handlers",
     "mean_over_processes",
     "gather_from_processes",
     "broadcast_from_main",
 ]
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DistributedDataParallel / DataParallel (or the model itself)."""
+    return model.module if isinstance(getattr(model, "module", None), torch.nn.Module) else model
 
 
 def local_device() -> torch.device:
@@ -40,12 +46,55 @@ def init_distributed() -> torch.device:
 
 
 def destroy_distributed() -> None:
-    """Tear the process group down once every process got here: a process that destroys it while another is still
-    finishing its last collective can abort that one (seen with Gloo: "terminate called without an active
-    exception")."""
+    """Tear the process group down once every process got here, and return only when Gloo's worker threads are idle.
+
+    Why the wait: once a DistributedDataParallel model has been built, Gloo's process group outlives
+    destroy_process_group (its worker threads keep running until the process ends). A worker that has finished a
+    collective but not yet released it still holds that collective's tensors; when those were made in Python (a
+    metric's all_gather), releasing them needs the GIL, and if the interpreter is already shutting down by then the
+    thread is killed inside C++ and the process aborts ("terminate called without an active exception", exit -6)
+    after a run that otherwise succeeded. Rare, and likelier on a loaded machine."""
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+        _wait_for_idle_gloo_workers()
+
+
+def _gloo_worker_states() -> list[str]:
+    """The scheduler state ('R' running, 'S' sleeping, ...) of each of this process's Gloo worker threads (Linux)."""
+    states = []
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return states
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if f.read().strip() != "pt_gloo_runloop":
+                    continue
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                states.append(f.read().rsplit(")", 1)[1].split()[0])  # the field after "(comm)"
+        except OSError:  # the thread ended meanwhile
+            continue
+    return states
+
+
+def _wait_for_idle_gloo_workers(timeout: float = 5.0, quiet_samples: int = 3, interval: float = 0.02) -> bool:
+    """Sleep until every Gloo worker thread has been asleep for `quiet_samples` samples in a row; at most `timeout` s.
+
+    Called after a barrier, so every collective has completed: a worker is then either releasing a finished job
+    (running, or waiting for the GIL, which this sleep leaves free) or asleep waiting for its next job with nothing
+    in hand. True when idle (or no worker threads: the group was freed, or no /proc)."""
+    import time
+
+    deadline, quiet = time.monotonic() + timeout, 0
+    while time.monotonic() < deadline:
+        states = _gloo_worker_states()
+        quiet = quiet + 1 if all(state == "S" for state in states) else 0
+        if quiet >= quiet_samples:
+            return True
+        time.sleep(interval)
+    return False
 
 
 def world_size() -> int:

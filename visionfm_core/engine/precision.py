@@ -11,13 +11,16 @@
   way out, so the postprocessing (softmax, thresholds, sliding-window blending, landmark coordinates) runs in fp32.
   The network stays the same module with the same parameter names, so MONAI's CheckpointLoader loads model.pt into
   it afterwards as before (the fp32 values are cast on copy).
-- ``int8`` (CPUs only, never picked by ``auto``: it costs accuracy): PyTorch's dynamic quantisation of every
-  ``nn.Linear`` (weights int8 per tensor, activations quantised on the fly; the ViT's attention and MLP matmuls,
-  ~95 % of its FLOPs). The swap happens in place at the first forward, after the checkpoint has been loaded into the
-  fp32 module (a quantised module has other state-dict keys). Faster than ONNX Runtime's int8 in
-  ``scripts/bench_hardware.py`` on both machines measured.
+- ``int8`` (CPUs only, never picked by ``auto``: it costs accuracy): dynamic quantisation of the linear layers
+  (the ViT's attention and MLP matmuls, ~95 % of its FLOPs) at the first forward, after the checkpoint has been
+  loaded into the fp32 module (a quantised module has other state-dict keys), through torch.ao or ONNX Runtime,
+  whichever is faster on this CPU: ``int8_backend`` ("probe", the default, times both on the first input;
+  "onnxruntime"; "torch.ao"; else $VISIONFM_INT8_BACKEND), the choice logged in one line
+  (:mod:`visionfm_core.engine.int8`). Neither is faster everywhere: ONNX Runtime on an AMX Xeon, torch.ao on an
+  AVX-512 EPYC (docs/benchmarks.md).
 - ``compile``: ``torch.compile`` of the network's forward, in place (``nn.Module.compile``, names unchanged); when no
-  working compiler is found a one-line warning says so and the network runs eagerly.
+  working compiler is found a one-line warning says so and the network runs eagerly. Not with int8 (a warning
+  says so): its forward exports and times the network at the first call.
 
 Training: :class:`AutocastInferer` runs the training forward under ``torch.autocast`` in bf16 on CPUs with native
 bf16 (MONAI's ``SupervisedTrainer(amp=True)`` autocasts on CUDA only); the loss is computed in fp32.
@@ -32,6 +35,8 @@ from functools import lru_cache
 
 import torch
 from torch import nn
+
+from visionfm_core.engine.int8 import Int8Forward, int8_backend_of, quantize_int8, resolve_int8_backend
 
 __all__ = ["PRECISIONS", "for_inference", "resolve_precision", "cpu_has_native_bf16", "quantize_int8",
            "AutocastInferer", "PrecisionAgreement"]
@@ -123,35 +128,19 @@ def _compiler_works() -> str | None:
         return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300]
 
 
-def quantize_int8(network: nn.Module) -> nn.Module:
-    """Every `nn.Linear` of `network` replaced, in place, by its dynamically quantised int8 version; returns it."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization is marked deprecated in favour of torchao
-        from torch.ao.quantization import quantize_dynamic
-
-        return quantize_dynamic(network, {nn.Linear}, dtype=torch.qint8, inplace=True)
-
-
-def _quantize_at_first_forward(network: nn.Module) -> None:
-    """int8 after the checkpoint: model.pt is loaded into the fp32 module, the first forward quantises it."""
-    def hook(module, args):
-        handle.remove()
-        quantize_int8(module)
-        return None
-
-    handle = network.register_forward_pre_hook(hook)
-
-
-def for_inference(network: nn.Module, precision: str = "auto", compile: bool = False) -> nn.Module:
+def for_inference(network: nn.Module, precision: str = "auto", compile: bool = False,
+                  int8_backend: str | None = None) -> nn.Module:
     """`network` in eval mode, converted to the precision `resolve_precision` picks (weights once; input and
-    outputs cast by hooks; int8 at the first forward) and optionally compiled; returns the same module object."""
+    outputs cast by hooks; int8 at the first forward, through `int8_backend`: module docstring) and optionally
+    compiled; returns the same module object."""
     device = next((p.device for p in network.parameters()), torch.device("cpu"))
     name, why = resolve_precision(precision, device)
     network.eval()
     if name == "int8":
-        _quantize_at_first_forward(network)
+        backend = resolve_int8_backend(int8_backend)
+        why += f"; backend: {backend}"
+        # an instance attribute: CheckpointLoader still sees the fp32 module, MONAI's inferers call it as before
+        network.forward = Int8Forward(network, backend)
     elif name != "fp32":
         dtype = _DTYPES[name]
         network.to(dtype)
@@ -160,7 +149,9 @@ def for_inference(network: nn.Module, precision: str = "auto", compile: bool = F
         network.register_forward_pre_hook(lambda _m, args: (_to_dtype(args[0], dtype), *args[1:]) if args else args)
         network.register_forward_hook(lambda _m, _args, output: _outputs_to_float(output))
     logger.info("inference precision: %s (%s%s)", name, why, f"; asked for '{precision}'" if precision != name else "")
-    if compile:
+    if compile and name == "int8":
+        logger.warning("compile: true is ignored with precision int8 (its first call exports and times the network)")
+    elif compile:
         problem = _compiler_works()
         if problem is None:
             network.compile()
@@ -201,7 +192,8 @@ class PrecisionAgreement:
     - "mask": `dice_difference` (1 - Dice between the fp32 and the reduced-precision masks, mean over images),
       `max_probability_difference`;
     - "landmarks": `max_point_distance` (pixels between the heatmap peaks), `max_abs_difference`;
-    - "values": `max_abs_difference`, `max_relative_difference`.
+    - "values": `max_abs_difference`, `max_relative_difference`;
+    and, in int8, `int8_backend` (the one the evaluated network ran on: engine.int8).
     With `precision` fp32 it does nothing (no second pass)."""
 
     def __init__(self, reference: nn.Module, ckpt_path: str, precision: str, kind: str, output_dir: str,
@@ -276,6 +268,9 @@ class PrecisionAgreement:
 
         s = self.stats
         result = {"precision": self.precision, "compared_with": "fp32", "kind": self.kind}
+        backend = int8_backend_of(engine.network)
+        if backend:  # the two int8 backends quantise differently: the figures below are this one's
+            result["int8_backend"] = backend
         if self.kind == "landmarks":
             result.update(max_point_distance=max(s["dist"]), max_abs_difference=max(s["abs"]))
         elif self.kind == "values":

@@ -1,17 +1,24 @@
-"""Dense decoders over the encoder's intermediate blocks (UNETR-style), shared by the segmentation,
-landmark, OCT-layer and 3-D segmentation families."""
+"""Dense decoders over the encoder's intermediate blocks, shared by the segmentation, landmark, OCT-layer and 3-D
+segmentation families: MONAI's UNETR blocks (`UNETRDecoder2d`, 2-D and 3-D, the default) and a light
+feature-pyramid decoder (`LightDecoder2d`, 2-D)."""
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 
 import torch
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 from torch import nn
+from torch.nn import functional as F
 
 from visionfm_core.encoders.families import visionfm_dense_blocks
 
-__all__ = ["dense_block_indices", "UNETRDecoder2d", "UNETRDecoder", "DenseHead"]
+__all__ = ["dense_block_indices", "UNETRDecoder2d", "UNETRDecoder", "LightDecoder2d", "DENSE_DECODERS", "DEFAULT_DENSE_DECODER",
+           "decoder_in_state", "trained_decoder", "DenseHead", "ORIGINAL_DENSE_BLOCKS",
+           "original_dense_blocks", "OriginalUNETRHead"]
+logger = logging.getLogger(__name__)
 
 
 def dense_block_indices(depth: int) -> list[int]:
@@ -100,30 +107,220 @@ class UNETRDecoder2d(nn.Module):
 UNETRDecoder = UNETRDecoder2d  # the same class in 2-D and 3-D (`spatial_dims`)
 
 
+def _conv_norm_relu(in_channels: int, out_channels: int) -> nn.Sequential:
+    """3x3 conv -> instance norm (affine) -> ReLU. Instance norm, as in the UNETR blocks: on the vessel phantoms the
+    decoder with GroupNorm and plain full-resolution convs learnt nothing in 60 epochs (test Dice 0), with instance
+    norm it did; it trains with the dense tasks' small batches, unlike BatchNorm."""
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+                         nn.InstanceNorm2d(out_channels, affine=True), nn.ReLU(inplace=True))
+
+
+class LightDecoder2d(nn.Module):
+    """A light feature-pyramid decoder on the patch maps (B, D, H/p, W/p) of 4 encoder blocks plus the raw input.
+
+    The two deepest maps are projected (1x1) to 4 x `feature_size` channels and merged at the patch grid; each
+    shallower map is brought to a finer grid by a learnt sub-patch upsampling (transposed conv, kernel = stride):
+    the grid is doubled to 1/(p/2) with the second map (2 x `feature_size`) and again to 1/(p/4) with the first
+    (`feature_size`), a 3x3 conv after each merge. The result is reduced to `feature_size` / 2 channels, resized
+    bilinearly to the input's exact H, W and joined with two narrow full-resolution convs on the image itself, so
+    thin structures (vessels) keep sharp edges; a 3x3 conv and a 1x1 conv give (B, out_channels, H, W). Every 3x3
+    conv is followed by instance norm and ReLU.
+    All the heavy work happens at 1/4 of the input or coarser, so it adds a small share to a ViT's time (UNETR's
+    decoder runs residual blocks at every scale up to the full one). Any patch size from 4 works (DINOv2's 14 too).
+    """
+
+    def __init__(self, embed_dim: int, out_channels: int, patch_size: int = 16, in_channels: int = 3,
+                 feature_size: int = 32):
+        super().__init__()
+        if patch_size < 4:
+            raise ValueError(f"the light decoder needs a patch size of at least 4, not {patch_size}")
+        if feature_size < 2 or feature_size % 2:
+            raise ValueError(f"the light decoder's feature_size must be even and at least 2, not {feature_size}")
+        fs, half = feature_size, feature_size // 2
+        self.deep = nn.ModuleList([nn.Conv2d(embed_dim, 4 * fs, 1), nn.Conv2d(embed_dim, 4 * fs, 1)])
+        self.fuse_deep = _conv_norm_relu(4 * fs, 4 * fs)
+        self.up_mid = nn.ConvTranspose2d(4 * fs, 2 * fs, 2, stride=2)
+        self.lateral_mid = nn.ConvTranspose2d(embed_dim, 2 * fs, 2, stride=2)
+        self.fuse_mid = _conv_norm_relu(2 * fs, 2 * fs)
+        self.up_fine = nn.ConvTranspose2d(2 * fs, fs, 2, stride=2)
+        self.lateral_fine = nn.ConvTranspose2d(embed_dim, fs, 4, stride=4)
+        self.fuse_fine = _conv_norm_relu(fs, fs)
+        self.reduce = nn.Conv2d(fs, half, 1)
+        self.stem = nn.Sequential(_conv_norm_relu(in_channels, half), _conv_norm_relu(half, half))
+        self.fuse_full = _conv_norm_relu(2 * half, half)
+        self.out = nn.Conv2d(half, out_channels, 1)
+
+    def forward(self, maps: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
+        if len(maps) != 4:
+            raise ValueError(f"the light decoder takes 4 patch maps, got {len(maps)}")
+        x = self.fuse_deep(self.deep[0](maps[2]) + self.deep[1](maps[3]))
+        x = self.fuse_mid(self.up_mid(x) + self.lateral_mid(maps[1]))
+        x = self.fuse_fine(self.up_fine(x) + self.lateral_fine(maps[0]))
+        x = F.interpolate(self.reduce(x), size=[image.shape[-2], image.shape[-1]], mode="bilinear",
+                          align_corners=False)
+        return self.out(self.fuse_full(torch.cat([x, self.stem(image)], dim=1)))
+
+
+# the dense heads' decoders by name (`decoder=` of the dense heads, the bundles' `decoder` id), and the 2-D default
+# (3-D has UNETR only); docs/figures/README.md, "The dense decoder study", says why
+DENSE_DECODERS = ("light", "unetr")
+DEFAULT_DENSE_DECODER = "unetr"
+# a parameter only each decoder has: which decoder a saved state dict holds
+_DECODER_KEYS = {"light": "head.decoder.fuse_full.", "unetr": "head.decoder.encoder1."}
+
+
+def decoder_in_state(state: dict) -> str | None:
+    """The dense decoder ("light" or "unetr") whose weights a model state dict holds, None if neither (another
+    head, or not a state dict)."""
+    for name, key in _DECODER_KEYS.items():
+        if any(isinstance(k, str) and key in k for k in state):
+            return name
+    return None
+
+
 class DenseHead(nn.Module):
+    """The dense heads' decoder on the patch maps of 4 encoder blocks plus the image: `decoder="unetr"`
+    (`UNETRDecoder2d`, the default; the only choice in 3-D) or `"light"` (`LightDecoder2d`, 2-D only).
+    `feature_size` is the decoder's base channel count, `norm_name` the UNETR blocks' normalisation."""
+
     uses_patch_maps = True
 
     def __init__(self, encoder: nn.Module, num_outputs: int, feature_size: int = 32,
-                 block_indices: list[int] | None = None, norm_name: str = "instance"):
+                 block_indices: list[int] | None = None, norm_name: str = "instance", decoder: str | None = None):
         super().__init__()
         depth = len(encoder.blocks)
         patch, family = encoder.patch_size, getattr(encoder, "family", "visionfm")
-        if patch < 8 or patch & (patch - 1):
+        spatial_dims = getattr(encoder, "spatial_dims", 2)
+        decoder = decoder or ("unetr" if spatial_dims == 3 else DEFAULT_DENSE_DECODER)
+        if decoder not in DENSE_DECODERS:
+            raise ValueError(f"unknown dense decoder {decoder!r}; choose one of {', '.join(DENSE_DECODERS)}")
+        if decoder == "light" and spatial_dims == 3:
+            raise ValueError("the light decoder is 2-D only; 3-D segmentation uses decoder='unetr'")
+        if decoder == "unetr" and (patch < 8 or patch & (patch - 1)):
             raise ValueError(f"the dense heads' UNETR decoder upsamples by factors of 2 and needs a patch size that is "
                              f"a power of 2 from 8; the {family} encoder has patch size {patch}. Use a patch-16 "
-                             "encoder for dense tasks (--encoder visionfm or retfound_mae).")
+                             "encoder for dense tasks (--encoder visionfm or retfound_mae), or decoder='light'.")
         # negatives count from the end; the decoder takes the maps shallow to deep; by default the blocks the
         # encoder's family declares (VisionFM: 3, 5, 7, 11 of 12; others evenly spaced)
         declared = list(getattr(encoder, "dense_blocks", []))
         self.block_indices = encoder._block_indices(list(block_indices)) if block_indices is not None \
             else (declared if declared else dense_block_indices(depth))
         if len(self.block_indices) != 4:
-            raise ValueError(f"the UNETR decoder takes 4 encoder blocks, got block_indices={self.block_indices}")
-        # a 3-D encoder (vit3d.VisionTransformer3D) gets the 3-D decoder, on its NCDHW maps
-        self.decoder = UNETRDecoder2d(encoder.embed_dim, num_outputs, encoder.patch_size,
-                                      encoder.patch_embed.proj.in_channels, feature_size, norm_name,
-                                      spatial_dims=getattr(encoder, "spatial_dims", 2),
-                                      depth_patch=getattr(encoder, "depth_patch", None))
+            raise ValueError(f"the dense decoders take 4 encoder blocks, got block_indices={self.block_indices}")
+        self.decoder_name = decoder
+        in_channels = encoder.patch_embed.proj.in_channels
+        if decoder == "light":
+            self.decoder = LightDecoder2d(encoder.embed_dim, num_outputs, patch, in_channels, feature_size)
+        else:  # a 3-D encoder (vit3d.VisionTransformer3D) gets the 3-D decoder, on its NCDHW maps
+            self.decoder = UNETRDecoder2d(encoder.embed_dim, num_outputs, patch, in_channels, feature_size, norm_name,
+                                          spatial_dims=spatial_dims, depth_patch=getattr(encoder, "depth_patch", None))
 
     def forward(self, features: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
         return self.decoder(features, image)
+
+
+def trained_decoder(model_path: str | os.PathLike, default: str = DEFAULT_DENSE_DECODER) -> str:
+    """The dense decoder a bundle's `model_path` (models/model.pt) was trained with, read from its parameter names,
+    so evaluation and inference rebuild that decoder (a model trained with UNETR before the light decoder became
+    the default keeps working); `default` when the file is missing, unreadable or holds another head (the
+    checkpoint loader then says what is wrong with it)."""
+    path = os.fspath(model_path)
+    if not os.path.isfile(path):
+        return default
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - any unreadable file: the checkpoint loader names the problem
+        return default
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    found = decoder_in_state(state) if isinstance(state, dict) else None
+    if found is not None and found != default:
+        logger.info("%s holds a %s decoder: the network is built with decoder=%r", path, found, found)
+    return found or default
+
+
+# --- the original release's dense decoders (its `Unetr_Head` and `linSeg`), so its trained decoders run unchanged ---
+
+# the blocks the original's segmentation and landmark scripts take (patch tokens after the final norm); it knows
+# no other depths
+ORIGINAL_DENSE_BLOCKS = {12: [3, 5, 7, 11], 24: [5, 11, 17, 23]}
+
+
+def original_dense_blocks(encoder: nn.Module) -> list[int]:
+    depth = len(encoder.blocks)
+    if depth not in ORIGINAL_DENSE_BLOCKS:
+        raise ValueError(f"the original's dense decoders take blocks {ORIGINAL_DENSE_BLOCKS} of 12- or 24-block "
+                         f"encoders; this encoder has {depth} blocks")
+    return list(ORIGINAL_DENSE_BLOCKS[depth])
+
+
+class _OriginalConv(nn.Module):
+    """3x3 conv (padding 1) -> BatchNorm2d -> ReLU; keys `layers.{0,1}.*` as in the original."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels),
+                                    nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class _OriginalUp(nn.Module):
+    """2x2 transposed conv, stride 2 (doubles H and W); key `deconv.*` as in the original."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.deconv = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.deconv(x)
+
+
+class OriginalUNETRHead(nn.Module):
+    """The original release's UNETR-style decoder (its segmentation and landmark scripts), under its tensor names.
+
+    Input: the patch maps of blocks 3, 5, 7, 11 (z3, z6, z9, z12 in the original; 5, 11, 17, 23 of a 24-block
+    encoder), each after the final norm, and the network input. With base b = `feature_size` (the original's fixed
+    32): `d1` upsamples z12 (D -> 4b) and joins `s1` (z9 upsampled once, conv), `c1` two convs; `d2`/`s2`/`c2` and
+    `d3`/`s3`/`c3` repeat this at 2b and b channels with z6 (upsampled twice) and z3 (three times); `d4` reaches the
+    input resolution and joins `s4` (two convs on the image itself, b/2 channels), `c4` two convs, then Dropout2d
+    (0.3 while training) and the 1x1 `cls` conv to the logits (B, K, H, W). Every conv is 3x3 + BatchNorm2d + ReLU,
+    every upsampling a 2x2 stride-2 transposed conv: four doublings, so the patch size must be 16.
+    Differs from our `segmentation`/`landmarks` heads (MONAI's UNETR blocks, instance norm, residual units).
+    """
+
+    uses_patch_maps = True
+
+    def __init__(self, encoder: nn.Module, num_outputs: int, feature_size: int = 32, dropout: float = 0.3,
+                 decoder: str | None = None):
+        super().__init__()  # `decoder`: the bundles' choice for their own dense heads, not used (this is the original's)
+        if encoder.patch_size != 16:
+            raise ValueError(f"the original's UNETR decoder upsamples 4 times by 2 and needs patch size 16, not "
+                             f"{encoder.patch_size}")
+        if feature_size < 2 or feature_size % 2:
+            raise ValueError(f"the original UNETR decoder's base channels must be even, not {feature_size}")
+        self.block_indices = original_dense_blocks(encoder)
+        d, b = encoder.embed_dim, feature_size
+        conv, up = _OriginalConv, _OriginalUp
+        self.d1 = up(d, 4 * b)
+        self.s1 = nn.Sequential(up(d, 4 * b), conv(4 * b, 4 * b))
+        self.c1 = nn.Sequential(conv(8 * b, 4 * b), conv(4 * b, 4 * b))
+        self.d2 = up(4 * b, 2 * b)
+        self.s2 = nn.Sequential(up(d, 2 * b), conv(2 * b, 2 * b), up(2 * b, 2 * b), conv(2 * b, 2 * b))
+        self.c2 = nn.Sequential(conv(4 * b, 2 * b), conv(2 * b, 2 * b))
+        self.d3 = up(2 * b, b)
+        self.s3 = nn.Sequential(up(d, b), conv(b, b), up(b, b), conv(b, b), up(b, b), conv(b, b))
+        self.c3 = nn.Sequential(conv(2 * b, b), conv(b, b))
+        self.d4 = up(b, b // 2)
+        self.s4 = nn.Sequential(conv(encoder.patch_embed.proj.in_channels, b // 2), conv(b // 2, b // 2))
+        self.c4 = nn.Sequential(conv(b, b // 2), conv(b // 2, b // 2))
+        self.dropout = nn.Dropout2d(dropout)
+        self.cls = nn.Conv2d(b // 2, num_outputs, kernel_size=1)
+
+    def forward(self, features: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
+        x = self.c1(torch.cat([self.d1(features[3]), self.s1(features[2])], dim=1))
+        x = self.c2(torch.cat([self.d2(x), self.s2(features[1])], dim=1))
+        x = self.c3(torch.cat([self.d3(x), self.s3(features[0])], dim=1))
+        x = self.c4(torch.cat([self.d4(x), self.s4(image)], dim=1))
+        return self.cls(self.dropout(x))

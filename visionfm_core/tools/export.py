@@ -24,7 +24,6 @@ included) and writers run unchanged::
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import logging
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from visionfm_core.engine.int8 import quiet_onnx_tools
 from visionfm_core.engine.progress import progress_iter
 from visionfm_core.tasks import bundle_family
 from visionfm_core.tools.bundles import BundleNotFound, resolve_bundle
@@ -219,18 +219,6 @@ def _first(output) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------------------------
 # Writers: each to a temporary file in the destination folder, returns a callable that runs the written file
 # ------------------------------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _quiet():
-    """The exporters' tracer warnings and ORT's quantiser advice on the root logger are not for the user."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.disable(logging.WARNING)
-        try:
-            yield
-        finally:
-            logging.disable(logging.NOTSET)
-
-
 def _temp_path(dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp" + dest.suffix)
@@ -240,14 +228,14 @@ def _temp_path(dest: Path) -> Path:
 
 def _write_onnx(net, names, args, tmp: Path, output_name: str):
     axes = {n: {0: "batch"} for n in names} | {output_name: {0: "batch"}}
-    with _quiet(), torch.no_grad():
+    with quiet_onnx_tools(), torch.no_grad():
         torch.onnx.export(net, args, str(tmp), dynamo=False, input_names=names, output_names=[output_name],
                           dynamic_axes=axes)
     return OnnxRuntimeNetwork(tmp, log_level=4)  # a batch size it cannot run is reported by `_check`
 
 
 def _write_torchscript(net, names, args, tmp: Path, output_name: str):
-    with _quiet():
+    with quiet_onnx_tools():
         torch.jit.save(torch.jit.script(net), str(tmp))
         return torch.jit.load(str(tmp), map_location="cpu")
 
@@ -256,7 +244,7 @@ def _write_torch_export(net, names, args, tmp: Path, output_name: str):
     params = list(inspect.signature(net.forward).parameters)
     auto = torch.export.Dim.AUTO  # dynamic where the network allows it, specialised (not an error) elsewhere
     dynamic = {params[i]: {0: auto} for i in range(len(args))}
-    with _quiet(), torch.no_grad():
+    with quiet_onnx_tools(), torch.no_grad():
         program = torch.export.export(net, args, dynamic_shapes=dynamic, strict=False)
         torch.export.save(program, str(tmp))
         return torch.export.load(str(tmp)).module()
@@ -397,14 +385,10 @@ def compare_on_data(ref_net: nn.Module, low_net: nn.Module, bundle: str | os.Pat
 
 
 def _quantize_int8(src: Path, dest_tmp: Path) -> None:
-    """ONNX Runtime dynamic quantisation of the MatMuls with a constant weight (the linear layers): int8 weights
-    per output channel, activations quantised per batch at run time. Attention's activation x activation matmuls
-    and the convolutions stay fp32: quantising them costs accuracy for little speed."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    """ONNX Runtime's dynamic quantisation of the linear layers, as `precision: int8` runs it on ONNX Runtime."""
+    from visionfm_core.engine.int8 import quantize_onnx_int8
 
-    with _quiet():
-        quantize_dynamic(str(src), str(dest_tmp), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul"], extra_options={"MatMulConstBOnly": True})
+    quantize_onnx_int8(src, dest_tmp)
 
 
 # ------------------------------------------------------------------------------------------------------------------

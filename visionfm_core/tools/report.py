@@ -24,9 +24,13 @@ import shutil
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+if TYPE_CHECKING:  # annotations only: the report imports torch lazily
+    import torch
 
 from visionfm_core.tasks import bundle_family
 from visionfm_core.tools.bundles import find_bundles_dir
@@ -318,7 +322,8 @@ def run_bundle(bundle: Path, work: Path, arch: str = "vit_tiny", image_size: int
         raise NotImplementedError(f"no built-in sample for {kind} bundles ({bundle.name}): add one to "
                                   f"SAMPLE_MAKERS in {__file__}")
     cfg = json.loads((bundle / "configs" / "inference.json").read_text())
-    overrides = {"arch": arch, "image_size": image_size, "num_workers": 0, "batch_size": 1,
+    # the report's own scratch folder: each report rewrites the outputs of the last one (overwrite)
+    overrides = {"arch": arch, "image_size": image_size, "num_workers": 0, "batch_size": 1, "overwrite": True,
                  **SMALL.get(kind, {}), **(extra or {})}
     sample, what, inputs = SAMPLE_MAKERS[kind](bundle, cfg, work / "input", arch)
     if checkpoint is None:
@@ -432,7 +437,7 @@ def read_scalars(log_dir: str | os.PathLike) -> dict[str, tuple[list[float], lis
     return out
 
 
-def _curves(log_dir: str, folder: Path) -> list[tuple[str, str]]:
+def _curves(log_dir: str, folder: Path, knn_untrained: float | None = None) -> list[tuple[str, str]]:
     scalars = read_scalars(log_dir)
     figures = []
     loss = {k: v for k, v in scalars.items() if k in ("epoch_loss", "epoch_cls_loss", "epoch_patch_loss")}
@@ -442,6 +447,8 @@ def _curves(log_dir: str, folder: Path) -> list[tuple[str, str]]:
     if "knn_top1" in scalars:
         steps, acc = scalars["knn_top1"]
         chance = {"chance (5 grades)": (steps, [0.2] * len(steps))}
+        if knn_untrained is not None:  # the same probe on the encoder before pretraining
+            chance[f"untrained encoder, same probe ({knn_untrained:.3f})"] = (steps, [knn_untrained] * len(steps))
         line_chart({"k-NN top-1 (validation phantoms)": (steps, acc), **chance},
                    "k-NN accuracy of the teacher's CLS embedding per epoch", folder / "pretrain_knn.png",
                    y_range=(0.0, 1.0))
@@ -512,7 +519,7 @@ def write_report(folder: str | os.PathLike, demo: dict | None = None, work_dir: 
                 "(see the fundus_dr_classification panel below).</p>")
         sections.append(_section("demo-summary", "The demo: the DR bundle learns the phantoms' grades", body))
         if demo.get("pretrain_runs"):
-            curves = _curves(demo["pretrain_runs"], tmp)
+            curves = _curves(demo["pretrain_runs"], tmp, demo.get("knn_untrained"))
             sections.append(_section("pretraining-curves", "Pretraining (iBOT) curves",
                                      _figure_html(curves) or "<p>no scalars were logged</p>"))
 

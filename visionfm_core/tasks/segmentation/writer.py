@@ -16,12 +16,14 @@ from visionfm_core.engine.writers import (
     OutputNames,
     PerImageWriter,
     as_array,
+    decode_scale,
     image_plane,
     nanmean,
     png_bytes,
     read_photo,
     readable_samples,
     sample_filename,
+    upsample_reduced,
 )
 from visionfm_core.tasks.segmentation.metrics import SEGMENTATION_METRIC_NAMES, segmentation_metrics
 
@@ -40,7 +42,10 @@ class SegmentationWriter(PerImageWriter):
     ``fov_key``'s mask when present; a ``warning`` column says why an image does not look like the bundle's modality,
     "" when it does) and, when labels exist, ``metrics.json`` (mean over labelled images).
 
-    Labels and FOV masks must be loaded arrays at the original size (a file path string is ignored).
+    Images read at a reduced size (``EyeImageReader(decode_size=...)``, the inference of a photo larger than twice the
+    working size) give ``pred`` on that reduced grid: the writer brings it to the original grid itself, in 8 bits
+    (:func:`visionfm_core.engine.writers.upsample_reduced`), so a 12000 x 12000 photo never needs a full-size float
+    map. Labels and FOV masks must be loaded arrays at the original size (a file path string is ignored).
 
     Raises:
         ValueError: a prediction (or label) whose size differs from the original image's, naming the file.
@@ -74,21 +79,31 @@ class SegmentationWriter(PerImageWriter):
             stem = self.names(image)
             prob = self._foreground(sample[self.pred_key], image)
             photo = read_photo(image)
-            if prob.shape != photo.shape[:2]:
+            scale = decode_scale(sample, self.pred_key)
+            if scale > 1 and prob.shape != photo.shape[:2]:
+                # predicted on a reduced decode (EyeImageReader(decode_size)): brought to the photo's grid here, in
+                # 8 bits, so no full-size float map exists; the mask thresholds those 8-bit probabilities
+                prob8 = upsample_reduced(np.round(prob * 255).astype(np.uint8), scale, photo.shape[:2])
+                mask = prob8 >= round(self.threshold * 255)
+                prob = None
+            elif prob.shape != photo.shape[:2]:
                 raise ValueError(f"The prediction for {image} is {prob.shape[0]}x{prob.shape[1]} (H x W) but the "
                                  f"image is {photo.shape[0]}x{photo.shape[1]}: postprocessing must bring predictions "
                                  "back to the original image grid (e.g. Invertd) before SegmentationWriter.")
-            mask = prob >= self.threshold
-            overlay = photo.astype(np.float32)
-            overlay[mask] = (1 - self.alpha) * overlay[mask] + self.alpha * self.colour
+            else:
+                prob8, mask = np.round(prob * 255).astype(np.uint8), prob >= self.threshold
+            overlay = photo  # blended in place, a band of rows at a time: no full-size float copy
+            for top in range(0, overlay.shape[0], 512):
+                band, tinted = overlay[top: top + 512], mask[top: top + 512]
+                band[tinted] = np.round((1 - self.alpha) * band[tinted] + self.alpha * self.colour).clip(0, 255)
             files = {"mask": f"{stem}_mask.png", "prob": f"{stem}_prob.png", "overlay": f"{stem}_overlay.png"}
-            arrays = {"mask": mask.astype(np.uint8) * 255, "prob": np.round(prob * 255).astype(np.uint8),
-                      "overlay": np.round(overlay).clip(0, 255).astype(np.uint8)}
+            arrays = {"mask": mask.astype(np.uint8) * 255, "prob": prob8, "overlay": overlay}
             for kind, name in files.items():
                 atomic_write_bytes(os.path.join(self.output_dir, name), png_bytes(arrays[kind]))
             row = {"image": image, **files, "warning": warning}
             label = sample.get(self.label_key)
             if label is not None and not isinstance(label, (str, os.PathLike)):
+                prob = prob8.astype(np.float32) / 255 if prob is None else prob
                 label = image_plane(label, image, "label")
                 fov = sample.get(self.fov_key)
                 fov = image_plane(fov, image, "FOV mask") if fov is not None and not isinstance(fov, (str, os.PathLike)) \

@@ -1,0 +1,97 @@
+"""The dense heads' two decoders, UNETR (the default) and the light one, chosen by `decoder`, and a trained model.pt
+rebuilt with the decoder it holds."""
+
+import pytest
+import torch
+from bundle_harness import REPO
+from monai.bundle import ConfigParser
+
+from visionfm_core.engine.checkpoint import SafeCheckpointLoader
+from visionfm_core.models import (
+    DEFAULT_DENSE_DECODER,
+    LightDecoder2d,
+    UNETRDecoder2d,
+    VisionFMTaskModel,
+    trained_decoder,
+)
+
+TINY = {"arch": "vit_tiny", "img_size": 32, "feature_size": 8}
+VESSELS = REPO / "bundles" / "fundus_vessel_segmentation" / "configs"
+
+
+def tiny(head="segmentation", num_outputs=2, **kwargs):
+    torch.manual_seed(0)
+    return VisionFMTaskModel(head, num_outputs, **{**TINY, **kwargs})
+
+
+@pytest.mark.parametrize("decoder", ["light", "unetr"])
+def test_output_has_the_inputs_exact_size_and_gradients_reach_every_weight(decoder):
+    model = tiny(decoder=decoder, freeze_encoder=False)
+    # square, non-square and odd multiples of the patch (the bundles' windows and whole B-scans)
+    for h, w in [(32, 32), (48, 80), (112, 16)]:
+        out = model(torch.randn(2, 3, h, w))
+        assert out.shape == (2, 2, h, w)
+    out.square().mean().backward()
+    starved = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert not starved
+
+
+def test_the_light_decoder_takes_patch_sizes_unetr_cannot():
+    model = tiny(encoder="dinov2_vitb14", img_size=28, decoder="light")  # patch 14: not a power of 2
+    assert isinstance(model.head.decoder, LightDecoder2d)
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 42, 70)).shape == (1, 2, 42, 70)
+    with pytest.raises(ValueError, match="power of 2.*decoder='light'"):
+        tiny(encoder="dinov2_vitb14", img_size=28, decoder="unetr")
+
+
+def test_decoder_is_chosen_by_name_or_head_options():
+    assert isinstance(tiny().head.decoder, UNETRDecoder2d)  # the default
+    assert isinstance(tiny("landmarks", head_options={"decoder": "light"}).head.decoder, LightDecoder2d)
+    assert isinstance(tiny(decoder="light").head.decoder, LightDecoder2d)
+    with pytest.raises(ValueError, match="unknown dense decoder 'fpn'; choose one of light, unetr"):
+        tiny(decoder="fpn")
+    volume = {"spatial_dims": 3, "img_size": 32}
+    assert isinstance(tiny(**volume).head.decoder, UNETRDecoder2d)  # 3-D keeps UNETR
+    with pytest.raises(ValueError, match="2-D only"):
+        tiny(decoder="light", **volume)
+
+
+def test_light_network_scripts_to_the_same_output():
+    model = tiny(decoder="light").eval()
+    x = torch.randn(1, 3, 48, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.script(model)(x), model(x))
+
+
+def test_model_pt_is_rebuilt_with_the_decoder_it_was_trained_with(tmp_path):
+    """inference.json rebuilds the decoder a model.pt holds, whatever the bundle's default; forcing the other decoder
+    is refused, naming the file and the fix."""
+    overrides = {"arch": "vit_tiny", "image_size": 32, "feature_size": 8, "device": "$torch.device('cpu')"}
+    for decoder in ("unetr", "light"):
+        path = tmp_path / decoder / "model.pt"
+        path.parent.mkdir()
+        torch.save(tiny("segmentation", 1, decoder=decoder).state_dict(), path)
+        assert trained_decoder(path) == decoder
+        parser = ConfigParser()
+        parser.read_config(str(VESSELS / "inference.json"))
+        parser.update({**overrides, "ckpt_path": str(path)})
+        network = parser.get_parsed_content("network_def")
+        assert network.head.decoder_name == decoder
+        SafeCheckpointLoader(load_path=str(path), load_dict={"model": network})(None)
+
+    parser = ConfigParser()
+    parser.read_config(str(VESSELS / "inference.json"))
+    parser.update({**overrides, "ckpt_path": str(tmp_path / "light" / "model.pt"), "decoder": "unetr"})
+    with pytest.raises(SystemExit, match=r"light/model\.pt holds a model trained with the light dense decoder.*"
+                                         r"--decoder light"):
+        SafeCheckpointLoader(load_path=str(tmp_path / "light" / "model.pt"),
+                             load_dict={"model": parser.get_parsed_content("network_def")})(None)
+
+
+def test_trained_decoder_falls_back_to_the_default(tmp_path):
+    assert trained_decoder(tmp_path / "missing.pt") == DEFAULT_DENSE_DECODER
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    assert trained_decoder(tmp_path / "junk.pt", "light") == "light"  # the loader names what is wrong with it
+    torch.save(VisionFMTaskModel("classification", 2, arch="vit_tiny", img_size=32).state_dict(), tmp_path / "c.pt")
+    assert trained_decoder(tmp_path / "c.pt", "light") == "light"  # another head: no decoder to read

@@ -13,6 +13,7 @@ from visionfm_core.tasks import FAMILIES, bundle_family
 # bundle configs reach these as visionfm_core.<package>.<module>.<name>
 from visionfm_core import data, tasks  # noqa: E402,F401  # isort: skip
 from visionfm_core.engine import (  # noqa: E402,F401  # isort: skip
+    checkpoint,
     distributed,
     io,
     metric_utils,

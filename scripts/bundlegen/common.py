@@ -38,6 +38,9 @@ PINS = {
     "einops": "0.8.2",
 }
 VERSIONS = {"monai_version": PINS["monai"], "pytorch_version": PINS["torch"], "numpy_version": PINS["numpy"]}
+# metadata.json's "supported_apps", in the form model-zoo's verifier reads it ({app: version}, ci/verify_bundle.py
+# verify_bundle_properties): the MONAI Label release apps/monailabel serves the bundles with (setup_monailabel.sh)
+MONAI_LABEL_APP = {"monai-label": "0.8.5"}
 AUTHORS = "VisionFM-MONAI contributors"
 VISIONFM_REFERENCE = ("Qiu J. et al. VisionFM: a Multi-Modal Multi-Task Vision Foundation Model for Generalist "
                       "Ophthalmic Artificial Intelligence. NEJM AI 2024; doi:10.1056/AIoa2300221")
@@ -61,27 +64,33 @@ IMAGES = {
 # evaluation and inference of the per-image families (task.with_fast_decode); the pixel count is arithmetic, the
 # time it saves is measured by scripts/bench_inference.py, so no speed-up is quoted here
 FAST_DECODE = (
-    "Evaluation and inference decode JPEGs at a reduced scale (libjpeg's DCT scaling by 1/2, 1/4 or 1/8) that keeps "
-    "the short side >= `decode_size` (2 x the input, 448 px): a 2000 px photo is decoded at 500 px, 1/16 of its "
-    "pixels (`scripts/bench_inference.py` measures the time saved); other formats are read whole, and "
-    "`--decode_size None` reads JPEGs whole as well (training always does).")
+    "Evaluation and inference read images at a reduced size that keeps the short side >= `decode_size` (2 x the "
+    "input, 448 px): JPEGs by libjpeg's DCT scaling (1/2, 1/4 or 1/8) while decoding, every format (PNG, TIFF, ...) "
+    "by averaging whole-factor boxes of its 8/16-bit pixels before any float copy, so a 2000 px photo is decoded at "
+    "500 px, 1/16 of its pixels (`scripts/bench_inference.py` measures the time saved), and memory follows the "
+    "network input, not the file (a 12000 x 12000 PNG stays under 1.5 GB). `--decode_size None` reads images whole "
+    "(training always does). Inference refuses files over `max_pixels` (200 MP; `--max_pixels None` lifts it): "
+    "they are listed in `unreadable.csv` with their size.")
 
 
-# every task bundle: inference past unreadable files (SkipUnreadableDataset, UnreadableFilesReport) and the
-# encoder source note of training (visionfm_core.engine.run_notes.EncoderSourceNote), both wired in task.py
+# every task bundle: inference past unreadable files (SkipUnreadableDataset, UnreadableFilesReport), resuming and the
+# output-folder lock (engine.resume, engine.output_lock) and the encoder source note of training
+# (visionfm_core.engine.run_notes.EncoderSourceNote), all wired in task.py
 RUN_NOTES = """## Precision
 Inference runs in the fastest precision the hardware supports: `precision: auto` (default) picks bf16 on CPUs that
 multiply bf16 natively (AVX512-BF16 or AMX) and on GPUs (fp16 on GPUs without bf16), fp32 elsewhere, and logs its
 choice in one line. The weights are converted once and every output comes back in fp32, so postprocessing is
 unchanged. `--precision fp32` restores full precision (`bf16` and, on GPUs, `fp16` can be forced; `fp16` on a CPU
 is refused); `--compile True` compiles the network with `torch.compile` (with one warning and eager execution
-where no compiler works). `--precision int8` (CPUs only, never chosen by `auto`) quantises every linear layer to
-int8 (PyTorch dynamic quantisation) after the weights are loaded.
+where no compiler works). `--precision int8` (CPUs only, never chosen by `auto`) quantises the linear layers to
+int8 (dynamic quantisation) after the weights are loaded, through PyTorch (torch.ao) or ONNX Runtime, whichever a
+short probe on the first batch finds faster on this CPU (logged in one line); `--int8_backend torch.ao` or
+`onnxruntime` (or the environment variable `VISIONFM_INT8_BACKEND`) skips the probe.
 
 Evaluation (`evaluate.json`) runs in fp32. Run it with `--precision int8` (or `bf16`) to know what a reduced
 precision costs on your test data: the same images also go through the fp32 network, and `metrics.json` gets a
 `precision_agreement` entry (top-1 agreement and largest probability difference for classes, Dice difference for
-masks, peak distance for landmarks, largest difference for values).
+masks, peak distance for landmarks, largest difference for values; in int8, the backend that ran).
 
 Training (`train.json`, `amp: auto`) runs the forward pass in bf16 autocast on CPUs with native bf16 and with
 MONAI's fp16 amp on GPUs; the loss and the optimiser stay fp32. `--amp fp32` turns both off.
@@ -92,6 +101,14 @@ predicted, the failed ones are listed with the reason in `unreadable.csv` next t
 with one line such as `read 98 of 100 inputs; 2 could not be read`. The run fails only when nothing could be read;
 `--skip_unreadable False` stops at the first bad file instead. Training and evaluation stop on an unreadable file,
 naming it: their metrics must cover the whole split.
+
+## Resuming, and output folders
+Training writes `models/checkpoint.pt` every epoch. Started again after a kill with the same command, it continues
+after the last finished epoch (`--resume auto`, the default) and replaces `models/model.pt` only with a better model;
+a finished run says so and trains nothing. A run of other settings or data, or a new run (`--resume False`) into a
+folder with a trained `model.pt`, is refused naming the differences and the ways out (another `--ckpt_dir`,
+`--resume force`). Inference and evaluation refuse an output folder another run is writing into (a lock naming
+its process) or one holding a finished run's results (another `--output_dir`, or `--overwrite true`).
 
 ## Where the encoder came from
 Training writes `models/encoder_source.json`: the encoder weights it started from (file, sha256, the header's
@@ -225,18 +242,19 @@ def required_packages(extra_packages=()) -> dict:
 def metadata(*, family: str, name: str, task: str, description: str, changelog: str, modality: str, data_source: str,
              image_classes: str, label_classes: str, pred_classes: str, outputs: dict, references: list[str] = (),
              extra_packages=None, eval_metrics: dict | None = None,
-             data_type: str = "png, jpeg, tiff, bmp, dicom") -> dict:
+             data_type: str = "png, jpeg, tiff, bmp, dicom", monai_label: bool = True) -> dict:
     """configs/metadata.json; `family`: the bundle's task family (`visionfm_core.tasks.FAMILIES`), which
     `visionfm_core.tasks.bundle_family` reads back; `extra_packages`: the names of the packages the bundle needs
-    beyond MONAI (versions from `PINS`)."""
-    get_family(family)  # a family the library knows, or a clear error here rather than in every consumer
+    beyond MONAI (versions from `PINS`); `monai_label`: False for bundles the MONAI Label app cannot serve although
+    their family has a `served_as` (networks with a second input: MONAI Label uploads one file)."""
+    served = bool(get_family(family).served_as) and monai_label  # also a clear error for an unknown family
     return {
         "schema": SCHEMA_URL,
         "version": "0.1.0",
         "changelog": {"0.1.0": changelog},
         **VERSIONS,
         "required_packages_version": required_packages(extra_packages or ()),
-        "supported_apps": {},
+        "supported_apps": dict(MONAI_LABEL_APP) if served else {},
         "name": name,
         "family": family,
         "task": task,
@@ -284,6 +302,13 @@ def static_files(data_licence: str) -> dict[str, str]:
 def render(files: dict[str, object]) -> dict[str, str]:
     """JSON objects -> formatted text; text stays text."""
     return {rel: content if isinstance(content, str) else dump_json(content) for rel, content in files.items()}
+
+
+def output_lock(output_dir: str, what: str) -> dict:
+    """The first handler of an inference or evaluation evaluator: one run at a time in `output_dir`, and a finished
+    run's results there are kept unless `overwrite` (visionfm_core.engine.output_lock)."""
+    return {"_target_": "visionfm_core.engine.output_lock.OutputFolderLock", "output_dir": output_dir,
+            "overwrite": "@overwrite", "what": what}
 
 
 # ---- config blocks shared by the task families (classification, segmentation, landmarks, regression) ----

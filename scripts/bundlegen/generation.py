@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from visionfm_core.modalities import get_modality
 
-from .common import DEVICE, data_licence, dataloader, images, metadata, model_card, render, static_files
+from .common import (DEVICE, data_licence, dataloader, images, metadata, model_card, output_lock, render,
+                     static_files)
 
 # bundle folder prefix -> modality. The groups with few images of a modality are the ones that need it most.
 MODALITIES = {"fundus": "Fundus", "oct": "OCT", "slitlamp": "SlitLamp", "ubm": "UBM", "ultrasound": "Ultrasound",
@@ -150,7 +151,9 @@ def train_diffusion(folder: str, modality: str) -> dict:
              "autoencoder": "@autoencoder_def", "autoencoder_path": "@autoencoder_path", "scheduler": "@scheduler",
              "num_classes": "@num_classes", "class_names": "@class_names", "uncond_prob": "@uncond_prob"},
             {"optimizer": {"_target_": "torch.optim.Adam", "params": "$@network_def.parameters()", "lr": "@lr"}}),
-        "initialize": ["$monai.utils.set_determinism(seed=@seed)"],
+        # a model file the run cannot use ends it in one line, before anything is built from it
+        "initialize": ["$visionfm_core.tasks.generation.generation_files_or_exit(autoencoder=@autoencoder_path)",
+                       "$monai.utils.set_determinism(seed=@seed)"],
         "run": ["$@train::trainer.run()"],
     }
 
@@ -179,6 +182,8 @@ def inference(folder: str, modality: str) -> dict:
     return {
         **ids,
         "output_dir": "$@bundle_root + '/generated'",
+        # true: write over the results of a finished run in output_dir (false: refuse, naming the folder)
+        "overwrite": False,
         "autoencoder_path": "$@bundle_root + '/models/autoencoder.pt'",
         "num_images": 16,
         "seed": 0,
@@ -207,12 +212,14 @@ def inference(folder: str, modality: str) -> dict:
         "progress": {"_target_": "visionfm_core.engine.progress.Progress", "name": "sampling"},
         "writer": {"_target_": "visionfm_core.tasks.generation.SampleWriter", "output_dir": "@output_dir",
                    "models": "@models", "inferer": "@inferer", "prefix": f"{folder}_synthetic"},
-        "handlers": ["@progress", "@writer"],
+        "output_lock": output_lock("@output_dir", "sampling"),
+        "handlers": ["@output_lock", "@progress", "@writer"],
         "evaluator": {"_target_": "SupervisedEvaluator", "device": "@device", "val_data_loader": "@dataloader",
                       "network": "@network", "inferer": "@inferer", "postprocessing": "@postprocessing",
                       "prepare_batch": {"_target_": "visionfm_core.tasks.generation.SampleBatch"},
                       "val_handlers": "@handlers"},
-        "initialize": ["$monai.utils.set_determinism(seed=@seed)"],
+        "initialize": ["$visionfm_core.tasks.generation.generation_files_or_exit(autoencoder=@autoencoder_path, "
+                       "diffusion=@ckpt_path)", "$monai.utils.set_determinism(seed=@seed)"],
         "run": ["$@evaluator.run()"],
     }
 

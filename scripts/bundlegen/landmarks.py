@@ -8,7 +8,14 @@ to the original image, where the radial error is measured.
 from __future__ import annotations
 
 from .common import images, metadata, modality_text, model_card, sentence_case
-from .task import TaskParts, family_bundles, load_image, normalise
+from .task import (
+    TaskParts,
+    family_bundles,
+    importable,
+    load_image,
+    normalise,
+    with_dense_decoder,
+)
 
 TEST_DATA = "The tests use synthetic images with the landmarks drawn in (visionfm_core.data)."
 
@@ -64,7 +71,7 @@ def parts(d: dict) -> TaskParts:
            "output_transform": "$monai.handlers.from_engine(['points', 'target_points'])"}
     writer = {"_target_": "visionfm_core.tasks.landmarks.LandmarkWriter", "landmark_names": "@landmark_names",
               "pixel_size_mm": "@pixel_size_mm", "target_key": "target_points"}
-    return TaskParts(
+    return importable(with_dense_decoder(TaskParts(
         agreement="landmarks",
         head="landmarks",
         num_outputs="@num_landmarks",
@@ -80,9 +87,11 @@ def parts(d: dict) -> TaskParts:
         batch_size=8,
         eval_writer={**writer, "output_dir": "@eval_dir"},
         infer_transforms=[*load_image(), resize, *normalise()],
+        # photos over twice the input are read reduced (in 8 bits); points are mapped back to the file's pixels
+        infer_decode_size="$2 * @image_size",
         infer_postprocessing=[to_points, target_points],
         infer_writer={**writer, "output_dir": "@output_dir"},
-    )
+    )))
 
 
 def bundle_metadata(name: str, d: dict) -> dict:

@@ -14,7 +14,7 @@ from visionfm_core.data.synthetic.oct_samples import OCT_LAYER_CLASSES, OCT_SPAC
 from visionfm_core.modalities import get_modality
 
 from .common import image_input, metadata, model_card, sentence_case
-from .task import TaskParts, family_bundles
+from .task import TaskParts, family_bundles, with_dense_decoder
 from .volume_common import MEAN_DICE, ONE_HOT, VOLUME_DATALIST, load_volume
 
 TEST_DATA = ("The tests use synthetic OCT cubes with known retinal layers, speckle and fluid pockets "
@@ -92,7 +92,7 @@ def parts(d: dict) -> TaskParts:
     ignored = {"_target_": f"{SLICES}.MaskIgnoredd", "pred_key": "pred", "label_key": "label",
                "ignore_index": "@ignore_label"}
     one_hot, dice = ONE_HOT, MEAN_DICE
-    return TaskParts(
+    return with_dense_decoder(TaskParts(
         infer_datalist=VOLUME_DATALIST,
         head="segmentation",
         num_outputs="@num_classes",
@@ -145,7 +145,7 @@ def parts(d: dict) -> TaskParts:
         infer_writer=writer("@output_dir"),
         infer_batch_size=1,
         agreement="mask",  # reduced precision vs fp32: Dice between the two label maps
-    )
+    ))
 
 
 def bundle_metadata(name: str, d: dict) -> dict:

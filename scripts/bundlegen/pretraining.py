@@ -23,7 +23,8 @@ from visionfm_core.modalities import get_modality
 from visionfm_core.ssl import IBOTRecipe, MultiCropAugmentation
 from visionfm_core.ssl.recipe import RECIPE_PRESETS
 
-from .common import DEVICE, a, dataloader, evaluator, images, metadata, model_card, render, static_files
+from .common import (DEVICE, a, dataloader, evaluator, images, metadata, model_card, output_lock, render,
+                     static_files)
 from .task import onnx_overlay
 
 # bundle folder prefix -> (modality, the files a dataset folder holds, after the images' name)
@@ -108,6 +109,9 @@ def train_config(folder: str, modality: str) -> dict:
         "resume": "auto",
         "save_every_iterations": 0,
         "stop_on_collapse": True,
+        # torch.compile of the backbones: fuses what autocast leaves as separate passes (casts, norms); the first
+        # steps pay the compilation (minutes on a small CPU), so it pays off on long runs
+        "compile": False,
         "knn_datalist": None,
         "recipe": {"_target_": "visionfm_core.ssl.IBOTRecipe", **{name: f"@{name}" for name in recipe_ids()}},
         "load_size": "$@recipe.load_size",
@@ -135,6 +139,7 @@ def train_config(folder: str, modality: str) -> dict:
                 "init_weights": "@init_weights",
                 "init_checkpoint_key": "@init_checkpoint_key",
                 "stop_on_collapse": "@stop_on_collapse",
+                "compile": "@compile",
                 "train_handlers": "@train::handlers",
             },
         },
@@ -161,6 +166,8 @@ def inference_config(folder: str, modality: str) -> dict:
         "imports": ["$import os", "$import torch", "$import visionfm_core", "$import visionfm_core.engine.precision"],
         "bundle_root": ".",
         "output_dir": "$@bundle_root + '/embeddings'",
+        # true: write over the results of a finished run in output_dir (false: refuse, naming the folder)
+        "overwrite": False,
         "ckpt_path": "$@bundle_root + '/models/encoder.pt'",
         "checkpoint_key": "teacher",
         "allow_modality_mismatch": False,
@@ -181,7 +188,11 @@ def inference_config(folder: str, modality: str) -> dict:
         # weights converted once to the fastest precision the hardware supports (visionfm_core.engine.precision)
         "precision": "auto",
         "compile": False,
-        "network": "$visionfm_core.engine.precision.for_inference(@network_def.to(@device), @precision, @compile)",
+        # int8 only: "probe" (time both on the first batch), "onnxruntime" or "torch.ao"; null: the environment
+        # variable VISIONFM_INT8_BACKEND, else "probe" (visionfm_core.engine.int8)
+        "int8_backend": None,
+        "network": "$visionfm_core.engine.precision.for_inference(@network_def.to(@device), @precision, @compile, "
+                   "@int8_backend)",
         "preprocessing": {
             "_target_": "Compose",
             "transforms": [
@@ -205,12 +216,14 @@ def inference_config(folder: str, modality: str) -> dict:
         "writer": {"_target_": "visionfm_core.tasks.pretraining.EmbeddingWriter", "output_dir": "@output_dir",
                    "root": "@dataset_dir"},
         "unreadable_report": {"_target_": "visionfm_core.engine.unreadable.UnreadableFilesReport", "output_dir": "@output_dir"},
-        "handlers": ["@stats", "@progress", "@writer", "@unreadable_report"],
+        "output_lock": output_lock("@output_dir", "embedding"),
+        "handlers": ["@output_lock", "@stats", "@progress", "@writer", "@unreadable_report"],
         "evaluator": evaluator("@dataloader", "@network", "@inferer", "@postprocessing", "@handlers"),
         "initialize": [
             "$monai.utils.set_determinism(seed=0)",
-            "$visionfm_core.encoders.load_bundle_encoder(@network, @ckpt_path, @checkpoint_key, @modality, "
-            "@allow_modality_mismatch)",
+            # a file it cannot use ends the run with one line naming it and the reason
+            "$visionfm_core.engine.checkpoint.load_bundle_encoder_or_exit(@network, @ckpt_path, @checkpoint_key, "
+            "@modality, @allow_modality_mismatch)",
         ],
         "run": ["$@evaluator.run()"],
     }

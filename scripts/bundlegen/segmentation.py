@@ -8,7 +8,7 @@ the probabilities back on the photo's own grid (`Invertd`).
 from __future__ import annotations
 
 from .common import images, metadata, modality_text, model_card, sentence_case
-from .task import TaskParts, family_bundles, load_image, load_label_map, normalise
+from .task import TaskParts, family_bundles, importable, with_dense_decoder, load_image, load_label_map, normalise
 
 TEST_DATA = ("The tests use synthetic phantoms with vessels drawn in (visionfm_core.data) and the CC0 photograph "
              "skimage.data.retina() from scikit-image.")
@@ -76,7 +76,7 @@ def parts(d: dict) -> TaskParts:
     binarise = {"_target_": "AsDiscreted", "keys": "pred", "threshold": "@threshold"}
     dice = {"_target_": "MeanDice", "include_background": True,
             "output_transform": "$monai.handlers.from_engine(['pred', 'label'])"}
-    return TaskParts(
+    return importable(with_dense_decoder(TaskParts(
         agreement="mask",
         head="segmentation",
         num_outputs="@num_classes",
@@ -112,11 +112,14 @@ def parts(d: dict) -> TaskParts:
         },
         eval_writer=writer("@eval_dir"),
         infer_transforms=image_in,
+        # photos over twice the working size are read reduced (in 8 bits); the writer scales the probabilities
+        # back to the photo's grid in 8 bits, so a huge photo never becomes a full-size float image
+        infer_decode_size="$2 * @working_size",
         infer_inferer=sliding_window(),
         infer_postprocessing=[to_probabilities(), back_to_input_grid("@preprocessing")],
         infer_writer=writer("@output_dir"),
         infer_batch_size=1,
-    )
+    )))
 
 
 def bundle_metadata(name: str, d: dict) -> dict:

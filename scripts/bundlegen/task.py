@@ -8,14 +8,20 @@ selection, multi-GPU overrides) is written here once.
 Handlers that overrides touch have their own ids (`train::lr_schedule`, `validate::checkpoint_saver`, ...);
 `train::handlers` and `validate::handlers` only list them, so adding a handler never shifts another. The lists
 use `%` macros, not `@` references: MONAI's property check reads `_target_` from every listed handler config, and
-`%` copies the (already overridden) config into the list before parsing.
+`%` copies the (already overridden) config into the list before parsing. The one exception is
+`validate::checkpoint_saver`, listed by reference: `train::checkpoint` (engine.resume) restores the record of the best
+`model.pt` into that very instance.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
-from .common import DEVICE, MULTI_GPU_TASK, data_licence, dataloader, evaluator, render, static_files
+from visionfm_core.models.decoders import DEFAULT_DENSE_DECODER
+
+from .common import (DEVICE, MULTI_GPU_TASK, data_licence, dataloader, evaluator, output_lock, render,
+                     static_files)
 
 IMPORTS = ["$import os", "$import torch", "$import ignite", "$import monai", "$import visionfm_core",
            "$import visionfm_core.models", "$import visionfm_core.data", "$import visionfm_core.engine.precision"]
@@ -26,6 +32,9 @@ FAST_READER = "$visionfm_core.data.EyeImageReader(decode_size=@decode_size)"
 # JPEGs decoded at a reduced DCT scale that keeps the short side >= 2x the network input, for outputs not tied to
 # the photo's pixel grid; scripts/bench_inference.py measures what it gains end to end on 2000 px photos
 DECODE_SIZE = "$2 * @image_size"
+# the largest photo (width x height) inference reads; larger files go to unreadable.csv naming their size
+# (EyeImageReader(max_pixels); visionfm_core.data.io.readers.DEFAULT_MAX_PIXELS says why this value)
+MAX_PIXELS = 200_000_000
 
 
 def load_image(keys="image", modality="@modality") -> list[dict]:
@@ -71,6 +80,22 @@ def with_fast_decode(transforms):
             and t.get("reader") == READER else t for t in transforms]
 
 
+def with_max_pixels(transforms):
+    """`transforms` with every EyeImageReader of a LoadImaged given `max_pixels=@max_pixels` (inference only)."""
+    if not isinstance(transforms, list):
+        return transforms
+    out = []
+    for t in transforms:
+        reader = t.get("reader") if isinstance(t, dict) and t.get("_target_") == "LoadImaged" else None
+        if isinstance(reader, str) and reader.startswith("$visionfm_core.data.EyeImageReader(") \
+                and "max_pixels" not in reader:
+            inside = reader[len("$visionfm_core.data.EyeImageReader("):-1]
+            t = dict(t, reader=f"$visionfm_core.data.EyeImageReader({inside + ', ' if inside else ''}"
+                               "max_pixels=@max_pixels)")
+        out.append(t)
+    return out
+
+
 def normalise(keys="image") -> list[dict]:
     return [
         {"_target_": "visionfm_core.data.ModalityNormalized", "keys": keys, "modality": "@modality",
@@ -83,6 +108,54 @@ def eval_image_transforms(size=("@image_size", "@image_size")) -> list[dict]:
     """The evaluation preprocessing of an image for the square-input heads, written once for every family."""
     return [*load_image(), {"_target_": "visionfm_core.data.EyeResized", "keys": "image", "spatial_size": list(size),
                             "mode": "bilinear"}, *normalise()]
+
+
+def imported_network_ids(model: str, head: str) -> dict:
+    """Ids of evaluate.json / inference.json that take the head variant and its options from the `network.json`
+    beside `model` (an expression for models/model.pt): a model imported from the original release by `visionfm
+    import-weights --bundle` runs with the original's head; one the bundle trained (no file) keeps `head`."""
+    return {"network_settings": f"$visionfm_core.models.network_settings({model})",
+            "head": f"$@network_settings.get('head', '{head}')",
+            "head_options": "$@network_settings.get('head_options', {})"}
+
+
+# train.json: the handler that drops an imported model's network.json when the bundle trains its own
+FORGET_IMPORTED = {"forget_imported": {"_target_": "visionfm_core.engine.writers.ImportedNetworkForgetter",
+                                       "output_dir": "@ckpt_dir"}}
+
+
+def importable(parts: TaskParts) -> TaskParts:
+    """`parts` with its head chosen by `network.json` in evaluation and inference (`imported_network_ids`), the
+    `head` / `head_options` ids in train.json (the family's own head), and `FORGET_IMPORTED` in training."""
+    head = parts.head
+    parts.head = "@head"
+    parts.head_kwargs = {**parts.head_kwargs, "head_options": "@head_options"}
+    parts.ids = {"head": head, "head_options": {}, **parts.ids}
+    parts.eval_overrides = {**imported_network_ids("@ckpt_dir + '/model.pt'", head), **parts.eval_overrides}
+    parts.infer_ids = {**imported_network_ids("@ckpt_path", head), **parts.infer_ids}
+    parts.extra_train_handlers = {**parts.extra_train_handlers, **FORGET_IMPORTED}
+    return parts
+
+
+# the 2-D dense families' default decoder (visionfm_core.models.decoders: "unetr" or "light")
+DEFAULT_DECODER = DEFAULT_DENSE_DECODER
+
+
+def with_dense_decoder(parts: TaskParts) -> TaskParts:
+    """`parts` with the `decoder` id (after `feature_size`) passed to the dense head. Training builds the id's
+    decoder; evaluation and inference build the one models/model.pt holds (`trained_decoder` reads its parameter
+    names), so a model trained with the other decoder keeps working; `--decoder` there overrides it."""
+    ids = {}
+    for k, v in parts.ids.items():
+        ids[k] = v
+        if k == "feature_size":
+            ids["decoder"] = DEFAULT_DECODER
+    parts.ids = ids
+    parts.head_kwargs = {**parts.head_kwargs, "decoder": "@decoder"}
+    trained = "$visionfm_core.models.trained_decoder({}, '" + DEFAULT_DECODER + "')"
+    parts.eval_overrides = {"decoder": trained.format("@ckpt_dir + '/model.pt'"), **parts.eval_overrides}
+    parts.infer_ids = {"decoder": trained.format("@ckpt_path"), **parts.infer_ids}
+    return parts
 
 
 @dataclass
@@ -124,7 +197,21 @@ class TaskParts:
     extra_inputs: dict | None = None           # {forward kwarg: batch key} the network takes besides the image
     infer_datalist: str = "$visionfm_core.data.inference_datalist(@dataset_dir)"
     fast_decode: bool = False                  # evaluation/inference read JPEGs at ~2x the input (with_fast_decode)
+    infer_decode_size: str | None = None       # inference only: read every image reduced to this short side (dense
+                                               # families, whose writers put outputs back on the original grid)
     agreement: str = "softmax"                 # evaluation: reduced precision vs fp32 (PrecisionAgreement kind)
+
+
+# the ids that define a training run besides its data: a resumed run must have the same (train::checkpoint compares
+# them with those its checkpoint recorded); max_epochs may grow (to extend a run), num_workers, device and amp do not
+# change what is learnt
+RUN_SETTING_IDS = ("pretrained_encoder", "checkpoint_key", "freeze_encoder", "layer_decay", "batch_size", "base_lr",
+                   "weight_decay", "encoder_lr_scale", "drop_path_rate", "val_interval")
+
+
+def run_settings(parts: TaskParts, modality: str | None) -> dict:
+    ids = [*encoder_ids(modality), *parts.ids, *RUN_SETTING_IDS]
+    return {k: f"@{k}" for k in dict.fromkeys(ids)}
 
 
 DROP_LONE_LAST = "$len(@train::dataset) % @batch_size == 1 and len(@train::dataset) > 1"
@@ -189,6 +276,10 @@ def train_config(parts: TaskParts, modality: str) -> dict:
         "imports": IMPORTS,
         "bundle_root": ".",
         "ckpt_dir": "$@bundle_root + '/models'",
+        # after a kill, "auto" continues the run in ckpt_dir; a run of other settings or data is refused rather than
+        # writing over its model (false: a new run, refused over a trained model; force: never refuse):
+        # visionfm_core.engine.resume
+        "resume": "auto",
         "output_dir": "$@bundle_root + '/runs'",
         "dataset_dir": parts.dataset_dir,
         "datalist": "$@dataset_dir + '/datalist.json'",
@@ -230,6 +321,13 @@ def train_config(parts: TaskParts, modality: str) -> dict:
             "inferer": {"_target_": "visionfm_core.engine.precision.AutocastInferer", "precision": "@amp",
                         "device": "@device"},
             "postprocessing": {"_target_": "Compose", "transforms": parts.train_postprocessing},
+            # checkpoint.pt every epoch; resumes, refuses or starts by `resume` (listed first: it decides before any
+            # handler writes)
+            "checkpoint": {"_target_": "visionfm_core.engine.resume.TrainingCheckpoint", "ckpt_dir": "@ckpt_dir",
+                           "resume": "@resume", "network": "@network", "optimizer": "@optimizer",
+                           "lr_scheduler": "@lr_scheduler", "evaluator": "@validate::evaluator",
+                           "key_metric_saver": "@validate::checkpoint_saver",
+                           "settings": run_settings(parts, modality)},
             "lr_schedule": {"_target_": "LrScheduleHandler", "lr_scheduler": "@lr_scheduler", "print_lr": True},
             "validation": {"_target_": "ValidationHandler", "validator": "@validate::evaluator", "epoch_level": True,
                            "interval": "@val_interval"},
@@ -243,7 +341,8 @@ def train_config(parts: TaskParts, modality: str) -> dict:
             "encoder_source_note": {"_target_": "visionfm_core.engine.run_notes.EncoderSourceNote", "output_dir": "@ckpt_dir",
                                     "network": "@network"},
             **parts.extra_train_handlers,
-            "handlers": ["%train::lr_schedule", "%train::validation", "%train::stats", "%train::tensorboard",
+            "handlers": ["%train::checkpoint", "%train::lr_schedule", "%train::validation", "%train::stats",
+                         "%train::tensorboard",
                          "%train::progress", "%train::encoder_source_note",
                          *[f"%train::{k}" for k in parts.extra_train_handlers]],
             "key_metric": parts.train_key_metric,
@@ -260,7 +359,8 @@ def train_config(parts: TaskParts, modality: str) -> dict:
             "stats": {"_target_": "StatsHandler", "iteration_log": False},
             "tensorboard": {"_target_": "TensorBoardStatsHandler", "log_dir": "@output_dir", "iteration_log": False},
             "checkpoint_saver": saver,
-            "handlers": ["%validate::stats", "%validate::tensorboard", "%validate::checkpoint_saver"],
+            # the saver by reference: train::checkpoint restores its record of the best model.pt into this instance
+            "handlers": ["%validate::stats", "%validate::tensorboard", "@validate::checkpoint_saver"],
             "key_metric": parts.val_key_metric,
             "additional_metrics": parts.val_additional_metrics,
             "evaluator": val_evaluator,
@@ -288,13 +388,21 @@ def evaluate_config(parts: TaskParts) -> dict:
     return {
         "eval_split": "test",
         "eval_dir": "$@bundle_root + '/eval'",
+        # true: write over the results of a finished run in eval_dir (false: refuse, naming the folder)
+        "overwrite": False,
         # fp32 by default; another precision (bf16, int8) is evaluated against fp32 on the same images
         "precision": "fp32",
-        "network": "$visionfm_core.engine.precision.for_inference(@network_def.to(@device), @precision)",
+        # int8 only: "probe" (time both on the first batch), "onnxruntime" or "torch.ao"; null: the environment
+        # variable VISIONFM_INT8_BACKEND, else "probe" (visionfm_core.engine.int8)
+        "int8_backend": None,
+        "network": "$visionfm_core.engine.precision.for_inference(@network_def.to(@device), @precision, "
+                   "int8_backend=@int8_backend)",
         "validate::dataset::data": f"${parts.datalist_loader}(@datalist, @eval_split{parts.datalist_args})",
         **overrides,
+        # read through the safe loader: a file it cannot use ends the run with one line (engine.checkpoint); loaded in
+        # `initialize`, not as an engine handler, whose failures ignite and StatsHandler log with a traceback
         "validate::checkpoint_loader": {
-            "_target_": "CheckpointLoader",
+            "_target_": "visionfm_core.engine.checkpoint.SafeCheckpointLoader",
             "load_path": "$visionfm_core.encoders.require_checkpoint(@ckpt_dir + '/model.pt')",
             "load_dict": {"model": "@network"},
             "map_location": "@device",
@@ -305,9 +413,10 @@ def evaluate_config(parts: TaskParts) -> dict:
             "ckpt_path": "@validate::checkpoint_loader::load_path", "precision": "@precision", "kind": parts.agreement,
             "output_dir": "@eval_dir", "device": "@device"},
         "validate::progress": {"_target_": "visionfm_core.engine.progress.Progress", "name": "evaluation"},
-        "validate::handlers": ["%validate::checkpoint_loader", "%validate::stats", "%validate::progress",
+        "validate::output_lock": output_lock("@eval_dir", "evaluation"),
+        "validate::handlers": ["%validate::output_lock", "%validate::stats", "%validate::progress",
                                "%validate::writer", "%validate::precision_agreement"],
-        "initialize": ["$monai.utils.set_determinism(seed=0)"],
+        "initialize": ["$monai.utils.set_determinism(seed=0)", "$@validate::checkpoint_loader(@validate::evaluator)"],
         "run": ["$@validate::evaluator.run()"],
     }
 
@@ -316,12 +425,16 @@ def inference_config(parts: TaskParts, modality: str, dataset_dir: str) -> dict:
     """One self-contained inference.json (MONAI Label reads exactly one file)."""
     net = network_def(parts, training=False)
     infer_transforms = with_modality_check(parts.infer_transforms)
-    if parts.fast_decode:
+    decode_size = parts.infer_decode_size or (DECODE_SIZE if parts.fast_decode else None)
+    if decode_size:
         infer_transforms = with_fast_decode(infer_transforms)
+    infer_transforms = with_max_pixels(infer_transforms)
     return {
         "imports": IMPORTS,
         "bundle_root": ".",
         "output_dir": "$@bundle_root + '/eval'",
+        # true: write over the results of a finished run in output_dir (false: refuse, naming the folder)
+        "overwrite": False,
         "ckpt_path": "$@bundle_root + '/models/model.pt'",
         "dataset_dir": dataset_dir,
         "datalist": parts.infer_datalist,
@@ -330,7 +443,8 @@ def inference_config(parts: TaskParts, modality: str, dataset_dir: str) -> dict:
         **encoder_ids(modality),
         **{k: v for k, v in parts.ids.items()},
         **parts.infer_ids,
-        **({"decode_size": DECODE_SIZE} if parts.fast_decode and "decode_size" not in parts.infer_ids else {}),
+        **({"decode_size": decode_size} if decode_size and "decode_size" not in parts.infer_ids else {}),
+        **({"max_pixels": MAX_PIXELS} if "@max_pixels" in json.dumps(infer_transforms) else {}),
         "batch_size": parts.infer_batch_size,
         "num_workers": 2,
         "network_def": net,
@@ -338,7 +452,11 @@ def inference_config(parts: TaskParts, modality: str, dataset_dir: str) -> dict:
         # bf16 and on GPUs, else fp32; outputs back in fp32), optionally compiled: visionfm_core.engine.precision
         "precision": "auto",
         "compile": False,
-        "network": "$visionfm_core.engine.precision.for_inference(@network_def.to(@device), @precision, @compile)",
+        # int8 only: "probe" (time both on the first batch), "onnxruntime" or "torch.ao"; null: the environment
+        # variable VISIONFM_INT8_BACKEND, else "probe" (visionfm_core.engine.int8)
+        "int8_backend": None,
+        "network": "$visionfm_core.engine.precision.for_inference(@network_def.to(@device), @precision, @compile, "
+                   "@int8_backend)",
         "preprocessing": {"_target_": "Compose", "transforms": infer_transforms},
         # an unreadable file is reported in unreadable.csv, not fatal (skip_unreadable: false stops on the first)
         "skip_unreadable": True,
@@ -351,10 +469,11 @@ def inference_config(parts: TaskParts, modality: str, dataset_dir: str) -> dict:
         "progress": {"_target_": "visionfm_core.engine.progress.Progress", "name": "inference"},
         "writer": parts.infer_writer,
         "unreadable_report": {"_target_": "visionfm_core.engine.unreadable.UnreadableFilesReport", "output_dir": "@output_dir"},
-        "handlers": ["@stats", "@progress", "@writer", "@unreadable_report"],
+        "output_lock": output_lock("@output_dir", "inference"),
+        "handlers": ["@output_lock", "@stats", "@progress", "@writer", "@unreadable_report"],
         "evaluator": evaluator("@dataloader", "@network", "@inferer", "@postprocessing", "@handlers")
         | ({"prepare_batch": "@prepare_batch"} if parts.extra_inputs else {}),
-        "checkpointloader": {"_target_": "CheckpointLoader",
+        "checkpointloader": {"_target_": "visionfm_core.engine.checkpoint.SafeCheckpointLoader",
                              "load_path": "$visionfm_core.encoders.require_checkpoint(@ckpt_path)",
                              "load_dict": {"model": "@network"}, "map_location": "@device"},
         "initialize": ["$monai.utils.set_determinism(seed=0)", "$@checkpointloader(@evaluator)"],

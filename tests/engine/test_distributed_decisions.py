@@ -53,7 +53,7 @@ def _no_mask_trainer(batches, ddp: bool, total_batch: int):
 
 
 def _gradients(trainer) -> dict[str, torch.Tensor]:
-    from visionfm_core.ssl.trainer import unwrap
+    from visionfm_core.engine.distributed import unwrap
 
     return {n: p.grad.clone() for n, p in unwrap(trainer.student).named_parameters() if p.grad is not None}
 

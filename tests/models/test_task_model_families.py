@@ -48,10 +48,10 @@ def test_dense_heads_read_the_blocks_the_family_declares():
 
 
 @pytest.mark.parametrize("head", ["segmentation", "landmarks"])
-def test_dense_heads_refuse_a_patch14_encoder_clearly(head):
+def test_dense_heads_refuse_a_patch14_encoder_clearly_with_the_unetr_decoder(head):
     with pytest.raises(ValueError, match="needs a patch size that is a power of 2 from 8; the dinov2_vits14 encoder "
                                          "has patch size 14.*--encoder visionfm or retfound_mae"):
-        VisionFMTaskModel(head, 2, **tiny("dinov2_vits14"))
+        VisionFMTaskModel(head, 2, decoder="unetr", **tiny("dinov2_vits14"))
 
 
 def test_volume_classification_on_a_dinov2_3d_encoder():

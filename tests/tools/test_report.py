@@ -7,7 +7,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -114,6 +113,7 @@ def test_demo_end_to_end_on_a_reduced_configuration(tmp_path, capsys):
     summary = run_demo(out=str(tmp_path / "demo"), epochs=1, arch="vit_tiny", per_class=2, pretrain_epochs=1,
                        image_size=32, bundles_dir=BUNDLES_DIR)
     assert 0.0 <= summary["accuracy"] <= 1.0 and 0.0 <= summary["baseline_accuracy"] <= 1.0
+    assert 0.0 <= summary["knn_untrained"] <= 1.0 and 0.0 <= summary["knn_pretrained"] <= 1.0
     assert json.loads((tmp_path / "demo" / "summary.json").read_text())["accuracy"] == summary["accuracy"]
     page = check_page(Path(summary["report"]))
     assert "inference failed" not in page
@@ -124,6 +124,34 @@ def test_demo_end_to_end_on_a_reduced_configuration(tmp_path, capsys):
         assert f'src="{png}' in page
     out = capsys.readouterr().out
     assert "fine-tuned from the iBOT encoder" in out and "linear head on an untrained frozen encoder" in out
+    assert f"k-NN probe    untrained encoder {summary['knn_untrained']:.3f}" in out
+
+
+def test_demo_knn_probes_score_the_untrained_encoder_and_the_given_one(tmp_path):
+    """The demo's k-NN probes: the untrained encoder is the pretraining bundle's initial one (seed 0, so the same
+    score every time), and the pretrained score is that of the weights in the file."""
+    import torch
+
+    from visionfm_core.data.synthetic.samples import write_demo_dataset
+    from visionfm_core.encoders import build_encoder, save_encoder_weights
+    from visionfm_core.tools.demo import knn_probes
+
+    datalist = write_demo_dataset(tmp_path / "data", per_class=4, size=64)
+    first = knn_probes(datalist, "vit_tiny", 32)
+    assert set(first) == {"untrained"} and 0.0 <= first["untrained"] <= 1.0
+    torch.manual_seed(0)
+    save_encoder_weights(build_encoder(arch="vit_tiny", img_size=32), tmp_path / "same.pt", modality="Fundus")
+    torch.manual_seed(1)
+    save_encoder_weights(build_encoder(arch="vit_tiny", img_size=32), tmp_path / "other.pt", modality="Fundus")
+    again = knn_probes(datalist, "vit_tiny", 32, tmp_path / "same.pt")
+    assert again == {"untrained": first["untrained"], "pretrained": first["untrained"]}
+    other = knn_probes(datalist, "vit_tiny", 32, tmp_path / "other.pt")["pretrained"]
+    torch.manual_seed(1)
+    from visionfm_core.ssl.monitor import KNNProbe
+
+    expected = KNNProbe(datalist, "Fundus", 32).accuracy(build_encoder(arch="vit_tiny", img_size=32).eval(),
+                                                          torch.device("cpu"))
+    assert other == expected
 
 
 CHROMIUM = shutil.which("chromium-headless-shell") or shutil.which("chromium")

@@ -82,7 +82,8 @@ def test_class_conditioned_sampling_is_seeded_and_documented(conditioned, tmp_pa
 
     assert manifest["diffusion"]["sha256"] == hashlib.sha256((ckpt / "diffusion.pt").read_bytes()).hexdigest()
     assert manifest["autoencoder"]["sha256"] == hashlib.sha256((ckpt / "autoencoder.pt").read_bytes()).hexdigest()
-    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    # (beside the run's hidden record .visionfm_run.json: engine.output_lock)
+    files = sorted(p.name for p in (tmp_path / "a").iterdir() if not p.name.startswith("."))
     assert files == ["fundus_synthetic_00000.png", "fundus_synthetic_00001.png", "manifest.json"]
     first = np.asarray(Image.open(tmp_path / "a" / files[0]))
     assert first.shape == (32, 32, 3) and first.dtype == np.uint8
@@ -281,7 +282,7 @@ def test_bf16_autocast_training_matches_fp32_in_the_first_steps(tmp_path):
 
 
 def test_sampling_before_training_says_what_to_train(tmp_path):
-    with pytest.raises(Exception) as e:
+    with pytest.raises(SystemExit) as e:  # one line, no traceback (generation_files_or_exit)
         sample(OCT, tmp_path, tmp_path / "out")
     text = chain_text(e.value)
     assert "autoencoder.pt does not exist: train the autoencoder stage first (configs/train_autoencoder.json)" in text

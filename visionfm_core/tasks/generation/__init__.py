@@ -13,6 +13,7 @@ from visionfm_core.tasks.generation.ldm import (
     SampleRequests,
     SampleWriter,
     conditioning_classes,
+    generation_files_or_exit,
     read_generation_file,
 )
 
@@ -28,6 +29,7 @@ __all__ = [
     "SampleBatch",
     "SampleWriter",
     "GenerationError",
+    "generation_files_or_exit",
     "read_generation_file",
     "conditioning_classes",
 ]

@@ -46,16 +46,15 @@ from torch.utils.data import Dataset
 
 from visionfm_core.data.unlabelled import UnlabelledImageDataset
 from visionfm_core.encoders.weights import WeightsError, read_checkpoint, sha256sum
-from visionfm_core.engine.distributed import mean_over_processes, wrap_ddp
+from visionfm_core.engine.distributed import mean_over_processes, unwrap, wrap_ddp
 from visionfm_core.engine.io import atomic_torch_save, atomic_write_text
 from visionfm_core.engine.precision import cpu_has_native_bf16, resolve_precision
 from visionfm_core.modalities import get_modality
 from visionfm_core.ssl.checkpoint import PretrainingCheckpoint
-from visionfm_core.ssl.trainer import unwrap
 
 __all__ = ["GenerationImages", "AutoencoderTrainer", "LatentDiffusionTrainer", "GenerationCheckpoint",
            "GenerationModels", "SampleRequests", "LatentSamplingInferer", "SampleBatch", "SampleWriter", "GenerationError",
-           "read_generation_file", "conditioning_classes"]
+           "read_generation_file", "conditioning_classes", "generation_files_or_exit"]
 logger = logging.getLogger(__name__)
 HEADER = "visionfm_generation"
 
@@ -142,6 +141,17 @@ def conditioning_classes(diffusion_path: str) -> int:
     if not os.path.isfile(diffusion_path):
         return 0
     return int(read_generation_file(diffusion_path, "diffusion")[1].get("num_classes") or 0)
+
+
+def generation_files_or_exit(**files: str) -> None:
+    """For a bundle config's `initialize` (`stage=path`, e.g. autoencoder=..., diffusion=...): read each stage's file
+    as the run will, before MONAI builds anything from it, so a file the run cannot use (missing, unsafe, another
+    stage) ends it with one line naming the file and the reason (SystemExit) instead of MONAI's traceback."""
+    for stage, path in files.items():
+        try:
+            read_generation_file(path, stage)
+        except WeightsError as e:
+            raise SystemExit(str(e)) from None
 
 
 def load_strict(network: nn.Module, state_dict: dict, path: str, what: str) -> None:

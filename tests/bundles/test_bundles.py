@@ -2,6 +2,7 @@
 
 import json
 import re
+import tempfile
 
 import pytest
 import torch
@@ -48,9 +49,12 @@ def test_network_input_output(bundle, tmp_path):
                       extra_forward_args=forward_args(bundle, 1), **tiny(bundle))
 
 
-def test_torchscript_and_onnx_export(bundle, tmp_path):
+def test_torchscript_and_onnx_export(bundle, tmp_path, monkeypatch):
     """model-zoo's verifier scripts the network (torch.jit.script, not trace); the scripted file must also take an
     input size it was not exported at. ONNX is the path for runtimes without TorchScript."""
+    # MONAI's onnx_export exports into a NamedTemporaryFile; torch's exporter writes the weights beside it as
+    # <name>.data, which nothing deletes: keep that file inside tmp_path
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     torch.manual_seed(0)
     net = tiny_network(bundle).eval()
     ckpt = tmp_path / "model.pt"

@@ -136,12 +136,15 @@ def post(url: str, model: str, path: Path, output: str = "json", params: dict | 
 
 
 def uploads_deleted(server_tmp: Path | None, before: list[str] | None, what: str) -> None:
-    """An error answer deletes the upload before it goes out: the server's temporary folder holds what it held."""
+    """An error answer deletes the upload before it goes out: nothing is in the server's temporary folder that was
+    not there before the request. (An entry may also go: the previous 200's upload, which MONAI Label deletes in a
+    background task just after that answer, can still be there when `before` is listed.)"""
     if server_tmp is None:
         return
     after = sorted(os.listdir(server_tmp))
+    left = sorted(set(after) - set(before))
     report(f"bad input, {what}: upload deleted (server's temporary folder: {len(before)} entries before, "
-           f"{len(after)} after)", after == before, f"left: {sorted(set(after) - set(before))}")
+           f"{len(after)} after)", not left, f"left: {left}")
 
 
 def still_serving(url: str, after: str) -> bool:

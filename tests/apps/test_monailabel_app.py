@@ -222,10 +222,11 @@ def test_live_server_deletes_every_upload_whatever_the_answer(tmp_path):
             assert r.status_code == status and word in r.text, (what, r.status_code, r.text[:500])
             # a 200's deletions run just after the answer is sent; an error's before it
             wait_until = time.time() + (10 if status == 200 else 0)
-            while sorted(os.listdir(server_tmp)) != before and time.time() < wait_until:
+            while set(os.listdir(server_tmp)) - set(before) and time.time() < wait_until:
                 time.sleep(0.2)
             counts[what] = len(os.listdir(server_tmp))
-            assert sorted(os.listdir(server_tmp)) == before, (what, status, sorted(os.listdir(server_tmp)))
+            left = sorted(set(os.listdir(server_tmp)) - set(before))  # an entry of `before` may go; none may come
+            assert not left, (what, status, left)
         assert not marker.exists()  # the code-running weights were refused, not run
         print(f"temporary folder: {len(before)} entries before; after each answer: {counts}")
     finally:

@@ -115,18 +115,33 @@ def _conv_norm_relu(in_channels: int, out_channels: int) -> nn.Sequential:
                          nn.InstanceNorm2d(out_channels, affine=True), nn.ReLU(inplace=True))
 
 
-class LightDecoder2d(nn.Module):
-    """A light feature-pyramid decoder on the patch maps (B, D, H/p, W/p) of 4 encoder blocks plus the raw input.
+class _ResidualBlock(nn.Module):
+    """conv-norm-ReLU-conv-norm plus the input, then ReLU: a residual block with an identity skip (no 1x1
+    projection, so no extra full-resolution conv and norm)."""
 
-    The two deepest maps are projected (1x1) to 4 x `feature_size` channels and merged at the patch grid; each
-    shallower map is brought to a finer grid by a learnt sub-patch upsampling (transposed conv, kernel = stride):
-    the grid is doubled to 1/(p/2) with the second map (2 x `feature_size`) and again to 1/(p/4) with the first
-    (`feature_size`), a 3x3 conv after each merge. The result is reduced to `feature_size` / 2 channels, resized
-    bilinearly to the input's exact H, W and joined with two narrow full-resolution convs on the image itself, so
-    thin structures (vessels) keep sharp edges; a 3x3 conv and a 1x1 conv give (B, out_channels, H, W). Every 3x3
-    conv is followed by instance norm and ReLU.
-    All the heavy work happens at 1/4 of the input or coarser, so it adds a small share to a ViT's time (UNETR's
-    decoder runs residual blocks at every scale up to the full one). Any patch size from 4 works (DINOv2's 14 too).
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(_conv_norm_relu(channels, channels),
+                                  nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+                                  nn.InstanceNorm2d(channels, affine=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.body(x))
+
+
+class LightDecoder2d(nn.Module):
+    """A light decoder on the patch maps (B, D, H/p, W/p) of 4 encoder blocks plus the raw input.
+
+    Coarse part (a feature pyramid): the two deepest maps are projected (1x1) to 4 x `feature_size` channels and
+    merged at the patch grid; each shallower map is brought to a finer grid by a learnt sub-patch upsampling
+    (transposed conv, kernel = stride): to 1/(p/2) with the second map (2 x `feature_size`) and to 1/(p/4) with the
+    first (`feature_size`), a 3x3 conv after each merge. Fine part (as UNETR's last two stages, narrower): an image
+    path (two 3x3 convs at full resolution, one strided to 1/2) is added to the coarse features upsampled by 2 and
+    by 2 again (transposed convs), each sum refined by a residual block of two 3x3 convs, all at `feature_size`
+    channels; a 1x1 conv gives (B, out_channels, H, W). Every 3x3 conv is followed by instance norm.
+    It skips what makes UNETR's decoder slow (its residual blocks over 2-8 x `feature_size` channels at 1/8-1/2 of
+    the input); docs/figures/README.md, "The dense decoder study", has its speed and Dice against UNETR's. Patch
+    sizes from 4 work (DINOv2's 14 too: a grid that does not divide the input is resized to it).
     """
 
     def __init__(self, embed_dim: int, out_channels: int, patch_size: int = 16, in_channels: int = 3,
@@ -136,7 +151,7 @@ class LightDecoder2d(nn.Module):
             raise ValueError(f"the light decoder needs a patch size of at least 4, not {patch_size}")
         if feature_size < 2 or feature_size % 2:
             raise ValueError(f"the light decoder's feature_size must be even and at least 2, not {feature_size}")
-        fs, half = feature_size, feature_size // 2
+        fs = feature_size
         self.deep = nn.ModuleList([nn.Conv2d(embed_dim, 4 * fs, 1), nn.Conv2d(embed_dim, 4 * fs, 1)])
         self.fuse_deep = _conv_norm_relu(4 * fs, 4 * fs)
         self.up_mid = nn.ConvTranspose2d(4 * fs, 2 * fs, 2, stride=2)
@@ -145,10 +160,14 @@ class LightDecoder2d(nn.Module):
         self.up_fine = nn.ConvTranspose2d(2 * fs, fs, 2, stride=2)
         self.lateral_fine = nn.ConvTranspose2d(embed_dim, fs, 4, stride=4)
         self.fuse_fine = _conv_norm_relu(fs, fs)
-        self.reduce = nn.Conv2d(fs, half, 1)
-        self.stem = nn.Sequential(_conv_norm_relu(in_channels, half), _conv_norm_relu(half, half))
-        self.fuse_full = _conv_norm_relu(2 * half, half)
-        self.out = nn.Conv2d(half, out_channels, 1)
+        self.stem = nn.Sequential(_conv_norm_relu(in_channels, fs), _conv_norm_relu(fs, fs))
+        self.down = nn.Sequential(nn.Conv2d(fs, fs, 3, stride=2, padding=1, bias=False),
+                                  nn.InstanceNorm2d(fs, affine=True), nn.ReLU(inplace=True))
+        self.up_half = nn.ConvTranspose2d(fs, fs, 2, stride=2)
+        self.fuse_half = _ResidualBlock(fs)
+        self.up_full = nn.ConvTranspose2d(fs, fs, 2, stride=2)
+        self.fuse_full = _ResidualBlock(fs)
+        self.out = nn.Conv2d(fs, out_channels, 1)
 
     def forward(self, maps: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
         if len(maps) != 4:
@@ -156,9 +175,18 @@ class LightDecoder2d(nn.Module):
         x = self.fuse_deep(self.deep[0](maps[2]) + self.deep[1](maps[3]))
         x = self.fuse_mid(self.up_mid(x) + self.lateral_mid(maps[1]))
         x = self.fuse_fine(self.up_fine(x) + self.lateral_fine(maps[0]))
-        x = F.interpolate(self.reduce(x), size=[image.shape[-2], image.shape[-1]], mode="bilinear",
-                          align_corners=False)
-        return self.out(self.fuse_full(torch.cat([x, self.stem(image)], dim=1)))
+        full = self.stem(image)
+        half = self.down(full)
+        x = self.fuse_half(_resized(self.up_half(x), half) + half)
+        return self.out(self.fuse_full(_resized(self.up_full(x), full) + full))
+
+
+def _resized(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`x` bilinearly resized to `like`'s grid where they differ (a patch grid that does not divide the input, an
+    odd size halved)."""
+    if x.shape[-2:] == like.shape[-2:]:
+        return x
+    return F.interpolate(x, size=[like.shape[-2], like.shape[-1]], mode="bilinear", align_corners=False)
 
 
 # the dense heads' decoders by name (`decoder=` of the dense heads, the bundles' `decoder` id), and the 2-D default

@@ -174,6 +174,50 @@ def infer_with_random_weights(bundle: str, dataset: str, tmp, **overrides) -> li
         return list(csv.DictReader(f))
 
 
+def tiny_inference_network(bundle: Path, seed: int = 0):
+    """The bundle's network_def (inference.json) at its tiny size, seeded, in eval mode."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(config(bundle, "inference"))
+    parser.update({**tiny(bundle), **(DENSE if kind_of(bundle) in ("segmentation", "landmarks") else {})})
+    torch.manual_seed(seed)
+    return parser.get_parsed_content("network_def").eval()
+
+
+def dr_phantoms_and_model(tmp: Path, n_images: int) -> Path:
+    """`n_images` fundus phantoms in tmp/images and a tiny random fundus_dr_classification network in tmp/m.pt; the
+    bundle's folder."""
+    import torch
+    from PIL import Image
+
+    from visionfm_core.data import make_phantom
+
+    bundle = REPO / "bundles" / "fundus_dr_classification"
+    (tmp / "images").mkdir()
+    for i in range(n_images):
+        Image.fromarray(make_phantom("Fundus", 64, i)).save(tmp / "images" / f"p{i}.png")
+    torch.save(tiny_inference_network(bundle).state_dict(), tmp / "m.pt")
+    return bundle
+
+
+def bundle_probabilities(bundle: Path, tmp: Path, precision: str):
+    """inference.json of `bundle` over tmp/images with tmp/m.pt at `precision`, into tmp/<precision>; the
+    predictions' probabilities (N, classes) in file order."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(config(bundle, "inference"))
+    parser.update({**TINY, "dataset_dir": str(tmp / "images"), "ckpt_path": str(tmp / "m.pt"),
+                   "output_dir": str(tmp / precision), "precision": precision})
+    parser.get_parsed_content("initialize")
+    parser.get_parsed_content("run")
+    rows = json.loads((tmp / precision / "predictions.json").read_text())
+    return torch.tensor([r["probabilities"] for r in rows])
+
+
 def train_one_epoch(configs, root, datalist, **extra):
     """One epoch of the bundle whose configs folder is `configs`, on tiny overrides, under `root`."""
     from monai.bundle import run

@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from bundle_harness import BUNDLES, DENSE, TINY, export_shapes, forward_args, kind_of, spatial_dims, tiny
+from bundle_harness import (BUNDLES, TINY, bundle_probabilities, dr_phantoms_and_model, export_shapes, forward_args,
+                            kind_of, spatial_dims, tiny_inference_network)
 from tests_common import assert_close_to_scale
 from visionfm_core.engine import int8 as I
 from visionfm_core.engine import precision as P
@@ -194,14 +195,6 @@ for _b in BUNDLES:
         KINDS.setdefault(kind_of(_b), _b)
 
 
-def _network(bundle, seed=0):
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.json"))
-    parser.update({**tiny(bundle), **(DENSE if kind_of(bundle) in ("segmentation", "landmarks") else {})})
-    torch.manual_seed(seed)
-    return parser.get_parsed_content("network_def").eval()
 
 
 @pytest.mark.slow  # 5-30 s each on 2 busy cores: the export of a whole bundle network
@@ -210,8 +203,8 @@ def test_onnxruntime_int8_is_close_to_fp32_for_every_network_kind(bundle):
     """Every kind of bundle network exports (image and its extra inputs, 2-D and 3-D) and runs in ONNX Runtime's
     int8 close to fp32, at the first call's batch and at a smaller one. The volume classifier's exported graph
     cannot run a batch of two cubes (the exporter bakes its slice chunking in): torch.ao runs it, with that reason."""
-    reference = _network(bundle)
-    net = P.for_inference(_network(bundle, seed=1), "int8", int8_backend="onnxruntime")
+    reference = tiny_inference_network(bundle)
+    net = P.for_inference(tiny_inference_network(bundle, seed=1), "int8", int8_backend="onnxruntime")
     net.load_state_dict(reference.state_dict())
     size = TINY["image_size"] if kind_of(bundle) not in ("segmentation", "landmarks") else 64
     channels = 6 if "multimodal" in bundle.name else 3
@@ -234,32 +227,14 @@ def test_onnxruntime_int8_is_close_to_fp32_for_every_network_kind(bundle):
 def test_bundle_inference_in_int8_probes_once_and_agrees_with_fp32(tmp_path, caplog):
     """fundus_dr_classification's inference.json with `precision: int8`: the checkpoint loads into the fp32 module,
     the first batch picks the backend (one log line), and the predictions stay those of fp32."""
-    import json
-
-    from monai.bundle import ConfigParser
-    from PIL import Image
-
-    from visionfm_core.data import make_phantom
-
-    bundle = next(b for b in BUNDLES if b.name == "fundus_dr_classification")
-    (tmp_path / "images").mkdir()
-    for i in range(6):
-        Image.fromarray(make_phantom("Fundus", 64, i)).save(tmp_path / "images" / f"p{i}.png")
-    torch.save(_network(bundle).state_dict(), tmp_path / "m.pt")
+    bundle = dr_phantoms_and_model(tmp_path, 6)
     probabilities = {}
     for precision in ("fp32", "int8"):
-        parser = ConfigParser()
-        parser.read_config(str(bundle / "configs" / "inference.json"))
-        parser.update({**TINY, "dataset_dir": str(tmp_path / "images"), "ckpt_path": str(tmp_path / "m.pt"),
-                       "output_dir": str(tmp_path / precision), "precision": precision})
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="visionfm_core.engine"):
-            parser.get_parsed_content("initialize")
-            parser.get_parsed_content("run")
+            probabilities[precision] = bundle_probabilities(bundle, tmp_path, precision)
         lines = _backend_lines(caplog)
         assert len(lines) == (precision == "int8"), caplog.text  # 6 images, batches of 4: one decision
-        rows = json.loads((tmp_path / precision / "predictions.json").read_text())
-        probabilities[precision] = torch.tensor([r["probabilities"] for r in rows])
     assert_close_to_scale(probabilities["int8"], probabilities["fp32"], rel=INT8_REL)
     assert torch.equal(probabilities["fp32"].argmax(1), probabilities["int8"].argmax(1))
 

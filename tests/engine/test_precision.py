@@ -7,10 +7,10 @@ import logging
 
 import pytest
 import torch
-from monai.bundle import ConfigParser
 from torch import nn
 
-from bundle_harness import BUNDLES, DENSE, TINY, export_shapes, forward_args, kind_of, spatial_dims, tiny
+from bundle_harness import (BUNDLES, TINY, bundle_probabilities, dr_phantoms_and_model, export_shapes, forward_args,
+                            kind_of, spatial_dims, tiny_inference_network)
 from visionfm_core.engine import precision as P
 
 
@@ -43,12 +43,6 @@ def test_compile_without_a_working_compiler_falls_back_with_one_warning(monkeypa
     assert "torch.compile does not work here (CalledProcessError: no C++ compiler): running eagerly" in caplog.text
 
 
-def _network(bundle, seed=0):
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.json"))
-    parser.update({**tiny(bundle), **(DENSE if kind_of(bundle) in ("segmentation", "landmarks") else {})})
-    torch.manual_seed(seed)
-    return parser.get_parsed_content("network_def")
 
 
 def _floats(output):
@@ -65,9 +59,10 @@ for _b in BUNDLES:
 
 @pytest.mark.parametrize("bundle", list(KINDS.values()), ids=list(KINDS))
 def test_bf16_outputs_are_fp32_close_to_fp32_and_checkpoints_still_load(bundle):
-    reference = _network(bundle).eval()
+    reference = tiny_inference_network(bundle)
     state = {k: v.clone() for k, v in reference.state_dict().items()}
-    converted = P.for_inference(_network(bundle, seed=1), "bf16")  # other weights: model.pt must overwrite them
+    # other weights: model.pt must overwrite them
+    converted = P.for_inference(tiny_inference_network(bundle, seed=1), "bf16")
     assert converted.load_state_dict(state) is not None and set(converted.state_dict()) == set(state)
     size = TINY["image_size"] if kind_of(bundle) not in ("segmentation", "landmarks") else 64
     channels = 6 if "multimodal" in bundle.name else 3
@@ -84,27 +79,12 @@ def test_bf16_outputs_are_fp32_close_to_fp32_and_checkpoints_still_load(bundle):
 
 
 def test_bundle_inference_in_bf16_agrees_with_fp32(tmp_path, caplog):
-    from PIL import Image
-
-    from visionfm_core.data import make_phantom
-
-    bundle = next(b for b in BUNDLES if b.name == "fundus_dr_classification")
-    (tmp_path / "images").mkdir()
-    for i in range(3):
-        Image.fromarray(make_phantom("Fundus", 64, i)).save(tmp_path / "images" / f"p{i}.png")
-    torch.save(_network(bundle).state_dict(), tmp_path / "m.pt")
+    bundle = dr_phantoms_and_model(tmp_path, 3)
     probabilities = {}
     for precision in ("fp32", "bf16"):
-        parser = ConfigParser()
-        parser.read_config(str(bundle / "configs" / "inference.json"))
-        parser.update({**TINY, "dataset_dir": str(tmp_path / "images"), "ckpt_path": str(tmp_path / "m.pt"),
-                       "output_dir": str(tmp_path / precision), "precision": precision})
         with caplog.at_level(logging.INFO, logger="visionfm_core.engine.precision"):
-            parser.get_parsed_content("initialize")
-            parser.get_parsed_content("run")
+            probabilities[precision] = bundle_probabilities(bundle, tmp_path, precision)
         assert f"inference precision: {precision}" in caplog.text
-        rows = json.loads((tmp_path / precision / "predictions.json").read_text())
-        probabilities[precision] = torch.tensor([r["probabilities"] for r in rows])
     assert float((probabilities["fp32"] - probabilities["bf16"]).abs().max()) < 0.02
     assert torch.equal(probabilities["fp32"].argmax(1), probabilities["bf16"].argmax(1))
 

@@ -186,6 +186,21 @@ def tiny_inference_network(bundle: Path, seed: int = 0):
     return parser.get_parsed_content("network_def").eval()
 
 
+def sample_input(bundle: Path, batch: int = 2, seed: int = 2):
+    """(image batch, extra forward arguments) for the bundle's tiny network: random, at TINY's size (64 px for the
+    dense kinds, whose decoders need room), 6 channels for the two-photo fusion bundle, volumes at the export size."""
+    import torch
+
+    size = TINY["image_size"] if kind_of(bundle) not in ("segmentation", "landmarks") else 64
+    channels = 6 if "multimodal" in bundle.name else 3
+    torch.manual_seed(seed)
+    if spatial_dims(bundle) == 2:
+        shape = (batch, channels, size, size)
+    else:
+        shape = (batch, *export_shapes(bundle, channels)[0][1:])
+    return torch.randn(*shape), forward_args(bundle, batch=batch)
+
+
 def dr_phantoms_and_model(tmp: Path, n_images: int) -> Path:
     """`n_images` fundus phantoms in tmp/images and a tiny random fundus_dr_classification network in tmp/m.pt; the
     bundle's folder."""

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from bundle_harness import (BUNDLES, TINY, bundle_probabilities, dr_phantoms_and_model, export_shapes, forward_args,
-                            kind_of, spatial_dims, tiny_inference_network)
+from bundle_harness import (BUNDLES, bundle_probabilities, dr_phantoms_and_model, kind_of, sample_input,
+                            tiny_inference_network)
 from tests_common import assert_close_to_scale
 from visionfm_core.engine import int8 as I
 from visionfm_core.engine import precision as P
@@ -206,12 +206,7 @@ def test_onnxruntime_int8_is_close_to_fp32_for_every_network_kind(bundle):
     reference = tiny_inference_network(bundle)
     net = P.for_inference(tiny_inference_network(bundle, seed=1), "int8", int8_backend="onnxruntime")
     net.load_state_dict(reference.state_dict())
-    size = TINY["image_size"] if kind_of(bundle) not in ("segmentation", "landmarks") else 64
-    channels = 6 if "multimodal" in bundle.name else 3
-    torch.manual_seed(2)
-    shape = (2, channels, size, size) if spatial_dims(bundle) == 2 else (2, *export_shapes(bundle, channels)[0][1:])
-    x = torch.randn(*shape)
-    extra = forward_args(bundle, batch=2)
+    x, extra = sample_input(bundle)
     with torch.no_grad():
         got, expected = net(x, **extra), reference(x, **extra)
         one = net(x[:1], **{k: v[:1] for k, v in extra.items()})

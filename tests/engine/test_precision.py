@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from bundle_harness import (BUNDLES, TINY, bundle_probabilities, dr_phantoms_and_model, export_shapes, forward_args,
-                            kind_of, spatial_dims, tiny_inference_network)
+from bundle_harness import (BUNDLES, TINY, bundle_probabilities, dr_phantoms_and_model, kind_of, sample_input,
+                            tiny_inference_network)
 from visionfm_core.engine import precision as P
 
 
@@ -64,12 +64,7 @@ def test_bf16_outputs_are_fp32_close_to_fp32_and_checkpoints_still_load(bundle):
     # other weights: model.pt must overwrite them
     converted = P.for_inference(tiny_inference_network(bundle, seed=1), "bf16")
     assert converted.load_state_dict(state) is not None and set(converted.state_dict()) == set(state)
-    size = TINY["image_size"] if kind_of(bundle) not in ("segmentation", "landmarks") else 64
-    channels = 6 if "multimodal" in bundle.name else 3
-    torch.manual_seed(2)
-    shape = (2, channels, size, size) if spatial_dims(bundle) == 2 else (2, *export_shapes(bundle, channels)[0][1:])
-    x = torch.randn(*shape)
-    extra = forward_args(bundle, batch=2)
+    x, extra = sample_input(bundle)
     with torch.no_grad():
         expected, got = _floats(reference(x, **extra)), _floats(converted(x, **extra))
     for e, g in zip(expected, got):

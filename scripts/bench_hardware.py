@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from visionfm_core import build_encoder
+from visionfm_core.encoders.vit import Attention
 from visionfm_core.engine import precision as P
 
 SIMD_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile")
@@ -238,11 +239,18 @@ def run_pretraining(args) -> dict:
     from ignite.engine import Events
 
     runs = {}
-    paths = [("fp32", None, False), ("bf16", "bf16", False)]
+    # (name, amp, compiled, attention): "fused" forces F.scaled_dot_product_attention everywhere, i.e. the step before
+    # the encoder's matmul attention for half-precision CPU training (visionfm_core.encoders.vit.use_matmul_attention)
+    paths = [("fp32", None, False, "default"), ("bf16 fused attention", "bf16", False, "fused"),
+             ("bf16", "bf16", False, "default")]
     if args.pretrain_compile:  # its first step includes the compilation, which the median leaves out
-        paths.append(("bf16 compiled", "bf16", True))
-    for name, amp, compiled in paths:
+        paths.append(("bf16 compiled", "bf16", True, "default"))
+    for name, amp, compiled, attention in paths:
         trainer = _ibot_trainer(args, amp, args.pretrain_steps, compile=compiled)
+        if attention == "fused":
+            for module in [*trainer.student.modules(), *trainer.teacher.modules()]:
+                if isinstance(module, Attention):
+                    module.matmul_attention_max_tokens = 0
         record = runs[name] = {"trainer": trainer, "times": [], "losses": []}
 
         @trainer.on(Events.ITERATION_STARTED)
@@ -291,6 +299,7 @@ def _parse(argv=None):
     p.add_argument("--pretrain_compile", action="store_true",
                    help="also time the bf16 step with compiled backbones (build_ibot_trainer(compile=True))")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--pretrain_only", action="store_true", help="only the matmul peaks and the pretraining step")
     p.add_argument("--quick", action="store_true", help="smoke test: vit_tiny, 64 px, 2 steps, 1 round")
     args = p.parse_args(argv)
     if args.quick:
@@ -329,7 +338,13 @@ def main(argv=None):
     print(f"matmul peak ({n}x{n}x{n}, best of 3): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items())
           + f"  (bf16 {bf16_kind}; int8 through torch._int_mm, a lower bound for ONNX Runtime's kernels)")
 
-    # --- inference ------------------------------------------------------------------------------
+    if not args.pretrain_only:
+        run_inference(args, peaks)
+    run_pretraining_table(args, peaks, bf16_kind)
+    print(f"\nload average (1 min) at end: {os.getloadavg()[0]:.2f}")
+
+
+def run_inference(args, peaks: dict) -> None:
     notes: list[str] = []
     x = torch.randn(args.batch, 3, args.img, args.img, generator=torch.Generator().manual_seed(0))
     with tempfile.TemporaryDirectory() as tmp:
@@ -372,9 +387,9 @@ def main(argv=None):
     best_frac = results[best] * flops_per_image / 1e9 / peaks["bf16"]
     print(f"  best path: {best}, {results[best] / base:.2f}x fp32 eager, "
           f"{100 * best_frac:.1f}% of the bf16 matmul peak (its own precision: {best_prec})")
-    del variants
 
-    # --- pretraining ----------------------------------------------------------------------------
+
+def run_pretraining_table(args, peaks: dict, bf16_kind: str) -> None:
     step_flops = ibot_step_flops(args)
     pre = run_pretraining(args)
     print(f"\niBOT pretraining step: {args.pre_arch}/16, 2 global crops of {args.pre_img} px, batch {args.batch}, "
@@ -403,7 +418,6 @@ def main(argv=None):
         print(row)
     for n in others:
         print(f"  largest loss difference, {n} vs fp32, over {args.pretrain_steps} steps: {100 * worst[n]:.3f}%")
-    print(f"\nload average (1 min) at end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -169,3 +169,39 @@ def test_forward_intermediates_same_as_timm(timm):
                                                      intermediates_only=True)
                     assert len(got) == len(want)
                     assert all(a.shape == b.shape and (a - b).abs().max() < 1e-4 for a, b in zip(got, want))
+
+
+def test_half_precision_cpu_training_takes_matmul_attention_as_accurate_as_the_fused_kernel():
+    """bf16 training on a CPU runs attention as plain matmuls (the fused kernel's backward is slow there); outputs
+    and gradients keep the fused bf16 kernel's accuracy against fp32, with and without an additive key bias."""
+    import copy
+
+    from visionfm_core.encoders.vit import Attention, use_matmul_attention
+
+    torch.manual_seed(0)
+    attn = Attention(64, 4)
+    x, grad_out = torch.randn(3, 50, 64), torch.randn(3, 50, 64)
+    q = torch.randn(3, 4, 50, 16, dtype=torch.bfloat16)
+    assert use_matmul_attention(q.requires_grad_(), 640)
+    assert not use_matmul_attention(q.detach(), 640)  # inference: the fused kernel
+    assert not use_matmul_attention(q.float().requires_grad_(), 640)  # fp32: the fused kernel
+    assert not use_matmul_attention(q, 49)  # long sequences: the fused kernel
+
+    def run(dtype, max_tokens, bias):
+        module = copy.deepcopy(attn).to(dtype)
+        module.matmul_attention_max_tokens = max_tokens
+        inp = x.detach().to(dtype, copy=True).requires_grad_()
+        out = module(inp, None if bias is None else bias.to(dtype))
+        out.backward(grad_out.to(dtype))
+        return [t.float() for t in (out, inp.grad, module.qkv.weight.grad, module.qkv.bias.grad)]
+
+    for bias in (None, torch.linspace(-2, 2, 50).reshape(1, 1, 1, 50)):
+        reference = run(torch.float32, 0, bias)
+        matmul, fused = run(torch.bfloat16, 640, bias), run(torch.bfloat16, 0, bias)
+        for name, m, f, r in zip(("output", "input grad", "qkv weight grad", "qkv bias grad"), matmul, fused, reference):
+            scale = r.abs().max().item()
+            error_matmul, error_fused = (m - r).abs().max().item(), (f - r).abs().max().item()
+            # bf16 keeps ~3 significant digits: both paths land within a few percent of the largest value, and the
+            # matmul path no further than twice the fused kernel's own error (a lost scale or bias is ~100 %)
+            assert error_matmul <= 0.03 * scale, (name, error_matmul, scale)
+            assert error_matmul <= 2 * error_fused + 0.005 * scale, (name, error_matmul, error_fused, scale)

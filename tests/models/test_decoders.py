@@ -58,11 +58,57 @@ def test_decoder_is_chosen_by_name_or_head_options():
         tiny(decoder="light", **volume)
 
 
-def test_light_network_scripts_to_the_same_output():
-    model = tiny(decoder="light").eval()
+@pytest.mark.parametrize("decoder", ["light", "unetr"])
+def test_network_scripts_to_the_same_output(decoder):
+    model = tiny(decoder=decoder).eval()
     x = torch.randn(1, 3, 48, 32)
     with torch.no_grad():
         assert_close_to_scale(torch.jit.script(model)(x), model(x))
+
+
+def _as_instance_norm_nchw(decoder: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a 2-D decoder as it was before its channels-last form: nn.InstanceNorm2d for every one-channel-per-
+    group GroupNorm and NCHW activations."""
+    import copy
+
+    old = copy.deepcopy(decoder)
+    for module in list(old.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, torch.nn.GroupNorm) and child.num_groups == child.num_channels:
+                norm = torch.nn.InstanceNorm2d(child.num_channels, eps=child.eps, affine=child.affine)
+                if child.affine:
+                    norm.load_state_dict(child.state_dict())
+                setattr(module, name, norm)
+    old.forward = lambda maps, image: type(decoder).forward(old, [m.contiguous() for m in maps], image)
+    torch.nn.Module.__setattr__(old, "channels_last", False)
+    return old
+
+
+@pytest.mark.parametrize("decoder", ["light", "unetr"])
+def test_channels_last_decoders_compute_the_instance_norm_decoders_output(decoder):
+    """The 2-D decoders run channels-last with instance norm written as GroupNorm (much faster convolutions and
+    norms on CPUs): the same parameter names as with nn.InstanceNorm2d, the same output to fp32 rounding, a
+    contiguous NCHW output, and gradients that agree too."""
+    model = tiny(decoder=decoder, freeze_encoder=False)
+    for m in model.head.decoder.modules():  # trained-looking affine parameters, not the identity they start at
+        if isinstance(m, torch.nn.GroupNorm) and m.affine:
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5), torch.nn.init.uniform_(m.bias, -0.5, 0.5)
+    ours = model.head.decoder
+    norms = [m for m in ours.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.num_groups == m.num_channels for m in norms)  # per channel: instance norm
+    assert not [m for m in ours.modules() if isinstance(m, torch.nn.InstanceNorm2d)]
+    old = _as_instance_norm_nchw(ours)
+    assert list(old.state_dict()) == list(ours.state_dict())  # model.pt files of either form load into both
+    torch.manual_seed(1)
+    maps = [torch.randn(2, 192, 3, 5, requires_grad=True) for _ in range(4)]
+    image = torch.randn(2, 3, 48, 80)
+    out, expected = ours(maps, image), old(maps, image)
+    assert out.is_contiguous() and out.shape == (2, 2, 48, 80)
+    assert_close_to_scale(out, expected, rel=1e-4)
+    grads = torch.autograd.grad(out.square().sum(), maps)
+    expected_grads = torch.autograd.grad(expected.square().sum(), maps)
+    for g, e in zip(grads, expected_grads):
+        assert_close_to_scale(g, e, rel=1e-3)
 
 
 def test_model_pt_is_rebuilt_with_the_decoder_it_was_trained_with(tmp_path):

@@ -77,10 +77,25 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
 
 
+# Training on a CPU in bf16/fp16, PyTorch's fused (flash) attention kernel has a slow backward on short sequences:
+# per ViT-S block at batch 16, forward + backward took 28 ms against 19 ms for plain matmul attention at 197 tokens
+# (224 px) and 37 ms against 5 ms at 37 tokens (96 px local crops); from ~1000 tokens the fused kernel is faster and
+# saves the (tokens x tokens) attention matrix (scripts/bench_attention.py). fp32 and GPUs keep the fused kernel.
+MATMUL_ATTENTION_MAX_TOKENS = 640
+
+
+def use_matmul_attention(q: torch.Tensor, max_tokens: int) -> bool:
+    """Whether `Attention` computes softmax(q k^T) v with plain matmuls instead of the fused kernel: only where autograd
+    records a half-precision CPU forward pass of at most `max_tokens` tokens."""
+    return (q.requires_grad and q.device.type == "cpu" and (q.dtype == torch.bfloat16 or q.dtype == torch.float16)
+            and q.shape[-2] <= max_tokens)
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
+        self.matmul_attention_max_tokens = MATMUL_ATTENTION_MAX_TOKENS  # 0: always the fused kernel
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
         self.proj = nn.Linear(dim, dim)
 
@@ -91,7 +106,13 @@ class Attention(nn.Module):
         # added to the attention logits: the 3-D encoder uses it to weight the CLS key (vit3d.py)
         if attn_bias is not None:
             attn_bias = attn_bias.to(q.dtype)  # bf16 weights on an fp32 input
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)
+        if use_matmul_attention(q, self.matmul_attention_max_tokens):
+            logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+            if attn_bias is not None:
+                logits = logits + attn_bias
+            x = logits.softmax(dim=-1) @ v
+        else:
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)
         return self.proj(x.transpose(1, 2).reshape(b, n, c))
 
 

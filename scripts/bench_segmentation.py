@@ -2,13 +2,14 @@
 """Speed of fundus_vessel_segmentation inference on this machine (CPU threads = cores, or the GPU if present).
 
     python scripts/bench_segmentation.py [--rounds 3] [--arch vit_base] [--batch 4] [--size 512] [--no_photo]
+                                         [--precision fp32|bf16|auto]
 
 Reports, measured in one run with the three networks alternating round by round:
 - images/s of the encoder alone (forward_intermediates of the 4 blocks the decoders read) on `batch` images of
   `size` px;
 - images/s of the segmentation network with each dense decoder (`light`, and `unetr`, the default) at the same
-  size, in fp32 (the network as inference.json's `network_def` builds it), and its ratio to the encoder alone (how
-  much of the time the decoder adds);
+  size, in fp32 (the network as inference.json's `network_def` builds it; `--precision bf16` converts it as the
+  bundles' `precision` does), and its ratio to the encoder alone (how much of the time the decoder adds);
 - seconds for the real 1411 x 1411 photo from scikit-image through the bundle's inference.json with each decoder
   (read, rescale, sliding window with Gaussian blending, back to the photo's grid, mask/probability/overlay PNGs
   written); `--no_photo` leaves this out.
@@ -49,12 +50,16 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--no_photo", action="store_true", help="leave out the whole-bundle timing of the photo")
+    ap.add_argument("--precision", default="fp32",
+                    help="the networks' precision, as the bundles' `precision` (fp32, bf16, auto); the photo runs use "
+                         "the bundle's own setting (auto)")
     args = ap.parse_args()
 
     from monai.bundle import ConfigParser, run
     from PIL import Image
 
     from visionfm_core.data import real_fundus_photo
+    from visionfm_core.engine.precision import for_inference
 
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -67,11 +72,14 @@ def main() -> None:
                        "device": f"$torch.device('{device}')"})
         torch.manual_seed(0)
         nets[decoder] = parser.get_parsed_content("network_def").eval().to(device)
+        if args.precision != "fp32":  # as inference.json's `network`: weights converted once, inputs cast by a hook
+            nets[decoder] = for_inference(nets[decoder], args.precision)
     net = nets[DECODERS[0]]
     indices = list(net.block_indices)  # the blocks the decoders read (3, 5, 7, 11 for ViT-B)
+    dtype = net.encoder.pos_embed.dtype
 
     def encoder_only(x):
-        return net.encoder.forward_intermediates(x, indices, output_fmt="NCHW")
+        return net.encoder.forward_intermediates(x.to(dtype), indices, output_fmt="NCHW")
 
     x = torch.rand(args.batch, 3, args.size, args.size, device=device)
     speeds: dict[str, list[float]] = {"encoder only": [], **{d: [] for d in DECODERS}}
@@ -101,7 +109,7 @@ def main() -> None:
                     assert Image.open(tmp / f"out_{decoder}" / "retina_mask.png").size == photo.shape[1::-1]
 
     e = statistics.median(speeds["encoder only"])
-    print(f"\n{args.arch}/16 at {args.size} px, batch {args.batch}, {device.type}, {threads} threads, "
+    print(f"\n{args.arch}/16 at {args.size} px, batch {args.batch}, {device.type}, {threads} threads, {dtype}, "
           f"{args.rounds} alternating rounds (median):")
     print(f"  encoder only              : {e:.3f} images/s")
     for decoder in DECODERS:

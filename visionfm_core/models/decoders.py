@@ -150,7 +150,9 @@ class _ResidualBlock(nn.Module):
                                   _instance_norm(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(x + self.body(x))
+        # in place: at full resolution each new activation costs a fresh, page-faulted buffer (the body's last op, a
+        # norm, does not keep its output for backward, so autograd allows it)
+        return self.body(x).add_(x).relu_()
 
 
 class LightDecoder2d(nn.Module):
@@ -205,8 +207,8 @@ class LightDecoder2d(nn.Module):
         x = self.fuse_fine(self.up_fine(x) + self.lateral_fine(maps[0]))
         full = self.stem(image)
         half = self.down(full)
-        x = self.fuse_half(_resized(self.up_half(x), half) + half)
-        return self.out(self.fuse_full(_resized(self.up_full(x), full) + full)).contiguous()
+        x = self.fuse_half(_resized(self.up_half(x), half).add_(half))  # in place, as in _ResidualBlock.forward
+        return self.out(self.fuse_full(_resized(self.up_full(x), full).add_(full))).contiguous()
 
 
 def _resized(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -397,14 +397,14 @@ def run_pretraining_table(args, peaks: dict, bf16_kind: str) -> None:
           f"(matmuls and convolutions, forward + backward, {step_flops / args.batch / 1e9:.1f} per image); "
           f"median of steps 2..{args.pretrain_steps}"
           " (the paths alternate step by step)")
-    print(f"  {'path':28s} {'images/s':>9s} {'x fp32':>9s} {'% of peak':>10s}")
+    print(f"  {'path':44s} {'images/s':>9s} {'x fp32':>9s} {'% of peak':>10s}")
     for name, r in pre.items():
         ips = args.batch / r["step_s"]
         ratio = pre["fp32"]["step_s"] / r["step_s"]
         precision = name.split()[0]
         frac = 100 * step_flops / r["step_s"] / 1e9 / peaks[precision]
         label = f"{name} " + ("(amp=None)" if name == "fp32" else f"(amp='bf16', {bf16_kind})")
-        print(f"  {label:36s} {ips:9.2f} {ratio:8.2f}x {frac:5.1f}% {precision}")
+        print(f"  {label:44s} {ips:9.2f} {ratio:8.2f}x {frac:5.1f}% {precision}")
     others = [name for name in pre if name != "fp32"]
     print("  step  loss fp32  " + "".join(f"{'loss ' + n:>20s} {'difference':>11s}" for n in others))
     worst = dict.fromkeys(others, 0.0)

@@ -36,6 +36,9 @@ def main(argv=None) -> None:
     p.add_argument("--foreach_optimizer", action="store_true",
                    help="AdamW's for-each path instead of the fused kernel the trainer uses (the step before the change)")
     p.add_argument("--compile", action="store_true", help="compiled backbones (build_ibot_trainer(compile=True))")
+    p.add_argument("--fused_attention", action="store_true",
+                   help="F.scaled_dot_product_attention in every block (the step before the matmul attention of "
+                        "half-precision CPU training, visionfm_core.encoders.vit.use_matmul_attention)")
     p.add_argument("--quick", action="store_true")
     own = p.parse_args(argv)
     args = _parse(["--quick"] if own.quick else [])
@@ -48,6 +51,12 @@ def main(argv=None) -> None:
         groups = [{k: v for k, v in g.items() if k not in ("fused", "foreach")} for g in trainer.optimizer.param_groups]
         trainer.optimizer = torch.optim.AdamW(groups, foreach=True)
         assert trainer.optimizer.param_groups[0]["foreach"] and not trainer.optimizer.param_groups[0]["fused"]
+    if own.fused_attention:
+        from visionfm_core.encoders.vit import Attention
+
+        for module in [*trainer.student.modules(), *trainer.teacher.modules()]:
+            if isinstance(module, Attention):
+                module.matmul_attention_max_tokens = 0
     state = {}
 
     @trainer.on(Events.ITERATION_STARTED)
@@ -70,7 +79,8 @@ def main(argv=None) -> None:
     rows = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[: own.top]
     print(f"iBOT step, {args.pre_arch}/16, 2 x {args.pre_img} px, batch {args.batch}, out_dim {args.out_dim}, "
           f"amp={amp}, {'for-each' if own.foreach_optimizer else 'fused'} AdamW, "
-          f"{'compiled' if own.compile else 'eager'} backbones, {torch.get_num_threads()} threads: {state['wall'] / own.steps:.3f} s per step "
+          f"{'compiled' if own.compile else 'eager'} backbones, "
+          f"{'fused' if own.fused_attention else 'default'} attention, {torch.get_num_threads()} threads: {state['wall'] / own.steps:.3f} s per step "
           f"(profiled; the profiler adds a little)")
     print(f"  {'operator':44s} {'calls':>6s} {'self ms/step':>13s} {'share':>7s}")
     for e in rows:

@@ -72,7 +72,7 @@ def label_map(output_dir: str) -> list[dict]:
     resampled, the sliding window covers the whole cube)."""
     return [
         {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-        {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+        {"_target_": "visionfm_core.data.dense.ChannelArgmaxd", "keys": "pred"},  # AsDiscreted(argmax), 10x faster
         {"_target_": "SaveImaged", "keys": "pred", "output_dir": output_dir, "output_postfix": "seg",
          "output_ext": ".nii.gz", "output_dtype": "uint8", "resample": False, "separate_folder": False,
          "print_log": False},

@@ -71,7 +71,8 @@ def back_to_input_grid(transform: str) -> dict:
 
 
 def argmax() -> dict:
-    return {"_target_": "AsDiscreted", "keys": "pred", "argmax": True}
+    # AsDiscreted(argmax=True), ~10x faster on CPUs (visionfm_core.data.dense.ChannelArgmaxd)
+    return {"_target_": "visionfm_core.data.dense.ChannelArgmaxd", "keys": "pred"}
 
 
 def save_label_map() -> dict:

@@ -547,3 +547,29 @@ def test_write_landmark_dataset(tmp_path):
         assert abs((win * xx).sum() / win.sum() - x) < 0.35 and abs((win * yy).sum() / win.sum() - y) < 0.35
     with pytest.raises(ValueError, match="Landmark phantoms exist for Fundus, UBM, not OCT"):
         write_landmark_dataset(tmp_path / "oct", modality="OCT")
+
+
+def test_channel_argmax_is_monais_argmax_with_meta_and_ties():
+    """The label maps of the volume bundles: ChannelArgmaxd gives what AsDiscreted(argmax=True) gives (the first
+    maximum on ties, the input's dtype, the MetaTensor's affine and file name), also on 2-D, 3-D and one-class
+    scores."""
+    import torch
+    from monai.data import MetaTensor
+    from monai.transforms import AsDiscreted
+
+    from visionfm_core.data.dense import ChannelArgmaxd
+
+    gen = torch.Generator().manual_seed(0)
+    affine = torch.diag(torch.tensor([0.004, 0.012, 0.12, 1.0], dtype=torch.float64))
+    for shape in [(9, 16, 12, 5), (3, 7, 6), (1, 4, 4, 4)]:
+        scores = torch.randn(shape, generator=gen)
+        scores[:, 0] = 0.5  # ties everywhere in one row: the first class wins
+        scores = MetaTensor(scores, affine=affine, meta={"filename_or_obj": "cube.nii.gz"})
+        ours = ChannelArgmaxd("pred")({"pred": scores})["pred"]
+        monai = AsDiscreted("pred", argmax=True)({"pred": scores})["pred"]
+        assert ours.shape == (1, *shape[1:]) and ours.dtype == monai.dtype == torch.float32
+        assert torch.equal(ours.as_tensor(), monai.as_tensor())
+        assert ours[:, 0].unique().tolist() == [0.0]
+        assert torch.equal(ours.affine, affine) and ours.meta["filename_or_obj"] == "cube.nii.gz"
+    plain = ChannelArgmaxd("pred")({"pred": torch.tensor([[1.0, 5.0], [3.0, 2.0]])})["pred"]
+    assert plain.tolist() == [[1.0, 0.0]]

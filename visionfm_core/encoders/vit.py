@@ -60,8 +60,8 @@ class DropPath(nn.Module):
         if self.rate == 0.0 or not self.training:
             return x
         keep = 1.0 - self.rate
-        mask = x.new_empty([x.shape[0]] + [1] * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
+        mask = x.new_empty([x.shape[0]] + [1] * (x.dim() - 1)).bernoulli_(keep).div_(keep)
+        return x * mask  # one pass over x: the 1 / keep rescaling is folded into the (B, 1, ...) mask
 
 
 class PatchEmbed(nn.Module):

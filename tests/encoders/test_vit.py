@@ -172,8 +172,9 @@ def test_forward_intermediates_same_as_timm(timm):
 
 
 def test_half_precision_cpu_training_takes_matmul_attention_as_accurate_as_the_fused_kernel():
-    """bf16 training on a CPU runs attention as plain matmuls (the fused kernel's backward is slow there); outputs
-    and gradients keep the fused bf16 kernel's accuracy against fp32, with and without an additive key bias."""
+    """bf16 training on a CPU with native bf16 runs attention as plain matmuls (the fused kernel's backward is slow
+    there); outputs and gradients keep the fused bf16 kernel's accuracy against fp32, with and without an additive
+    key bias. (Forced here with `matmul_attention_max_tokens`, so the check runs on every CPU.)"""
     import copy
 
     from visionfm_core.encoders.vit import Attention, use_matmul_attention
@@ -185,6 +186,7 @@ def test_half_precision_cpu_training_takes_matmul_attention_as_accurate_as_the_f
     assert use_matmul_attention(q.requires_grad_(), 640)
     assert not use_matmul_attention(q.detach(), 640)  # inference: the fused kernel
     assert not use_matmul_attention(q.float().requires_grad_(), 640)  # fp32: the fused kernel
+    assert not use_matmul_attention(q.half().requires_grad_(), 640)  # fp16 (no CPU training path): the fused kernel
     assert not use_matmul_attention(q, 49)  # long sequences: the fused kernel
 
     def run(dtype, max_tokens, bias):

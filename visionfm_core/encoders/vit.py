@@ -77,25 +77,32 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
 
 
-# Training on a CPU in bf16/fp16, PyTorch's fused (flash) attention kernel has a slow backward on short sequences:
-# per ViT-S block at batch 16, forward + backward took 28 ms against 19 ms for plain matmul attention at 197 tokens
-# (224 px) and 37 ms against 5 ms at 37 tokens (96 px local crops); from ~1000 tokens the fused kernel is faster and
-# saves the (tokens x tokens) attention matrix (scripts/bench_attention.py). fp32 and GPUs keep the fused kernel.
+# Training on a CPU with native bf16 (AVX512-BF16, AMX), PyTorch's fused (flash) attention kernel has a slow backward
+# on short sequences: per ViT-S block at batch 16, forward + backward took 29 ms against 19 ms for plain matmul
+# attention at 197 tokens (224 px) and 9 ms against 2 ms at 37 tokens (96 px local crops); from ~1000 tokens the fused
+# kernel is faster and saves the (tokens x tokens) attention matrix. Without native bf16 the matmuls are emulated and
+# the fused kernel is 3-4x faster. fp32 and GPUs keep the fused kernel. scripts/bench_attention.py measures it.
 MATMUL_ATTENTION_MAX_TOKENS = 640
+
+
+def default_matmul_attention_max_tokens() -> int:
+    """`MATMUL_ATTENTION_MAX_TOKENS` on CPUs that multiply bf16 natively, else 0 (always the fused kernel)."""
+    from visionfm_core.engine.precision import cpu_has_native_bf16  # here: engine imports the encoders
+
+    return MATMUL_ATTENTION_MAX_TOKENS if cpu_has_native_bf16() else 0
 
 
 def use_matmul_attention(q: torch.Tensor, max_tokens: int) -> bool:
     """Whether `Attention` computes softmax(q k^T) v with plain matmuls instead of the fused kernel: only where autograd
-    records a half-precision CPU forward pass of at most `max_tokens` tokens."""
-    return (q.requires_grad and q.device.type == "cpu" and (q.dtype == torch.bfloat16 or q.dtype == torch.float16)
-            and q.shape[-2] <= max_tokens)
+    records a bf16 CPU forward pass of at most `max_tokens` tokens."""
+    return q.requires_grad and q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.shape[-2] <= max_tokens
 
 
 class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
-        self.matmul_attention_max_tokens = MATMUL_ATTENTION_MAX_TOKENS  # 0: always the fused kernel
+        self.matmul_attention_max_tokens = default_matmul_attention_max_tokens()  # 0: always the fused kernel
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
         self.proj = nn.Linear(dim, dim)
 

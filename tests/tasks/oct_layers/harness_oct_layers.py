@@ -7,6 +7,10 @@ from pathlib import Path
 
 # on top of bundle_harness.TINY (ViT-Ti at 32 px): a narrow decoder, slices 2 at a time, 2 crops per cube
 SMALL = {"feature_size": 8, "slice_batch_size": 2, "crops_per_volume": 2}
+# the network checks (export, int8, scripting) feed whole cubes, 2 x 3 B-scans: in one chunk, as the bundle's network
+# always gets its input (the inferer passes it at most slice_batch_size one-B-scan windows per call), so a graph
+# exported from the first call runs every later one
+OVERRIDES = {"slice_batch_size": 8}
 
 
 def make_data(bundle: Path, root: Path) -> dict:

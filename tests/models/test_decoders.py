@@ -67,8 +67,8 @@ def test_network_scripts_to_the_same_output(decoder):
 
 
 def _as_instance_norm_nchw(decoder: torch.nn.Module) -> torch.nn.Module:
-    """A copy of a 2-D decoder as it was before its channels-last form: nn.InstanceNorm2d for every one-channel-per-
-    group GroupNorm and NCHW activations."""
+    """A copy of a 2-D decoder with nn.InstanceNorm2d for every one-channel-per-group GroupNorm, as before its
+    channels-last form; UNETR's copy also runs on NCHW activations (the light decoder converts its inputs itself)."""
     import copy
 
     old = copy.deepcopy(decoder)

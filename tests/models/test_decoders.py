@@ -86,9 +86,9 @@ def _as_instance_norm_nchw(decoder: torch.nn.Module) -> torch.nn.Module:
 
 @pytest.mark.parametrize("decoder", ["light", "unetr"])
 def test_channels_last_decoders_compute_the_instance_norm_decoders_output(decoder):
-    """The 2-D decoders run channels-last with instance norm written as GroupNorm (much faster convolutions and
-    norms on CPUs): the same parameter names as with nn.InstanceNorm2d, the same output to fp32 rounding, a
-    contiguous NCHW output, and gradients that agree too."""
+    """The 2-D decoders run channels-last at inference with instance norm written as GroupNorm (much faster
+    convolutions and norms on CPUs): the same parameter names as with nn.InstanceNorm2d, the same output to fp32
+    rounding in eval and in training mode, a contiguous NCHW output, and gradients that agree too."""
     model = tiny(decoder=decoder, freeze_encoder=False)
     for m in model.head.decoder.modules():  # trained-looking affine parameters, not the identity they start at
         if isinstance(m, torch.nn.GroupNorm) and m.affine:
@@ -102,13 +102,15 @@ def test_channels_last_decoders_compute_the_instance_norm_decoders_output(decode
     torch.manual_seed(1)
     maps = [torch.randn(2, 192, 3, 5, requires_grad=True) for _ in range(4)]
     image = torch.randn(2, 3, 48, 80)
-    out, expected = ours(maps, image), old(maps, image)
-    assert out.is_contiguous() and out.shape == (2, 2, 48, 80)
-    assert_close_to_scale(out, expected, rel=1e-4)
-    grads = torch.autograd.grad(out.square().sum(), maps)
-    expected_grads = torch.autograd.grad(expected.square().sum(), maps)
-    for g, e in zip(grads, expected_grads):
-        assert_close_to_scale(g, e, rel=1e-3)
+    for training in (False, True):  # eval: channels-last; training: NCHW (GroupNorm's backward is slow channels-last)
+        ours.train(training), old.train(training)
+        out, expected = ours(maps, image), old(maps, image)
+        assert out.is_contiguous() and out.shape == (2, 2, 48, 80)
+        assert_close_to_scale(out, expected, rel=1e-4)
+        grads = torch.autograd.grad(out.square().sum(), maps)
+        expected_grads = torch.autograd.grad(expected.square().sum(), maps)
+        for g, e in zip(grads, expected_grads):
+            assert_close_to_scale(g, e, rel=1e-3)
 
 
 def test_model_pt_is_rebuilt_with_the_decoder_it_was_trained_with(tmp_path):

@@ -218,18 +218,25 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 # ------------------------------------------------------------------------------------------------
 # iBOT pretraining step
 # ------------------------------------------------------------------------------------------------
-def _ibot_trainer(args, amp, steps, compile=False):
+def _ibot_trainer(args, amp, steps, compile=False, fused_attention=False):
+    """The benchmarked iBOT trainer; `fused_attention`: F.scaled_dot_product_attention in every block of student and
+    teacher, i.e. the step before the matmul attention of bf16 CPU training (vit.use_matmul_attention)."""
     from bench_pretrain import _pretraining_batch  # the bundles' uint8 RGBA canvas, as bench_pretrain feeds it
 
     from visionfm_core.ssl import build_ibot_trainer
 
     images = _pretraining_batch(args.batch, args.pre_img, seed=1)
     torch.manual_seed(0)  # the same initial weights for fp32 and bf16
-    return build_ibot_trainer([{"image": images}] * steps, "Fundus", "cpu", max_epochs=1, arch=args.pre_arch,
-                              image_size=args.pre_img, out_dim=args.out_dim, hidden_dim=args.hidden,
-                              batch_size=args.batch, warmup_epochs=0, freeze_last_layer_epochs=0, amp=amp,
-                              collapse_check_from_epoch=1,  # random weights over a few steps: a flat output is expected
-                              compile=compile)
+    trainer = build_ibot_trainer([{"image": images}] * steps, "Fundus", "cpu", max_epochs=1, arch=args.pre_arch,
+                                 image_size=args.pre_img, out_dim=args.out_dim, hidden_dim=args.hidden,
+                                 batch_size=args.batch, warmup_epochs=0, freeze_last_layer_epochs=0, amp=amp,
+                                 collapse_check_from_epoch=1,  # random weights, a few steps: a flat output is expected
+                                 compile=compile)
+    if fused_attention:
+        for module in [*trainer.student.modules(), *trainer.teacher.modules()]:
+            if isinstance(module, Attention):
+                module.matmul_attention_max_tokens = 0
+    return trainer
 
 
 def run_pretraining(args) -> dict:
@@ -239,18 +246,12 @@ def run_pretraining(args) -> dict:
     from ignite.engine import Events
 
     runs = {}
-    # (name, amp, compiled, attention): "fused" forces F.scaled_dot_product_attention everywhere, i.e. the step before
-    # the encoder's matmul attention for half-precision CPU training (visionfm_core.encoders.vit.use_matmul_attention)
-    paths = [("fp32", None, False, "default"), ("bf16 fused attention", "bf16", False, "fused"),
-             ("bf16", "bf16", False, "default")]
+    # (name, amp, compiled, fused attention: the step before the matmul attention of bf16 CPU training)
+    paths = [("fp32", None, False, False), ("bf16 fused attention", "bf16", False, True), ("bf16", "bf16", False, False)]
     if args.pretrain_compile:  # its first step includes the compilation, which the median leaves out
-        paths.append(("bf16 compiled", "bf16", True, "default"))
-    for name, amp, compiled, attention in paths:
-        trainer = _ibot_trainer(args, amp, args.pretrain_steps, compile=compiled)
-        if attention == "fused":
-            for module in [*trainer.student.modules(), *trainer.teacher.modules()]:
-                if isinstance(module, Attention):
-                    module.matmul_attention_max_tokens = 0
+        paths.append(("bf16 compiled", "bf16", True, False))
+    for name, amp, compiled, fused_attention in paths:
+        trainer = _ibot_trainer(args, amp, args.pretrain_steps, compile=compiled, fused_attention=fused_attention)
         record = runs[name] = {"trainer": trainer, "times": [], "losses": []}
 
         @trainer.on(Events.ITERATION_STARTED)

@@ -46,17 +46,12 @@ def main(argv=None) -> None:
     warnings.filterwarnings("ignore")
 
     amp = None if own.amp in ("none", "fp32") else own.amp
-    trainer = _ibot_trainer(args, amp, own.warmup + own.steps, compile=own.compile)
+    trainer = _ibot_trainer(args, amp, own.warmup + own.steps, compile=own.compile,
+                            fused_attention=own.fused_attention)
     if own.foreach_optimizer:
         groups = [{k: v for k, v in g.items() if k not in ("fused", "foreach")} for g in trainer.optimizer.param_groups]
         trainer.optimizer = torch.optim.AdamW(groups, foreach=True)
         assert trainer.optimizer.param_groups[0]["foreach"] and not trainer.optimizer.param_groups[0]["fused"]
-    if own.fused_attention:
-        from visionfm_core.encoders.vit import Attention
-
-        for module in [*trainer.student.modules(), *trainer.teacher.modules()]:
-            if isinstance(module, Attention):
-                module.matmul_attention_max_tokens = 0
     state = {}
 
     @trainer.on(Events.ITERATION_STARTED)

@@ -171,7 +171,7 @@ def test_forward_intermediates_same_as_timm(timm):
                     assert all(a.shape == b.shape and (a - b).abs().max() < 1e-4 for a, b in zip(got, want))
 
 
-def test_half_precision_cpu_training_takes_matmul_attention_as_accurate_as_the_fused_kernel():
+def test_bf16_cpu_training_takes_matmul_attention_as_accurate_as_the_fused_kernel():
     """bf16 training on a CPU with native bf16 runs attention as plain matmuls (the fused kernel's backward is slow
     there); outputs and gradients keep the fused bf16 kernel's accuracy against fp32, with and without an additive
     key bias. (Forced here with `matmul_attention_max_tokens`, so the check runs on every CPU.)"""

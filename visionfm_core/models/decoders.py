@@ -97,9 +97,8 @@ class UNETRDecoder2d(nn.Module):
     def forward(self, maps: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
         if len(maps) != 4:
             raise ValueError(f"the UNETR decoder takes 4 patch maps, got {len(maps)}")
-        if self.channels_last and not self.training:  # as in LightDecoder2d.forward
-            maps = [m.contiguous(memory_format=torch.channels_last) for m in maps]
-            image = image.contiguous(memory_format=torch.channels_last)
+        if self.channels_last and not self.training:
+            maps, image = _channels_last(maps, image)
         skip_half = self.encoder2(maps[0])
         skip_quarter = self.encoder3(maps[1])
         skip_eighth = self.encoder4(maps[2])
@@ -108,6 +107,14 @@ class UNETRDecoder2d(nn.Module):
         x = self.decoder3(x, skip_half)
         x = self.decoder2(x, self.encoder1(image))
         return self.out(x).contiguous()
+
+
+def _channels_last(maps: list[torch.Tensor], image: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The 2-D decoders' inputs in channels-last layout, which every conv, norm and upsampling after them keeps: at
+    inference oneDNN's convolutions run ~4x faster on it in bf16 at full resolution. Not for training: PyTorch's CPU
+    GroupNorm backward is slow on channels-last input (82 ms against 1.5 ms NCHW in bf16 at 2 x 32 x 256^2)."""
+    return [m.contiguous(memory_format=torch.channels_last) for m in maps], \
+        image.contiguous(memory_format=torch.channels_last)
 
 
 def _group_norms_for_instance_norms(module: nn.Module) -> None:
@@ -198,12 +205,8 @@ class LightDecoder2d(nn.Module):
     def forward(self, maps: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
         if len(maps) != 4:
             raise ValueError(f"the light decoder takes 4 patch maps, got {len(maps)}")
-        # channels-last activations at inference: oneDNN's convolutions run ~4x faster on them in bf16 at full
-        # resolution, and every conv, norm and upsampling below keeps the layout. Not in training: PyTorch's CPU
-        # GroupNorm backward is slow on channels-last input (82 ms against 1.5 ms NCHW in bf16 at 2 x 32 x 256^2)
         if not self.training:
-            maps = [m.contiguous(memory_format=torch.channels_last) for m in maps]
-            image = image.contiguous(memory_format=torch.channels_last)
+            maps, image = _channels_last(maps, image)
         x = self.fuse_deep(self.deep[0](maps[2]) + self.deep[1](maps[3]))
         x = self.fuse_mid(self.up_mid(x) + self.lateral_mid(maps[1]))
         x = self.fuse_fine(self.up_fine(x) + self.lateral_fine(maps[0]))

@@ -28,6 +28,17 @@ def kind_of(bundle: Path) -> str:
     return bundle_family(bundle).name
 
 
+def one_per_kind_fast(bundles: list[Path]) -> list:
+    """pytest parameters for `bundles`: the first bundle of each kind in the fast suite, the others marked slow (they
+    build the same network classes with other class counts and channels; CI runs them all with `-m slow`)."""
+    import pytest
+
+    first = {}
+    for b in bundles:
+        first.setdefault(kind_of(b), b)
+    return [pytest.param(b, id=b.name, marks=() if first[kind_of(b)] == b else pytest.mark.slow) for b in bundles]
+
+
 def spatial_dims(bundle: Path) -> int:
     """2 for image bundles, 3 for volume bundles (the length of the input's spatial_shape)."""
     return len(metadata(bundle)["network_data_format"]["inputs"]["image"]["spatial_shape"])

@@ -9,11 +9,11 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, onnx_export, run, verify_metadata, verify_net_in_out
 
 import visionfm_core
-from bundle_harness import (BUNDLES, SCHEMA, TINY, config, export_shapes, forward_args, make_data, metadata, plugin,
-                            scriptable, tiny, tiny_meta_file)
+from bundle_harness import (BUNDLES, SCHEMA, TINY, config, export_shapes, forward_args, make_data, metadata,
+                            one_per_kind_fast, plugin, scriptable, tiny, tiny_meta_file)
 from tests_common import assert_close_to_scale
 
-pytestmark = pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
+every_bundle = pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
 REQUIRED = ["LICENSE", "configs/metadata.json", "configs/inference.json", "configs/multi_gpu_train.json",
             "configs/logging.conf", "docs/README.md"]
 
@@ -30,6 +30,7 @@ def tiny_network(bundle, **overrides):
     return parser.get_parsed_content("network_def")
 
 
+@every_bundle
 def test_layout_and_metadata(bundle):
     missing = [f for f in REQUIRED + training_configs(bundle) if not (bundle / f).is_file()]
     assert not missing, f"{bundle.name} lacks {missing}"
@@ -43,12 +44,15 @@ def test_layout_and_metadata(bundle):
     assert "[handler_" in (bundle / "configs" / "logging.conf").read_text()
 
 
+@every_bundle
 def test_network_input_output(bundle, tmp_path):
     verify_net_in_out(net_id="network_def", meta_file=tiny_meta_file(bundle, tmp_path),
                       config_file=config(bundle, "inference"), device="cpu", n=2, p=1, any=32,
                       extra_forward_args=forward_args(bundle, 1), **tiny(bundle))
 
 
+# exports take seconds each: one bundle per kind in the fast suite, every bundle in CI's slow run
+@pytest.mark.parametrize("bundle", one_per_kind_fast(BUNDLES))
 def test_torchscript_and_onnx_export(bundle, tmp_path, monkeypatch):
     """model-zoo's verifier scripts the network (torch.jit.script, not trace); the scripted file must also take an
     input size it was not exported at. ONNX is the path for runtimes without TorchScript."""
@@ -88,6 +92,7 @@ def test_torchscript_and_onnx_export(bundle, tmp_path, monkeypatch):
     assert abs(out - expected.numpy()).max() < 1e-3
 
 
+@every_bundle
 def test_properties_train_evaluate_and_infer(bundle, tmp_path):
     if hasattr(plugin(bundle), "train_and_infer"):  # several training stages: the plugin runs them in order
         out = plugin(bundle).train_and_infer(bundle, tmp_path)

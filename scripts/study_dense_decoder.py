@@ -117,6 +117,22 @@ def main() -> None:
         dice = [by[s, d] for s in args.seeds]
         spread = statistics.stdev(dice) if len(dice) > 1 else float("nan")
         print(f"{d}: mean test Dice {statistics.mean(dice):.4f}, seed-to-seed SD {spread:.4f}")
+    print(paired_summary([by[s, "light"] - by[s, "unetr"] for s in args.seeds]))
+
+
+def paired_summary(differences: list[float], level: float = 0.95) -> str:
+    """Light - UNETR over seeds: the mean paired difference with its t-interval, and on how many seeds light was
+    below, equal or above (each seed trains both decoders on the same batches, so the pairs share that noise)."""
+    from scipy.stats import t
+
+    n, mean = len(differences), statistics.mean(differences)
+    below, above = sum(d < 0 for d in differences), sum(d > 0 for d in differences)
+    counts = f"light below UNETR on {below} of {n} seeds, above on {above}"
+    if n < 2:
+        return f"light - unetr: {mean:+.4f} ({counts})"
+    half = t.ppf(0.5 + level / 2, n - 1) * statistics.stdev(differences) / n ** 0.5
+    return (f"light - unetr: mean {mean:+.4f}, {100 * level:.0f} % interval {mean - half:+.4f} to {mean + half:+.4f} "
+            f"({counts})")
 
 
 if __name__ == "__main__":

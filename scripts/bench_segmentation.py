@@ -7,7 +7,7 @@
 Reports, measured in one run with the three networks alternating round by round:
 - images/s of the encoder alone (forward_intermediates of the 4 blocks the decoders read) on `batch` images of
   `size` px;
-- images/s of the segmentation network with each dense decoder (`light`, and `unetr`, the default) at the same
+- images/s of the segmentation network with each dense decoder (`light`, the default, and `unetr`) at the same
   size, in fp32 (the network as inference.json's `network_def` builds it; `--precision bf16` converts it as the
   bundles' `precision` does), and its ratio to the encoder alone (how much of the time the decoder adds);
 - seconds for the real 1411 x 1411 photo from scikit-image through the bundle's inference.json with each decoder

@@ -82,6 +82,8 @@ def main() -> None:
     ap.add_argument("--base_lr", type=float, default=None,
                     help="the bundle's base_lr (learning rate = base_lr x batch / 256; bundle default 0.001, which at "
                          "batch 4 is 1.6e-5: too small for either decoder to converge in a few hundred steps)")
+    ap.add_argument("--decoders", nargs="+", default=list(DECODERS), choices=DECODERS,
+                    help="train only these (e.g. after a change to one decoder; the other's records still hold)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "figures" / "dense_decoder_study.jsonl"))
     args = ap.parse_args()
 
@@ -100,13 +102,15 @@ def main() -> None:
         tmp = Path(tmp)
         datalist = write_vessel_dataset(tmp / "data", n=args.phantoms, size=args.size, seed=args.data_seed)
         for seed in args.seeds:
-            for decoder in DECODERS:
+            for decoder in args.decoders:
                 record = train_and_score(decoder, seed, tmp / "data", datalist, settings, args.epochs)
                 record.update(epochs=args.epochs, phantoms=args.phantoms, phantom_size=args.size,
                               data_seed=args.data_seed, **settings)
                 records.append(record)
                 print(json.dumps(record), flush=True)
     Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in records))
+    if len(args.decoders) < len(DECODERS):
+        return
 
     print(f"\n{'seed':>4}  " + "  ".join(f"{d:>8}" for d in DECODERS) + "  light - unetr")
     by = {(r["seed"], r["decoder"]): r["test_dice"] for r in records}

@@ -1,6 +1,6 @@
 """The OCT layer family: retinal layer and fluid segmentation of OCT cubes, slice-wise (2.5-D).
 
-The 2-D VisionFM OCT encoder and the UNETR decoder run on every B-scan (`SliceWiseTaskModel`: the slices of a cube
+The 2-D VisionFM OCT encoder and its dense decoder run on every B-scan (`SliceWiseTaskModel`: the slices of a cube
 folded into the batch); training takes random one-B-scan crops of the cubes, and validation, evaluation and inference
 slide a one-slice window over whole cubes (batched over slices, sliding in-plane over B-scans wider than the
 window). Outputs: a NIfTI label map at the input's geometry and en-face thickness maps per layer
@@ -157,8 +157,8 @@ def bundle_metadata(name: str, d: dict) -> dict:
         family="oct_layers",
         name=f"VisionFM {d['title']}",
         task="Segmentation of 7 retinal layers (Duke DME definition) and fluid in OCT cubes, B-scan by B-scan",
-        description="The VisionFM ViT-B/16 OCT encoder with a UNETR-style 2-D decoder applied to every B-scan of an "
-                    "OCT cube (slice-wise, 2.5-D: slices batched, optionally with the neighbouring B-scans as context "
+        description="The VisionFM ViT-B/16 OCT encoder with a light 2-D dense decoder (UNETR as an option) "
+                    "applied to every B-scan of an OCT cube (slice-wise, 2.5-D: slices batched, optionally with the neighbouring B-scans as context "
                     "channels). Outputs a label map at the cube's own geometry (NIfTI) and en-face thickness maps "
                     "per layer. No trained weights ship with this bundle.",
         changelog="first release: slice-wise OCT layer and fluid segmentation with thickness maps; generated from "

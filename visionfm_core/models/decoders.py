@@ -1,6 +1,6 @@
 """Dense decoders over the encoder's intermediate blocks, shared by the segmentation, landmark, OCT-layer and 3-D
-segmentation families: MONAI's UNETR blocks (`UNETRDecoder2d`, 2-D and 3-D, the default) and a light
-feature-pyramid decoder (`LightDecoder2d`, 2-D)."""
+segmentation families: a light feature-pyramid decoder (`LightDecoder2d`, 2-D, the 2-D default) and MONAI's UNETR
+blocks (`UNETRDecoder2d`, 2-D and 3-D; the only 3-D one)."""
 
 from __future__ import annotations
 
@@ -147,19 +147,22 @@ def _conv_norm_relu(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 class _ResidualBlock(nn.Module):
-    """conv-norm-ReLU-conv-norm plus the input, then ReLU: a residual block with an identity skip (no 1x1
-    projection, so no extra full-resolution conv and norm)."""
+    """conv-norm-ReLU-conv-norm plus the input, then ReLU: a residual block. The skip is the identity (no extra
+    full-resolution conv and norm) or, from `in_channels` of another width, a 1x1 conv + norm."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, in_channels: int | None = None):
         super().__init__()
-        self.body = nn.Sequential(_conv_norm_relu(channels, channels),
+        in_channels = channels if in_channels is None else in_channels
+        self.body = nn.Sequential(_conv_norm_relu(in_channels, channels),
                                   nn.Conv2d(channels, channels, 3, padding=1, bias=False),
                                   _instance_norm(channels))
+        self.skip = None if in_channels == channels else \
+            nn.Sequential(nn.Conv2d(in_channels, channels, 1, bias=False), _instance_norm(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # in place: at full resolution each new activation costs a fresh, page-faulted buffer (the body's last op, a
         # norm, does not keep its output for backward, so autograd allows it)
-        return self.body(x).add_(x).relu_()
+        return self.body(x).add_(x if self.skip is None else self.skip(x)).relu_()
 
 
 class LightDecoder2d(nn.Module):
@@ -169,12 +172,13 @@ class LightDecoder2d(nn.Module):
     merged at the patch grid; each shallower map is brought to a finer grid by a learnt sub-patch upsampling
     (transposed conv, kernel = stride): to 1/(p/2) with the second map (2 x `feature_size`) and to 1/(p/4) with the
     first (`feature_size`), a 3x3 conv after each merge. Fine part (as UNETR's last two stages, narrower): an image
-    path (two 3x3 convs at full resolution, one strided to 1/2) is added to the coarse features upsampled by 2 and
-    by 2 again (transposed convs), each sum refined by a residual block of two 3x3 convs, all at `feature_size`
-    channels; a 1x1 conv gives (B, out_channels, H, W). Every 3x3 conv is followed by instance norm.
-    It skips what makes UNETR's decoder slow (its residual blocks over 2-8 x `feature_size` channels at 1/8-1/2 of
-    the input); docs/figures/README.md, "The dense decoder study", has its speed and Dice against UNETR's. Patch
-    sizes from 4 work (DINOv2's 14 too: a grid that does not divide the input is resized to it).
+    path (a residual block on the image with a 1x1-projected skip, as UNETR's first block, then a strided conv to
+    1/2) is added to the coarse features upsampled by 2 and by 2 again (transposed convs), each sum refined by a
+    residual block of two 3x3 convs, all at `feature_size` channels; a 1x1 conv gives (B, out_channels, H, W).
+    Every conv of these blocks is followed by instance norm. It skips what makes UNETR's decoder slow (its residual
+    blocks over 2-8 x `feature_size` channels at 1/8-1/2 of the input); docs/figures/README.md, "The dense decoder
+    study", has its speed and Dice against UNETR's. Patch sizes from 4 work (DINOv2's 14 too: a grid that does not
+    divide the input is resized to it).
     """
 
     def __init__(self, embed_dim: int, out_channels: int, patch_size: int = 16, in_channels: int = 3,
@@ -193,7 +197,9 @@ class LightDecoder2d(nn.Module):
         self.up_fine = nn.ConvTranspose2d(2 * fs, fs, 2, stride=2)
         self.lateral_fine = nn.ConvTranspose2d(embed_dim, fs, 4, stride=4)
         self.fuse_fine = _conv_norm_relu(fs, fs)
-        self.stem = nn.Sequential(_conv_norm_relu(in_channels, fs), _conv_norm_relu(fs, fs))
+        # a residual block with a 1x1-projected skip on the image (UNETR's first block), so that the raw intensities
+        # reach the full-size stage: it scored higher than two plain conv-norm-ReLUs (docs/figures/README.md)
+        self.stem = _ResidualBlock(fs, in_channels)
         self.down = nn.Sequential(nn.Conv2d(fs, fs, 3, stride=2, padding=1, bias=False),
                                   _instance_norm(fs), nn.ReLU(inplace=True))
         self.up_half = nn.ConvTranspose2d(fs, fs, 2, stride=2)
@@ -227,7 +233,7 @@ def _resized(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 # the dense heads' decoders by name (`decoder=` of the dense heads, the bundles' `decoder` id), and the 2-D default
 # (3-D has UNETR only); docs/figures/README.md, "The dense decoder study", says why
 DENSE_DECODERS = ("light", "unetr")
-DEFAULT_DENSE_DECODER = "unetr"
+DEFAULT_DENSE_DECODER = "light"
 # a parameter only each decoder has: which decoder a saved state dict holds
 _DECODER_KEYS = {"light": "head.decoder.fuse_full.", "unetr": "head.decoder.encoder1."}
 
@@ -242,8 +248,8 @@ def decoder_in_state(state: dict) -> str | None:
 
 
 class DenseHead(nn.Module):
-    """The dense heads' decoder on the patch maps of 4 encoder blocks plus the image: `decoder="unetr"`
-    (`UNETRDecoder2d`, the default; the only choice in 3-D) or `"light"` (`LightDecoder2d`, 2-D only).
+    """The dense heads' decoder on the patch maps of 4 encoder blocks plus the image: `decoder="light"`
+    (`LightDecoder2d`, 2-D only, the 2-D default) or `"unetr"` (`UNETRDecoder2d`; the only choice in 3-D).
     `feature_size` is the decoder's base channel count, `norm_name` the UNETR blocks' normalisation."""
 
     uses_patch_maps = True

@@ -15,8 +15,8 @@ __all__ = ["SegmentationHead", "OriginalUNETRSegmentationHead", "OriginalLinearS
 
 @register_head("segmentation")
 class SegmentationHead(DenseHead):
-    """Segmentation logits (B, C, H, W) at the input resolution from a 2-D decoder (`decoder="unetr"`, the default,
-    or `"light"`); (B, C, I, J, K) from the 3-D UNETR decoder on a 3-D encoder."""
+    """Segmentation logits (B, C, H, W) at the input resolution from a 2-D decoder (`decoder="light"`, the default,
+    or `"unetr"`); (B, C, I, J, K) from the 3-D UNETR decoder on a 3-D encoder."""
 
 
 @register_head("original_unetr")

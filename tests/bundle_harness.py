@@ -28,14 +28,21 @@ def kind_of(bundle: Path) -> str:
     return bundle_family(bundle).name
 
 
-def one_per_kind_fast(bundles: list[Path]) -> list:
-    """pytest parameters for `bundles`: the first bundle of each kind in the fast suite, the others marked slow (they
-    build the same network classes with other class counts and channels; CI runs them all with `-m slow`)."""
-    import pytest
-
+def first_of_each_kind(bundles: list[Path]) -> dict[str, Path]:
+    """{kind: the first of `bundles` of that kind}: one bundle per network kind (the others of a kind build the same
+    network classes with other class counts and channels)."""
     first = {}
     for b in bundles:
         first.setdefault(kind_of(b), b)
+    return first
+
+
+def one_per_kind_fast(bundles: list[Path]) -> list:
+    """pytest parameters for `bundles`: the first bundle of each kind in the fast suite, the others marked slow (CI
+    runs them all with `-m slow`)."""
+    import pytest
+
+    first = first_of_each_kind(bundles)
     return [pytest.param(b, id=b.name, marks=() if first[kind_of(b)] == b else pytest.mark.slow) for b in bundles]
 
 

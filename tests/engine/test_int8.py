@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from bundle_harness import (BUNDLES, bundle_probabilities, dr_phantoms_and_model, kind_of, sample_input,
-                            tiny_inference_network)
+from bundle_harness import (BUNDLES, bundle_probabilities, dr_phantoms_and_model, first_of_each_kind, kind_of,
+                            sample_input, tiny_inference_network)
 from tests_common import assert_close_to_scale
 from visionfm_core.engine import int8 as I
 from visionfm_core.engine import precision as P
@@ -189,10 +189,7 @@ def test_a_network_that_cannot_be_exported_runs_in_torch_ao_with_the_reason(capl
 
 
 # one bundle of each network kind that runs through for_inference (the generation bundles sample in a loop)
-KINDS = {}
-for _b in BUNDLES:
-    if kind_of(_b) != "generation":
-        KINDS.setdefault(kind_of(_b), _b)
+KINDS = first_of_each_kind([b for b in BUNDLES if kind_of(b) != "generation"])
 
 
 

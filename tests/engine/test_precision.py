@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from bundle_harness import (BUNDLES, TINY, bundle_probabilities, dr_phantoms_and_model, kind_of, sample_input,
-                            tiny_inference_network)
+from bundle_harness import (BUNDLES, TINY, bundle_probabilities, dr_phantoms_and_model, first_of_each_kind,
+                            sample_input, tiny_inference_network)
 from visionfm_core.engine import precision as P
 
 
@@ -52,9 +52,7 @@ def _floats(output):
 
 
 # one bundle of each network kind (the others share their network classes)
-KINDS = {}
-for _b in BUNDLES:
-    KINDS.setdefault(kind_of(_b), _b)
+KINDS = first_of_each_kind(BUNDLES)
 
 
 @pytest.mark.parametrize("bundle", list(KINDS.values()), ids=list(KINDS))

@@ -247,7 +247,8 @@ def run_pretraining(args) -> dict:
 
     runs = {}
     # (name, amp, compiled, fused attention: the step before the matmul attention of bf16 CPU training)
-    paths = [("fp32", None, False, False), ("bf16 fused attention", "bf16", False, True), ("bf16", "bf16", False, False)]
+    paths = [("fp32", None, False, False), ("bf16 fused attention", "bf16", False, True),
+             ("bf16", "bf16", False, False)]
     if args.pretrain_compile:  # its first step includes the compilation, which the median leaves out
         paths.append(("bf16 compiled", "bf16", True, False))
     for name, amp, compiled, fused_attention in paths:

@@ -1,4 +1,5 @@
-"""The landmark family: encoder + the dense decoder (light by default, or UNETR) giving one heatmap per landmark; soft-argmax points.
+"""The landmark family: encoder + the dense decoder (light by default, or UNETR) giving one heatmap per landmark;
+soft-argmax points.
 
 Datalist items are `{"image": path, "landmarks": [[x, y], ...]}` in pixels of the original image (x right, y
 down). The trainer's target (`label`) is them scaled to the network input; predictions and targets are mapped back
@@ -101,8 +102,8 @@ def bundle_metadata(name: str, d: dict) -> dict:
         name=f"VisionFM {d['title']}",
         task=f"Localisation of {d['landmark_text']} in {images(m)}",
         description=f"A VisionFM ViT-B/16 {images(m, False)} encoder with a light 2-D dense decoder (UNETR as an "
-                    f"option) giving one heatmap per landmark ({', '.join(names)}); sub-pixel coordinates by soft-argmax, mapped back to "
-                    "the original image. No trained weights ship with this bundle.",
+                    f"option) giving one heatmap per landmark ({', '.join(names)}); sub-pixel coordinates by "
+                    "soft-argmax, mapped back to the original image. No trained weights ship with this bundle.",
         changelog="first release: VisionFM encoder with a heatmap decoder for landmark localisation; generated from "
                   "the landmark template",
         modality=m,

@@ -158,9 +158,9 @@ def bundle_metadata(name: str, d: dict) -> dict:
         name=f"VisionFM {d['title']}",
         task="Segmentation of 7 retinal layers (Duke DME definition) and fluid in OCT cubes, B-scan by B-scan",
         description="The VisionFM ViT-B/16 OCT encoder with a light 2-D dense decoder (UNETR as an option) "
-                    "applied to every B-scan of an OCT cube (slice-wise, 2.5-D: slices batched, optionally with the neighbouring B-scans as context "
-                    "channels). Outputs a label map at the cube's own geometry (NIfTI) and en-face thickness maps "
-                    "per layer. No trained weights ship with this bundle.",
+                    "applied to every B-scan of an OCT cube (slice-wise, 2.5-D: slices batched, optionally with the "
+                    "neighbouring B-scans as context channels). Outputs a label map at the cube's own geometry "
+                    "(NIfTI) and en-face thickness maps per layer. No trained weights ship with this bundle.",
         changelog="first release: slice-wise OCT layer and fluid segmentation with thickness maps; generated from "
                   "the oct_layers template",
         modality=m,

@@ -1,4 +1,5 @@
-"""The 2-D segmentation family: encoder + the dense decoder (light by default, or UNETR) on 4 intermediate blocks and the image.
+"""The 2-D segmentation family: encoder + the dense decoder (light by default, or UNETR) on 4 intermediate blocks
+and the image.
 
 Photos are rescaled so their short side is `working_size`; training takes random `image_size` crops of that, and
 validation, evaluation and inference slide an `image_size` window over the whole photo (Gaussian blending) and put
@@ -129,10 +130,10 @@ def bundle_metadata(name: str, d: dict) -> dict:
         name=f"VisionFM {d['title']}",
         task=f"Segmentation of {d['target']} in {images(m)}",
         description=f"A VisionFM ViT-B/16 {images(m, False)} encoder with a light 2-D dense decoder (UNETR as an "
-                    f"option; blocks 3, 5, 7 and 11 plus the image, 32 base channels) segmenting {d['target']}. Trained on 512 x 512 crops "
-                    "with the encoder frozen (or fine-tuned), applied to whole photos with a Gaussian-blended sliding "
-                    "window; masks, probability maps and overlays are written at the photo's own resolution. No "
-                    "trained weights ship with this bundle.",
+                    f"option; blocks 3, 5, 7 and 11 plus the image, 32 base channels) segmenting {d['target']}. "
+                    "Trained on 512 x 512 crops with the encoder frozen (or fine-tuned), applied to whole photos "
+                    "with a Gaussian-blended sliding window; masks, probability maps and overlays are written at the "
+                    "photo's own resolution. No trained weights ship with this bundle.",
         changelog=f"first release: VisionFM encoder with a UNETR-style decoder for {d['target']}; generated from "
                   "the segmentation template",
         modality=m,
